@@ -1,0 +1,21 @@
+"""What a backend hands back: one entry per file it wrote, with what the report needs to run it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .preprocess import PreprocessSpec
+
+
+@dataclass
+class Artifact:
+    file: str  # relative to the output folder
+    format: str  # onnx | tflite | openvino | tensorrt
+    precision: str  # fp32 | fp16 | int8
+    spec: PreprocessSpec  # the input this file expects (layout, dtype)
+    quantization: dict | None = None  # settings used, for the report
+    verified: bool = True  # False: could not be run here (e.g. a TensorRT engine without TensorRT)
+    reason: str | None = None  # why not verified
+    runnable_here: bool = True  # evaluate it in its own runtime on this machine
+    verified_by: str | None = None  # how it was checked, when not by its own runtime (e.g. ORT proxy)
+    extra: dict = field(default_factory=dict)  # backend-specific report fields

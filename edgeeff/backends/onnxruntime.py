@@ -1,0 +1,181 @@
+"""ONNX Runtime backend: INT8 QDQ ONNX for `--target onnx`, and the runner for any .onnx file.
+
+Quantization is ONNX Runtime's own static quantizer (QDQ format, per-channel symmetric INT8
+weights) fed edgeeff's calibration images; what edgeeff adds is the measured choice of settings
+(see docs/quantization.md) and the calibration recipe from calib/*.toml.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import MissingBackendError
+from ..preprocess import PreprocessSpec
+
+EXTRA = "onnx"
+SUFFIXES = (".onnx",)
+
+
+def available() -> None:
+    try:
+        import onnxruntime  # noqa: F401
+        import onnxruntime.quantization  # noqa: F401
+    except ImportError:
+        raise MissingBackendError("the onnx target needs ONNX Runtime: pip install 'edgeeff[onnx]'") from None
+
+
+def version() -> str:
+    import onnxruntime
+
+    return f"onnxruntime {onnxruntime.__version__}"
+
+
+def session(path: Path, threads: int):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.log_severity_level = 3
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+class OrtRunner:
+    """Runs an .onnx classifier in ONNX Runtime on the CPU."""
+
+    def __init__(self, path: Path, threads: int, spec: PreprocessSpec):
+        self.session = session(path, threads)
+        inp = self.session.get_inputs()[0]
+        self.input_name = inp.name
+        self.runtime = version()
+        # A fixed (numeric) batch dimension means feeding one image at a time.
+        self.max_batch = 64 if not isinstance(inp.shape[0], int) else max(1, inp.shape[0])
+        dtype = "uint8" if inp.type == "tensor(uint8)" else "float32"
+        self.spec = spec.with_layout(spec.layout, dtype)
+
+    def predict(self, inputs: np.ndarray) -> np.ndarray:
+        return self.session.run(None, {self.input_name: inputs})[0]
+
+
+def open_runner(path: Path, threads: int, spec: PreprocessSpec) -> OrtRunner:
+    return OrtRunner(path, threads, spec)
+
+
+def inspect_input(path: Path) -> dict:
+    """Layout, dtype and size of a foreign model's input, for `edgeeff eval` without a manifest."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    inp = model.graph.input[0]
+    dims = [d.dim_value or d.dim_param for d in inp.type.tensor_type.shape.dim]
+    out_dims = [d.dim_value for d in model.graph.output[0].type.tensor_type.shape.dim]
+    layout = "NHWC" if len(dims) == 4 and dims[3] == 3 else "NCHW"
+    resolution = dims[1] if layout == "NHWC" else dims[2] if len(dims) == 4 else None
+    return {"layout": layout, "resolution": resolution if isinstance(resolution, int) else None,
+            "num_outputs": out_dims[-1] if out_dims else None}
+
+
+class _BatchReader:
+    """ONNX Runtime CalibrationDataReader over preprocessed calibration inputs, in batches."""
+
+    def __init__(self, input_name: str, inputs: np.ndarray, batch: int):
+        self.batches = [inputs[i:i + batch] for i in range(0, len(inputs), batch)]
+        self.input_name = input_name
+        self.start, self.end = 0, len(self.batches)
+
+    def __len__(self):
+        return len(self.batches)
+
+    def set_range(self, start_index: int, end_index: int):
+        self.start, self.end = start_index, min(end_index, len(self.batches))
+
+    def get_next(self):
+        if self.start >= self.end:
+            return None
+        self.start += 1
+        return {self.input_name: self.batches[self.start - 1]}
+
+    def rewind(self):
+        self.start = 0
+
+
+CALIBRATION_METHODS = {"minmax": "MinMax", "percentile": "Percentile", "entropy": "Entropy",
+                       "distribution": "Distribution"}
+QUANT_TYPES = {"uint8": "QUInt8", "int8": "QInt8"}
+
+
+def quantize(fp32_path: Path, out_path: Path, calib_inputs: np.ndarray, recipe: dict, quant: dict,
+             nodes_to_exclude: list[str] | None = None) -> dict:
+    """Static QDQ quantization of an FP32 ONNX with ONNX Runtime's quantizer.
+
+    `recipe` is a calibration recipe (calib/*.toml); `quant` the target's quantization settings
+    (activation/weight types, per-channel). Returns what was done, for the report.
+    """
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    method = recipe["method"]
+    extra = {
+        "ActivationSymmetric": quant.get("activation_symmetric", False),
+        "WeightSymmetric": True,  # symmetric per-channel INT8 weights: what every INT8 kernel expects
+        # Calibrate one batch at a time so memory stays flat however many images there are.
+        "CalibStridedMinMax": 1,
+    }
+    if method == "percentile":
+        extra["CalibPercentile"] = float(recipe.get("percentile", 99.999))
+    if method in ("percentile", "entropy", "distribution"):
+        extra["CalibNumBins"] = int(recipe.get("num_bins", 2048 if method == "percentile" else 128))
+    if method == "entropy":
+        extra["CalibNumQuantizedBins"] = int(recipe.get("num_quantized_bins", 128))
+    if recipe.get("moving_average"):
+        extra["CalibMovingAverage"] = True
+        extra["CalibMovingAverageConstant"] = float(recipe.get("averaging_constant", 0.01))
+    extra.update(quant.get("extra_options", {}))
+
+    with tempfile.TemporaryDirectory(prefix="edgeeff-ort-") as tmp:
+        prepared = Path(tmp) / "prepared.onnx"
+        # Shape inference + ORT's graph optimisations (BN folding, constant folding) first, as
+        # ORT recommends: quantization then sees the graph the runtime will actually run.
+        quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=True)
+        reader = _BatchReader(_input_name(prepared), calib_inputs, int(recipe.get("batch", 10)))
+        quantize_static(
+            str(prepared), str(out_path), reader,
+            quant_format=QuantFormat.QDQ,
+            per_channel=bool(quant.get("per_channel", True)),
+            activation_type=getattr(QuantType, QUANT_TYPES[quant.get("activations", "uint8")]),
+            weight_type=getattr(QuantType, QUANT_TYPES[quant.get("weights", "int8")]),
+            calibrate_method=getattr(CalibrationMethod, CALIBRATION_METHODS[method]),
+            nodes_to_exclude=nodes_to_exclude or [],
+            extra_options=extra,
+        )
+    return {"quantizer": version(), "format": "QDQ", "per_channel": bool(quant.get("per_channel", True)),
+            "activations": quant.get("activations", "uint8"), "weights": quant.get("weights", "int8"),
+            "extra_options": {k: v for k, v in extra.items() if k != "CalibStridedMinMax"}}
+
+
+def _input_name(path: Path) -> str:
+    import onnx
+
+    return onnx.load(str(path), load_external_data=False).graph.input[0].name
+
+
+def build(job) -> list:
+    """`--target onnx`: the FP32 ONNX as exported, and the INT8 QDQ ONNX."""
+    from ..artifacts import Artifact
+
+    fp32 = job.workdir / "model_fp32.onnx"
+    shutil.copyfile(job.fp32_onnx, fp32)
+    int8 = job.workdir / "model_int8.onnx"
+    spec = job.spec.with_layout("NCHW", "float32")
+    details = quantize(fp32, int8, spec.to_model_input(job.calibration.crops), job.recipe,
+                       job.target.quantization)
+    return [
+        Artifact(file=fp32.name, format="onnx", precision="fp32", spec=spec),
+        Artifact(file=int8.name, format="onnx", precision="int8", spec=spec, quantization=details),
+    ]

@@ -1,0 +1,131 @@
+"""Command line: `edgeeff compile | eval | variants`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from . import __version__, progress
+from .errors import AccuracyGateError, UserError
+
+EPILOG = "Docs: README.md and docs/ in the edgeeff repository."
+
+
+def _add_data_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--val", type=Path, help="validation images: ImageFolder tree (folders = synsets) or a `path label` list file")
+    p.add_argument("--synsets", type=Path, help="synsets file, line N = '<synset> <name>' of class N (default: ImageNet-1k)")
+    p.add_argument("--threads", type=int, help="CPU threads for evaluation and latency (default: the target's)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars or stage messages")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="edgeeff", description="Compile EfficientNets into verified INT8 edge artifacts.",
+                                     epilog=EPILOG)
+    parser.add_argument("--version", action="version", version=f"edgeeff {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    c = sub.add_parser("compile", help="build, quantize and verify artifacts for a target")
+    c.add_argument("--variant", required=True, help="b0..b7, lite0..lite4 (`edgeeff variants`)")
+    c.add_argument("--target", required=True, help="device target, e.g. onnx (`edgeeff targets`)")
+    c.add_argument("--calib", type=Path, help="folder of calibration images (default: scikit-image's sample photos)")
+    c.add_argument("--calib-count", type=int, default=300, help="calibration images to use (default 300)")
+    c.add_argument("--calib-method", help="calibration recipe from calib/ (minmax, percentile, entropy) or a .toml path")
+    c.add_argument("--weights", type=Path, help="checkpoint: timm, torchvision, lukemelas, TF-ported or edgeeff state dict")
+    c.add_argument("--weights-format", default="auto",
+                   choices=["auto", "edgeeff", "lukemelas", "timm", "timm-tf", "torchvision", "tf"])
+    c.add_argument("--random-weights", action="store_true", help="random weights (latency/size studies only)")
+    c.add_argument("--out", type=Path, default=Path("out"), help="output root; writes OUT/<variant>-<target>/")
+    c.add_argument("--force", action="store_true", help="replace an existing output folder")
+    c.add_argument("--latency-runs", type=int, default=50, help="timed batch-1 runs per artifact")
+    _add_data_flags(c)
+
+    e = sub.add_parser("eval", help="evaluate any classifier artifact on a labelled validation set")
+    e.add_argument("artifact", type=Path)
+    e.add_argument("--manifest", type=Path, help="manifest.json with the preprocessing (default: beside the artifact)")
+    e.add_argument("--resolution", type=int)
+    e.add_argument("--crop-pct", type=float)
+    e.add_argument("--interpolation", choices=["bicubic", "bilinear", "nearest"])
+    e.add_argument("--mean", type=float, nargs=3)
+    e.add_argument("--std", type=float, nargs=3)
+    e.add_argument("--label-offset", type=int, help="outputs before class 0 (1 for 1001-way TF models; default: detect)")
+    e.add_argument("--json", type=Path, help="also write the scores as JSON here")
+    _add_data_flags(e)
+
+    sub.add_parser("variants", help="list the EfficientNet family: resolution, parameters, MACs")
+    sub.add_parser("targets", help="list the device targets")
+    return parser
+
+
+def cmd_compile(args) -> int:
+    from .pipeline import CompileOptions, compile_model
+
+    if not args.val and not args.quiet:
+        print("note: no --val given: artifacts are built and timed, accuracy is not measured", file=sys.stderr)
+    compile_model(CompileOptions(
+        variant=args.variant, target=args.target, out=args.out, calib=args.calib, calib_count=args.calib_count,
+        calib_method=args.calib_method, val=args.val, synsets=args.synsets, weights=args.weights,
+        weights_format=args.weights_format, random_weights=args.random_weights, threads=args.threads,
+        force=args.force, quiet=args.quiet, latency_runs=args.latency_runs))
+    return 0
+
+
+def cmd_eval(args) -> int:
+    from .evaluation_cli import evaluate_artifact
+
+    result = evaluate_artifact(args)
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2) + "\n")
+    return 0
+
+
+def cmd_variants(_args) -> int:
+    from .family import VARIANTS
+    from .model import build_model, count_macs, count_parameters
+    from .report import format_table
+
+    rows = [["variant", "resolution", "width", "depth", "act", "SE", "params (M)", "MACs (G)"]]
+    for name, v in VARIANTS.items():
+        model = build_model(name)
+        rows.append([name, str(v.resolution), f"{v.width:g}", f"{v.depth:g}", v.default_act,
+                     "yes" if v.default_se else "no", f"{count_parameters(model) / 1e6:.2f}",
+                     f"{count_macs(model) / 1e9:.2f}"])
+    print(format_table(rows))
+    return 0
+
+
+def cmd_targets(_args) -> int:
+    from .profiles import all_targets
+    from .report import format_table
+
+    seen, rows = set(), [["target", "aliases", "backend", "devices"]]
+    for profile in all_targets().values():
+        if profile.name not in seen:
+            seen.add(profile.name)
+            rows.append([profile.name, ", ".join(profile.aliases), profile.backend, ", ".join(profile.devices)])
+    print(format_table(rows))
+    return 0
+
+
+COMMANDS = {"compile": cmd_compile, "eval": cmd_eval, "variants": cmd_variants, "targets": cmd_targets}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    progress.QUIET = getattr(args, "quiet", False)
+    try:
+        return COMMANDS[args.command](args)
+    except UserError as err:
+        print(f"edgeeff: error: {err}", file=sys.stderr)
+        return err.exit_code
+    except AccuracyGateError as err:
+        print(f"edgeeff: {err}", file=sys.stderr)
+        return err.exit_code
+    except KeyboardInterrupt:
+        print("edgeeff: interrupted; no output folder was written", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

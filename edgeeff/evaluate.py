@@ -1,0 +1,102 @@
+"""Shared evaluation: run any runner over the validation crops, score it, time it.
+
+A runner is anything with `spec` (its input layout/dtype), `runtime` (name and version),
+`predict(inputs) -> logits` and `max_batch`. Backends provide runners for their artifacts;
+the scoring below is written once for all of them.
+"""
+
+from __future__ import annotations
+
+import platform
+import statistics
+import time
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+import torch
+
+from .preprocess import PreprocessSpec
+from .progress import progress
+
+
+class Runner(Protocol):
+    spec: PreprocessSpec
+    runtime: str
+    max_batch: int
+
+    def predict(self, inputs: np.ndarray) -> np.ndarray: ...
+
+
+class TorchRunner:
+    """The FP32 reference: the PyTorch module itself."""
+
+    max_batch = 32
+
+    def __init__(self, model: torch.nn.Module, spec: PreprocessSpec, threads: int = 2):
+        self.model = model.eval()
+        self.spec = spec.with_layout("NCHW", "float32")
+        self.runtime = f"torch {torch.__version__.split('+')[0]}"
+        self.threads = threads
+
+    def predict(self, inputs: np.ndarray) -> np.ndarray:
+        torch.set_num_threads(self.threads)
+        with torch.inference_mode():
+            return self.model(torch.from_numpy(inputs)).numpy()
+
+
+def predict_all(runner: Runner, crops: np.ndarray, desc: str = "evaluating", quiet=False,
+                batch: int | None = None) -> np.ndarray:
+    """Logits for every crop, in order."""
+    step = max(1, min(batch or runner.max_batch, runner.max_batch))
+    outputs = []
+    for start in progress(range(0, len(crops), step), desc=desc, unit="batch", quiet=quiet):
+        chunk = crops[start:start + step]
+        outputs.append(np.asarray(runner.predict(runner.spec.to_model_input(chunk)), dtype=np.float32))
+    return np.concatenate(outputs) if outputs else np.zeros((0, 0), np.float32)
+
+
+def align_classes(logits: np.ndarray, num_classes: int, label_offset: int | None = None) -> np.ndarray:
+    """Drop a leading background class (1001-way TF classifiers) so indices match our labels."""
+    offset = label_offset if label_offset is not None else max(0, logits.shape[1] - num_classes)
+    return logits[:, offset:offset + num_classes] if offset else logits
+
+
+@dataclass
+class Scores:
+    top1: float
+    top5: float
+    top1_agreement: float | None
+    top1_classes: np.ndarray
+
+    def as_dict(self) -> dict:
+        d = {"top1": round(self.top1, 2), "top5": round(self.top5, 2)}
+        if self.top1_agreement is not None:
+            d["top1_agreement"] = round(self.top1_agreement, 2)
+        return d
+
+
+def score(logits: np.ndarray, labels: np.ndarray, reference_top1: np.ndarray | None = None) -> Scores:
+    """Top-1/top-5 in percent (0-100), and agreement of top-1 with a reference's top-1."""
+    # Stable sort: ties (common in quantized logits) break by class index, the same on every run.
+    order = np.argsort(-logits, axis=1, kind="stable")
+    top1 = order[:, 0]
+    top5_hit = (order[:, :5] == labels[:, None]).any(axis=1)
+    agreement = None if reference_top1 is None else float((top1 == reference_top1).mean() * 100)
+    return Scores(top1=float((top1 == labels).mean() * 100), top5=float(top5_hit.mean() * 100),
+                  top1_agreement=agreement, top1_classes=top1)
+
+
+def measure_latency(runner: Runner, crop: np.ndarray, threads: int, warmup: int = 10,
+                    runs: int = 50) -> dict:
+    """Median wall time of batch-1 inference, after warm-up."""
+    x = runner.spec.to_model_input(crop[None])
+    for _ in range(warmup):
+        runner.predict(x)
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        runner.predict(x)
+        times.append((time.perf_counter() - start) * 1000)
+    return {"median": round(statistics.median(times), 3), "p90": round(float(np.percentile(times, 90)), 3),
+            "runs": runs, "threads": threads, "batch": 1, "host": platform.machine()}

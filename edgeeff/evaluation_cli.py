@@ -1,0 +1,85 @@
+"""`edgeeff eval ARTIFACT --val DIR`: score any classifier artifact, ours or foreign.
+
+Preprocessing comes from the manifest.json beside the artifact (ours), else from the model's
+input signature plus flags (foreign models). A 1001-way output (TF's background class first)
+is detected from the output width, or set with --label-offset.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+from .backends import backend_for_file
+from .data import load_validation
+from .errors import UserError
+from .evaluate import align_classes, measure_latency, predict_all, score
+from .family import IMAGENET_MEAN, IMAGENET_STD
+from .pipeline import resolve_labels
+from .preprocess import PreprocessSpec
+from .report import format_table
+
+
+def spec_from_manifest(manifest_path, artifact_name: str) -> PreprocessSpec:
+    try:
+        manifest = json.loads(manifest_path.read_text())
+        spec = PreprocessSpec.from_dict(manifest["preprocess"])
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
+        raise UserError(f"--manifest {manifest_path}: not an edgeeff manifest ({err}); "
+                        f"pass the preprocessing with --resolution/--mean/--std instead") from None
+    for entry in manifest.get("artifacts", []):
+        if entry.get("file") == artifact_name and entry.get("input"):
+            spec = spec.with_layout(entry["input"]["layout"], entry["input"]["dtype"])
+    return spec
+
+
+def spec_from_flags(args, inspected: dict) -> tuple[PreprocessSpec, list[str]]:
+    notes = []
+    resolution = args.resolution or inspected.get("resolution")
+    if not resolution:
+        raise UserError(f"{args.artifact}: its input size is dynamic and there is no manifest.json: "
+                        f"pass --resolution N")
+    if args.mean is None or args.std is None:
+        notes.append("no manifest.json: assuming ImageNet mean/std (pass --mean/--std if the model differs)")
+    spec = PreprocessSpec(resolution=resolution, crop_pct=args.crop_pct or 0.875,
+                          interpolation=args.interpolation or "bicubic",
+                          mean=tuple(args.mean or IMAGENET_MEAN), std=tuple(args.std or IMAGENET_STD),
+                          layout=inspected.get("layout", "NCHW"))
+    return spec, notes
+
+
+def evaluate_artifact(args) -> dict:
+    path = args.artifact
+    if not path.is_file():
+        raise UserError(f"{path}: no such artifact file")
+    if args.val is None:
+        raise UserError("eval needs --val DIR (an ImageFolder tree of synset folders, or a `path label` list file)")
+    backend = backend_for_file(path)
+    manifest = args.manifest or (path.parent / "manifest.json")
+    notes = []
+    if manifest.is_file():
+        spec = spec_from_manifest(manifest, path.name)
+        if args.resolution or args.mean or args.std:
+            notes.append(f"flags override nothing: preprocessing read from {manifest}")
+    else:
+        if args.manifest:
+            raise UserError(f"--manifest {manifest}: no such file")
+        spec, notes = spec_from_flags(args, backend.inspect_input(path))
+    for note in notes:
+        print(f"note: {note}", file=sys.stderr)
+    threads = args.threads or 2
+    labels = resolve_labels(args.synsets)
+    validation = load_validation(args.val, labels, spec, args.quiet)
+    runner = backend.open_runner(path, threads, spec)
+    raw = predict_all(runner, validation.crops, path.name, args.quiet)
+    logits = align_classes(raw, len(labels.synsets), args.label_offset)
+    scores = score(logits, validation.labels)
+    latency = measure_latency(runner, validation.crops[0], threads)
+    result = {"file": str(path), "runtime": runner.runtime, **scores.as_dict(),
+              "images": len(validation), "skipped": len(validation.skipped),
+              "label_offset": raw.shape[1] - logits.shape[1] if args.label_offset is None else args.label_offset,
+              "preprocess": spec.to_dict(), "latency_ms": latency}
+    print(format_table([["artifact", "runtime", "images", "top-1", "top-5", "ms (b1)"],
+                        [path.name, runner.runtime, str(len(validation)), f"{scores.top1:.2f}",
+                         f"{scores.top5:.2f}", f"{latency['median']:.2f}"]]))
+    return result

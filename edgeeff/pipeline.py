@@ -1,0 +1,220 @@
+"""`edgeeff compile`: weights -> FP32 reference -> backend artifacts -> evaluation -> report.
+
+The shared work lives here once; backends only turn (FP32 model, calibration crops, target
+profile, recipe) into files and runners. The output folder is built in a hidden temporary folder
+beside the destination and renamed into place at the end, so it appears complete or not at all.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import __version__
+from .backends import backend as load_backend
+from .data import ImageSet, Labels, imagenet_labels, load_calibration, load_validation, read_synsets_file
+from .errors import UserError
+from .evaluate import TorchRunner, align_classes, measure_latency, predict_all, score
+from .export import export_onnx
+from .model import count_macs, count_parameters
+from .preprocess import PreprocessSpec, spec_for_variant
+from .profiles import TargetProfile, get_recipe, get_target
+from .progress import say
+from .report import artifact_row, format_table, library_versions, markdown, table_rows, write_manifest
+from .util import write_json
+from .weights import load_model
+
+
+@dataclass
+class CompileOptions:
+    variant: str
+    target: str
+    out: Path
+    calib: Path | None = None
+    calib_count: int = 300
+    calib_method: str | None = None
+    val: Path | None = None
+    synsets: Path | None = None
+    weights: Path | None = None
+    weights_format: str = "auto"
+    random_weights: bool = False
+    threads: int | None = None
+    force: bool = False
+    quiet: bool = False
+    latency_runs: int = 50
+
+
+@dataclass
+class Job:
+    """Everything a backend's build() needs."""
+
+    variant: str
+    model: torch.nn.Module
+    spec: PreprocessSpec
+    target: TargetProfile
+    recipe: dict
+    calibration: ImageSet
+    workdir: Path
+    fp32_onnx: Path
+    threads: int
+    timings: dict = field(default_factory=dict)
+
+
+class Stopwatch:
+    def __init__(self):
+        self.timings: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def stage(self, name: str, message: str | None = None):
+        if message:
+            say(message)
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.timings[name] = round(self.timings.get(name, 0.0) + time.perf_counter() - start, 2)
+
+
+@contextlib.contextmanager
+def atomic_folder(final: Path, force: bool):
+    """Yield a temporary folder that becomes `final` only if the block finishes."""
+    if final.exists() and not force:
+        raise UserError(f"--out: {final} already exists; pass --force to replace it or choose another --out")
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.parent / f".{final.name}.partial-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+
+    def on_signal(signum, _frame):  # turn SIGTERM into the same clean-up path as Ctrl-C
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, on_signal)
+    try:
+        yield tmp
+        if final.exists():
+            shutil.rmtree(final)
+        tmp.rename(final)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def resolve_labels(synsets: Path | None) -> Labels:
+    return read_synsets_file(synsets) if synsets else imagenet_labels()
+
+
+def compile_model(opts: CompileOptions) -> tuple[Path, dict]:
+    watch = Stopwatch()
+    # --- everything that can be wrong with the user's input is checked before any heavy work
+    target = get_target(opts.target)
+    recipe = get_recipe(opts.calib_method or target.calibration)
+    backend = load_backend(target.backend)
+    threads = opts.threads or target.threads
+    torch.set_num_threads(threads)
+    with watch.stage("load_model", f"loading {opts.variant} weights"):
+        model, weights_info = load_model(opts.variant, opts.weights, opts.weights_format,
+                                         random_weights=opts.random_weights)
+    labels = resolve_labels(opts.synsets)
+    spec = spec_for_variant(opts.variant)
+    final = opts.out / f"{opts.variant}-{target.name}"
+    if final.exists() and not opts.force:
+        raise UserError(f"--out: {final} already exists; pass --force to replace it or choose another --out")
+    with watch.stage("load_images"):
+        validation = load_validation(opts.val, labels, spec, opts.quiet) if opts.val else None
+        calibration = load_calibration(opts.calib, opts.calib_count, spec, opts.quiet)
+    num_classes = model.classifier.out_features
+    if num_classes != len(labels.synsets):
+        raise UserError(f"the model has {num_classes} classes but the label list has {len(labels.synsets)}: "
+                        f"pass --synsets FILE with one line per model class")
+
+    with atomic_folder(final, opts.force) as workdir:
+        fp32_onnx = workdir / ".export.onnx"
+        with watch.stage("export_onnx", "exporting FP32 ONNX"):
+            export_onnx(model, spec.resolution, fp32_onnx)
+        job = Job(opts.variant, model, spec, target, recipe, calibration, workdir, fp32_onnx, threads)
+        with watch.stage("quantize", f"quantizing for {target.name} ({recipe['name']} calibration)"):
+            artifacts = backend.build(job)
+        fp32_onnx.unlink()
+
+        reference = TorchRunner(model, spec, threads)
+        ref_scores = None
+        if validation is not None:
+            with watch.stage("evaluate_reference", "evaluating FP32 reference (PyTorch)"):
+                ref_logits = predict_all(reference, validation.crops, "FP32 reference", opts.quiet)
+                ref_scores = score(ref_logits, validation.labels)
+        rows = []
+        for artifact in artifacts:
+            row = {"file": artifact.file, "format": artifact.format, "precision": artifact.precision,
+                   "size_bytes": (workdir / artifact.file).stat().st_size,
+                   "input": {"layout": artifact.spec.layout, "dtype": artifact.spec.input_dtype},
+                   "verified": artifact.verified}
+            if artifact.quantization:
+                row["quantization"] = artifact.quantization
+            if artifact.runnable_here:
+                runner = backend.open_runner(workdir / artifact.file, threads, artifact.spec)
+                row["runtime"] = runner.runtime
+                if validation is not None:
+                    with watch.stage(f"evaluate_{artifact.file}", f"evaluating {artifact.file} in {runner.runtime}"):
+                        logits = align_classes(predict_all(runner, validation.crops, artifact.file, opts.quiet),
+                                               num_classes)
+                    s = score(logits, validation.labels, ref_scores.top1_classes)
+                    row.update(s.as_dict())
+                    row["top1_drop"] = round(ref_scores.top1 - s.top1, 2)
+                    if artifact.precision == "fp32":
+                        row["max_abs_diff_vs_reference"] = float(np.abs(logits - ref_logits).max())
+                else:
+                    row.update({"top1": None, "top5": None, "top1_drop": None, "top1_agreement": None})
+                with watch.stage(f"latency_{artifact.file}"):
+                    row["latency_ms"] = measure_latency(runner, calibration.crops[0], threads,
+                                                        runs=opts.latency_runs)
+            else:
+                row["reason"] = artifact.reason
+            if artifact.verified_by:
+                row["verified_by"] = artifact.verified_by
+            row.update(artifact.extra)
+            rows.append(artifact_row(row))
+
+        report = {
+            "variant": opts.variant, "target": target.name, "backend": target.backend,
+            "preprocess": spec.to_dict(),
+            "calibration": {"source": "images" if opts.calib else "package-sample",
+                            "path": str(opts.calib) if opts.calib else calibration.source,
+                            "images": len(calibration), "method": recipe["method"], "recipe": recipe["name"],
+                            "requested": opts.calib_count, "skipped": len(calibration.skipped)},
+            "dataset": ({"path": str(opts.val), "images": len(validation),
+                         "classes": int(len(np.unique(validation.labels))), "skipped": len(validation.skipped),
+                         "label_source": labels.source}
+                        if validation is not None else
+                        {"path": None, "images": 0, "classes": 0,
+                         "note": "accuracy not measured: no --val given"}),
+            "reference": {"runtime": reference.runtime, "precision": "fp32",
+                          **({"top1": round(ref_scores.top1, 2), "top5": round(ref_scores.top5, 2)}
+                             if ref_scores else {"top1": None, "top5": None})},
+            "artifacts": rows,
+            "accuracy_measured": validation is not None,
+            "model": {**model.describe(), "parameters": count_parameters(model),
+                      "macs": count_macs(model), "num_classes": num_classes,
+                      "weights": {"source": weights_info.source, "format": weights_info.format,
+                                  "sha256": weights_info.sha256}},
+            "target_profile": target.to_report(),
+            "edgeeff_version": __version__,
+            "versions": library_versions(),
+        }
+        if calibration.skipped or (validation and validation.skipped):
+            report["skipped_images"] = calibration.skipped + (validation.skipped if validation else [])
+        report["timings_s"] = watch.timings
+        (workdir / "labels.txt").write_text("\n".join(labels.names) + "\n")
+        write_json(workdir / "report.json", report)
+        (workdir / "report.md").write_text(markdown(report))
+        write_manifest(workdir, report, "labels.txt")
+    print(format_table(table_rows(report)))
+    print(f"\nwrote {final}/ (report.json, report.md, manifest.json)")
+    return final, report

@@ -1,0 +1,121 @@
+"""report.json (the contract users' CI reads), report.md, manifest.json and the printed table.
+
+Field names follow the design contract; new fields are added, existing ones never renamed.
+Percentages are 0-100; a drop is reference minus artifact (positive is worse).
+"""
+
+from __future__ import annotations
+
+import platform
+import sys
+from importlib import metadata
+from pathlib import Path
+
+from .util import sha256_file, write_json
+
+
+def library_versions() -> dict:
+    names = ["edgeeff", "torch", "onnx", "onnxruntime", "onnxscript", "numpy", "pillow", "openvino",
+             "nncf", "ai-edge-litert", "ai-edge-quantizer", "litert-torch", "tensorflow-cpu", "onnx2tf",
+             "tensorrt"]
+    found = {}
+    for name in names:
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    found["python"] = platform.python_version()
+    return found
+
+
+def artifact_row(artifact) -> dict:
+    """The report's view of one artifact: the contract's fields first, extras after."""
+    row = {"file": artifact["file"], "format": artifact["format"], "precision": artifact["precision"]}
+    for key in ("runtime", "top1", "top5", "top1_drop", "top1_agreement", "size_bytes", "latency_ms"):
+        if key in artifact:
+            row[key] = artifact[key]
+    row.update({k: v for k, v in artifact.items() if k not in row})
+    return row
+
+
+def write_manifest(folder: Path, report: dict, labels_file: str, extra_files=()) -> dict:
+    files = []
+    for path in sorted(p for p in folder.rglob("*") if p.is_file() and p.name != "manifest.json"):
+        files.append({"file": path.relative_to(folder).as_posix(), "sha256": sha256_file(path),
+                      "size_bytes": path.stat().st_size})
+    manifest = {
+        "variant": report["variant"], "target": report["target"], "backend": report["backend"],
+        "preprocess": report["preprocess"],
+        "labels": {"file": labels_file, "classes": report["model"]["num_classes"],
+                   "output_offset": 0},
+        "artifacts": [{"file": a["file"], "format": a["format"], "precision": a["precision"],
+                       "input": a.get("input")} for a in report["artifacts"]],
+        "files": files,
+        "versions": report["versions"],
+    }
+    write_json(folder / "manifest.json", manifest)
+    return manifest
+
+
+def _fmt(value, digits=2, suffix=""):
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}{suffix}"
+    return f"{value}{suffix}"
+
+
+def table_rows(report: dict) -> list[list[str]]:
+    ref = report["reference"]
+    rows = [["artifact", "precision", "runtime", "top-1", "top-5", "drop", "agree%", "size MB", "ms (b1)"]]
+    rows.append(["reference", ref["precision"], ref["runtime"], _fmt(ref.get("top1")), _fmt(ref.get("top5")),
+                 "", "", "", ""])
+    for a in report["artifacts"]:
+        latency = a.get("latency_ms", {}).get("median") if a.get("latency_ms") else None
+        rows.append([a["file"], a["precision"], a.get("runtime", "-") if a.get("verified", True) else "not run",
+                     _fmt(a.get("top1")), _fmt(a.get("top5")), _fmt(a.get("top1_drop")),
+                     _fmt(a.get("top1_agreement")), _fmt(a.get("size_bytes", 0) / 1e6),
+                     _fmt(latency)])
+    return rows
+
+
+def format_table(rows: list[list[str]]) -> str:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def markdown(report: dict) -> str:
+    rows = table_rows(report)
+    md = [f"# edgeeff report: {report['variant']} for {report['target']} ({report['backend']})", ""]
+    if not report.get("accuracy_measured", True):
+        md += ["**Accuracy was not measured**: no `--val` folder was given. Only size and latency "
+               "below are measurements.", ""]
+    md += ["| " + " | ".join(rows[0]) + " |", "|" + "---|" * len(rows[0])]
+    md += ["| " + " | ".join(r) + " |" for r in rows[1:]]
+    pre, cal, data = report["preprocess"], report["calibration"], report["dataset"]
+    md += ["", "Drop = reference top-1 minus artifact top-1 (positive is worse). Agreement = share of "
+           "validation images whose top-1 class matches the FP32 reference.", "",
+           "## Preprocessing (the same for calibration, validation and the device)", "",
+           f"- RGB, resize shorter side to {pre['resize_size']} ({pre['interpolation']}), centre crop "
+           f"{pre['resolution']} (crop_pct {pre['crop_pct']})",
+           f"- scale to [0, 1], mean {pre['mean']}, std {pre['std']}, layout {pre['layout']}", "",
+           "## Calibration", "",
+           f"- {cal['images']} images from {cal['source']}, method `{cal['method']}`"
+           + (f", {cal['skipped']} unreadable skipped" if cal.get("skipped") else ""), "",
+           "## Validation", ""]
+    if data.get("path"):
+        md.append(f"- {data['images']} images in {data['classes']} classes from {data['path']}"
+                  + (f", {data['skipped']} unreadable skipped" if data.get("skipped") else ""))
+    else:
+        md.append("- none: accuracy not measured")
+    for a in report["artifacts"]:
+        if a.get("verified_by") or not a.get("verified", True):
+            md.append(f"- `{a['file']}`: " + (a.get("verified_by") or a.get("reason", "")))
+    md += ["", "## Stage timings (s)", ""] + [f"- {k}: {v}" for k, v in report.get("timings_s", {}).items()]
+    return "\n".join(md) + "\n"
+
+
+def python_info() -> str:
+    return f"{platform.python_implementation()} {platform.python_version()} on {platform.machine()} ({sys.platform})"

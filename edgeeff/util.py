@@ -1,0 +1,29 @@
+"""Small helpers shared by every stage."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_json(path: Path, data) -> None:
+    """Stable JSON (sorted keys off: the contract's field order reads better) with a newline."""
+    Path(path).write_text(json.dumps(data, indent=2) + "\n")
+
+
+def set_threads(threads: int) -> None:
+    """Pin torch's intra-op threads; runtimes get theirs through their session options."""
+    import torch
+
+    torch.set_num_threads(threads)
+    os.environ.setdefault("OMP_NUM_THREADS", str(threads))

@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Create .venv and install edgeeff into it (editable) with the given extras. Safe to re-run.
+#   bash scripts/setup.sh            # everything the tests use
+#   bash scripts/setup.sh onnx       # only the ONNX Runtime target
+set -euo pipefail
+cd "$(dirname "$0")/.."
+EXTRAS=${1:-onnx,lite,plot,dev}
+PYTHON=${PYTHON:-python3.11}
+command -v "$PYTHON" >/dev/null || PYTHON=python3
+[ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
+.venv/bin/python -m pip install -q --upgrade pip
+# torch first, pinned: otherwise a dependency pulls the newest (CUDA, multi-GB) torch from PyPI.
+.venv/bin/pip install -q -c constraints.txt torch==2.13.0
+.venv/bin/pip install -q -c constraints.txt -e ".[$EXTRAS]"
+echo "edgeeff installed in .venv ($(.venv/bin/edgeeff --version))"
