@@ -61,8 +61,6 @@ def build_parser() -> argparse.ArgumentParser:
 def cmd_compile(args) -> int:
     from .pipeline import CompileOptions, compile_model
 
-    if not args.val and not args.quiet:
-        print("note: no --val given: artifacts are built and timed, accuracy is not measured", file=sys.stderr)
     compile_model(CompileOptions(
         variant=args.variant, target=args.target, out=args.out, calib=args.calib, calib_count=args.calib_count,
         calib_method=args.calib_method, val=args.val, synsets=args.synsets, weights=args.weights,

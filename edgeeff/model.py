@@ -141,6 +141,16 @@ class EfficientNet(nn.Module):
         x = self.features(x).mean((2, 3))
         return self.classifier(self.dropout(x))
 
+    def state_dict_digest(self) -> str:
+        """A hash of every weight: identifies this exact model in caches (random or surgered ones too)."""
+        import hashlib
+
+        digest = hashlib.sha256()
+        for name, tensor in self.state_dict().items():
+            digest.update(name.encode())
+            digest.update(tensor.detach().cpu().numpy().tobytes())
+        return digest.hexdigest()
+
     def describe(self) -> dict:
         return {"variant": self.variant.name, "act": self.act_name,
                 "se": "keep" if self.se_enabled else "remove",

@@ -20,6 +20,7 @@ import torch
 
 from . import __version__
 from .backends import backend as load_backend
+from .cache import cached_array, content_key
 from .data import ImageSet, Labels, imagenet_labels, load_calibration, load_validation, read_synsets_file
 from .errors import UserError
 from .evaluate import TorchRunner, align_classes, measure_latency, predict_all, score
@@ -111,12 +112,38 @@ def resolve_labels(synsets: Path | None) -> Labels:
     return read_synsets_file(synsets) if synsets else imagenet_labels()
 
 
-def compile_model(opts: CompileOptions) -> tuple[Path, dict]:
-    watch = Stopwatch()
-    # --- everything that can be wrong with the user's input is checked before any heavy work
+def check_inputs(opts: CompileOptions):
+    """Every cheap check of the user's input, before any message or heavy work."""
+    from .family import VARIANTS, nearest_names
+
+    if opts.variant not in VARIANTS:
+        raise UserError(f"--variant {opts.variant}: unknown{nearest_names(opts.variant, VARIANTS)}; "
+                        f"`edgeeff variants` lists the family")
     target = get_target(opts.target)
     recipe = get_recipe(opts.calib_method or target.calibration)
     backend = load_backend(target.backend)
+    if opts.calib is not None and not opts.calib.is_dir():
+        raise UserError(f"--calib {opts.calib}: not a folder; pass a folder of calibration images")
+    if opts.val is not None and not opts.val.exists():
+        raise UserError(f"--val {opts.val}: no such folder or list file")
+    if opts.calib_count < 1:
+        raise UserError(f"--calib-count {opts.calib_count}: must be at least 1")
+    if opts.weights is None and not opts.random_weights:
+        from .weights import no_weights_message, packaged_weights_path
+
+        if packaged_weights_path(opts.variant) is None:
+            raise UserError(no_weights_message(opts.variant))
+    final = opts.out / f"{opts.variant}-{target.name}"
+    if final.exists() and not opts.force:
+        raise UserError(f"--out: {final} already exists; pass --force to replace it or choose another --out")
+    return target, recipe, backend, final
+
+
+def compile_model(opts: CompileOptions) -> tuple[Path, dict]:
+    watch = Stopwatch()
+    target, recipe, backend, final = check_inputs(opts)
+    if opts.val is None:
+        say("note: no --val given: artifacts are built and timed, accuracy is not measured")
     threads = opts.threads or target.threads
     torch.set_num_threads(threads)
     with watch.stage("load_model", f"loading {opts.variant} weights"):
@@ -124,9 +151,6 @@ def compile_model(opts: CompileOptions) -> tuple[Path, dict]:
                                          random_weights=opts.random_weights)
     labels = resolve_labels(opts.synsets)
     spec = spec_for_variant(opts.variant)
-    final = opts.out / f"{opts.variant}-{target.name}"
-    if final.exists() and not opts.force:
-        raise UserError(f"--out: {final} already exists; pass --force to replace it or choose another --out")
     with watch.stage("load_images"):
         validation = load_validation(opts.val, labels, spec, opts.quiet) if opts.val else None
         calibration = load_calibration(opts.calib, opts.calib_count, spec, opts.quiet)
@@ -146,10 +170,16 @@ def compile_model(opts: CompileOptions) -> tuple[Path, dict]:
 
         reference = TorchRunner(model, spec, threads)
         ref_scores = None
+        reference_cached = False
         if validation is not None:
             with watch.stage("evaluate_reference", "evaluating FP32 reference (PyTorch)"):
-                ref_logits = predict_all(reference, validation.crops, "FP32 reference", opts.quiet)
+                # Cached by content: a second target for the same model and images reuses it.
+                key = content_key(weights_info.sha256 or weights_info.source, model.describe(),
+                                  model.state_dict_digest(), validation.crops, reference.runtime)
+                ref_logits, hit = cached_array("reference_logits", key, lambda: predict_all(
+                    reference, validation.crops, "FP32 reference", opts.quiet))
                 ref_scores = score(ref_logits, validation.labels)
+                reference_cached = hit
         rows = []
         for artifact in artifacts:
             row = {"file": artifact.file, "format": artifact.format, "precision": artifact.precision,
@@ -195,7 +225,7 @@ def compile_model(opts: CompileOptions) -> tuple[Path, dict]:
                         if validation is not None else
                         {"path": None, "images": 0, "classes": 0,
                          "note": "accuracy not measured: no --val given"}),
-            "reference": {"runtime": reference.runtime, "precision": "fp32",
+            "reference": {"runtime": reference.runtime, "precision": "fp32", "cached": reference_cached,
                           **({"top1": round(ref_scores.top1, 2), "top5": round(ref_scores.top5, 2)}
                              if ref_scores else {"top1": None, "top5": None})},
             "artifacts": rows,

@@ -7,6 +7,8 @@ weights) fed edgeeff's calibration images; what edgeeff adds is the measured cho
 
 from __future__ import annotations
 
+import contextlib
+import io
 import shutil
 import tempfile
 from pathlib import Path
@@ -144,16 +146,18 @@ def quantize(fp32_path: Path, out_path: Path, calib_inputs: np.ndarray, recipe: 
         # ORT recommends: quantization then sees the graph the runtime will actually run.
         quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=True)
         reader = _BatchReader(_input_name(prepared), calib_inputs, int(recipe.get("batch", 10)))
-        quantize_static(
-            str(prepared), str(out_path), reader,
-            quant_format=QuantFormat.QDQ,
-            per_channel=bool(quant.get("per_channel", True)),
-            activation_type=getattr(QuantType, QUANT_TYPES[quant.get("activations", "uint8")]),
-            weight_type=getattr(QuantType, QUANT_TYPES[quant.get("weights", "int8")]),
-            calibrate_method=getattr(CalibrationMethod, CALIBRATION_METHODS[method]),
-            nodes_to_exclude=nodes_to_exclude or [],
-            extra_options=extra,
-        )
+        # ORT prints a line per calibration batch; the progress we show is our own.
+        with contextlib.redirect_stdout(io.StringIO()):
+            quantize_static(
+                str(prepared), str(out_path), reader,
+                quant_format=QuantFormat.QDQ,
+                per_channel=bool(quant.get("per_channel", True)),
+                activation_type=getattr(QuantType, QUANT_TYPES[quant.get("activations", "uint8")]),
+                weight_type=getattr(QuantType, QUANT_TYPES[quant.get("weights", "int8")]),
+                calibrate_method=getattr(CalibrationMethod, CALIBRATION_METHODS[method]),
+                nodes_to_exclude=nodes_to_exclude or [],
+                extra_options=extra,
+            )
     return {"quantizer": version(), "format": "QDQ", "per_channel": bool(quant.get("per_channel", True)),
             "activations": quant.get("activations", "uint8"), "weights": quant.get("weights", "int8"),
             "extra_options": {k: v for k, v in extra.items() if k != "CalibStridedMinMax"}}

@@ -1,0 +1,32 @@
+"""Shared fixtures. Real ImageNet images and the B0 test weights come from ../shared when it is
+there; tests that need them skip with the reason otherwise (the images may not be shipped)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("EDGEEFF_SHARED", REPO.parent / "shared"))
+SAMPLE = SHARED / "data" / "imagenet-sample"
+B0_TEST_WEIGHTS = SHARED / "data" / "weights" / "efficientnet-b0-swish-se-test.pth"
+
+needs_shared = pytest.mark.skipif(
+    not (SAMPLE / "val").is_dir(),
+    reason=f"needs the ImageNet sample at {SAMPLE} (not shippable; present beside the checkout in CI)")
+needs_b0_weights = pytest.mark.skipif(
+    not B0_TEST_WEIGHTS.is_file(), reason=f"needs the B0 swish+SE test weights at {B0_TEST_WEIGHTS}")
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _isolated_cache(tmp_path_factory):
+    """Tests never read a developer's cache: a stale hit must not make a test pass."""
+    os.environ["EDGEEFF_CACHE"] = str(tmp_path_factory.mktemp("edgeeff-cache"))
+    yield
+
+
+@pytest.fixture(scope="session")
+def sample():
+    return SAMPLE

