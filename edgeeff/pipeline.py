@@ -66,6 +66,7 @@ class Job:
     workdir: Path
     fp32_onnx: Path
     threads: int
+    quiet: bool = False
     timings: dict = field(default_factory=dict)
 
 
@@ -163,7 +164,7 @@ def compile_model(opts: CompileOptions) -> tuple[Path, dict]:
         fp32_onnx = workdir / ".export.onnx"
         with watch.stage("export_onnx", "exporting FP32 ONNX"):
             export_onnx(model, spec.resolution, fp32_onnx)
-        job = Job(opts.variant, model, spec, target, recipe, calibration, workdir, fp32_onnx, threads)
+        job = Job(opts.variant, model, spec, target, recipe, calibration, workdir, fp32_onnx, threads, opts.quiet)
         with watch.stage("quantize", f"quantizing for {target.name} ({recipe['name']} calibration)"):
             artifacts = backend.build(job)
         fp32_onnx.unlink()

@@ -107,45 +107,57 @@ class _BatchReader:
         self.start = 0
 
 
-CALIBRATION_METHODS = {"minmax": "MinMax", "percentile": "Percentile", "entropy": "Entropy",
-                       "distribution": "Distribution"}
+CALIBRATION_METHODS = {"entropy": "Entropy", "distribution": "Distribution"}  # ORT's own calibrators
 QUANT_TYPES = {"uint8": "QUInt8", "int8": "QInt8"}
 
 
 def quantize(fp32_path: Path, out_path: Path, calib_inputs: np.ndarray, recipe: dict, quant: dict,
-             nodes_to_exclude: list[str] | None = None) -> dict:
+             nodes_to_exclude: list[str] | None = None, quiet: bool = False) -> dict:
     """Static QDQ quantization of an FP32 ONNX with ONNX Runtime's quantizer.
 
     `recipe` is a calibration recipe (calib/*.toml); `quant` the target's quantization settings
-    (activation/weight types, per-channel). Returns what was done, for the report.
+    (activation/weight types, per-channel). minmax/percentile/mse ranges come from edgeeff's own
+    calibration (edgeeff/calibration.py, cached) and reach ONNX Runtime through its calibration
+    cache file; entropy/distribution use ONNX Runtime's calibrators. Returns what was done.
     """
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.calibrate import TensorsData, save_tensors_data
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
+    from ..calibration import OWN_METHODS, cached_stats, tensor_ranges
+
     method = recipe["method"]
-    extra = {
-        "ActivationSymmetric": quant.get("activation_symmetric", False),
-        "WeightSymmetric": True,  # symmetric per-channel INT8 weights: what every INT8 kernel expects
+    symmetric_activations = bool(quant.get("activation_symmetric", False))
+    extra = {"ActivationSymmetric": symmetric_activations,
+             "WeightSymmetric": True}  # symmetric per-channel INT8 weights: what INT8 kernels expect
+    if method not in OWN_METHODS:
         # Calibrate one batch at a time so memory stays flat however many images there are.
-        "CalibStridedMinMax": 1,
-    }
-    if method == "percentile":
-        extra["CalibPercentile"] = float(recipe.get("percentile", 99.999))
-    if method in ("percentile", "entropy", "distribution"):
-        extra["CalibNumBins"] = int(recipe.get("num_bins", 2048 if method == "percentile" else 128))
-    if method == "entropy":
-        extra["CalibNumQuantizedBins"] = int(recipe.get("num_quantized_bins", 128))
-    if recipe.get("moving_average"):
-        extra["CalibMovingAverage"] = True
-        extra["CalibMovingAverageConstant"] = float(recipe.get("averaging_constant", 0.01))
+        extra["CalibStridedMinMax"] = 1
+        if method in ("percentile", "entropy", "distribution"):
+            extra["CalibNumBins"] = int(recipe.get("num_bins", 128))
+        if method == "entropy":
+            extra["CalibNumQuantizedBins"] = int(recipe.get("num_quantized_bins", 128))
     extra.update(quant.get("extra_options", {}))
+    details = {"quantizer": version(), "format": "QDQ", "per_channel": bool(quant.get("per_channel", True)),
+               "activations": quant.get("activations", "uint8"), "weights": quant.get("weights", "int8"),
+               "calibration": method}
 
     with tempfile.TemporaryDirectory(prefix="edgeeff-ort-") as tmp:
         prepared = Path(tmp) / "prepared.onnx"
         # Shape inference + ORT's graph optimisations (BN folding, constant folding) first, as
         # ORT recommends: quantization then sees the graph the runtime will actually run.
         quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=True)
-        reader = _BatchReader(_input_name(prepared), calib_inputs, int(recipe.get("batch", 10)))
+        reader, cache_file, calibrate_method = None, None, CALIBRATION_METHODS.get(method, "MinMax")
+        if method in OWN_METHODS:
+            stats, hit = cached_stats(prepared, calib_inputs, int(recipe.get("batch", 10)), quiet=quiet)
+            ranges = {name: (np.float32(low), np.float32(high))  # ORT wants float32 scalars
+                      for name, (low, high) in tensor_ranges(stats, recipe, symmetric=symmetric_activations).items()}
+            cache_file = Path(tmp) / "ranges.json"
+            save_tensors_data(TensorsData(CalibrationMethod.MinMax, ranges), cache_file)
+            calibrate_method = "MinMax"
+            details["calibration_stats_cached"] = hit
+        else:
+            reader = _BatchReader(_input_name(prepared), calib_inputs, int(recipe.get("batch", 10)))
         # ORT prints a line per calibration batch; the progress we show is our own.
         with contextlib.redirect_stdout(io.StringIO()):
             quantize_static(
@@ -154,13 +166,47 @@ def quantize(fp32_path: Path, out_path: Path, calib_inputs: np.ndarray, recipe: 
                 per_channel=bool(quant.get("per_channel", True)),
                 activation_type=getattr(QuantType, QUANT_TYPES[quant.get("activations", "uint8")]),
                 weight_type=getattr(QuantType, QUANT_TYPES[quant.get("weights", "int8")]),
-                calibrate_method=getattr(CalibrationMethod, CALIBRATION_METHODS[method]),
+                calibrate_method=getattr(CalibrationMethod, calibrate_method),
                 nodes_to_exclude=nodes_to_exclude or [],
                 extra_options=extra,
+                calibration_cache_path=str(cache_file) if cache_file else None,
             )
-    return {"quantizer": version(), "format": "QDQ", "per_channel": bool(quant.get("per_channel", True)),
-            "activations": quant.get("activations", "uint8"), "weights": quant.get("weights", "int8"),
-            "extra_options": {k: v for k, v in extra.items() if k != "CalibStridedMinMax"}}
+    if quant.get("float_output", True):
+        details["float_output"] = dequantize_outputs(out_path)
+    details["extra_options"] = {k: v for k, v in extra.items() if k != "CalibStridedMinMax"}
+    return details
+
+
+def dequantize_outputs(path: Path) -> list[str]:
+    """Drop the Q/DQ pair on each graph output, so logits leave the model in float.
+
+    Quantizing the logits to 8 bits makes close classes tie at the same integer and flips the
+    argmax: measured on Lite0, top-1 agreement 97.85% with quantized logits, 98.15% without,
+    at the same size and speed (the classifier's weights and input stay INT8).
+    """
+    import onnx
+
+    model = onnx.load(str(path))
+    graph = model.graph
+    producer = {out: node for node in graph.node for out in node.output}
+    changed = []
+    for output in graph.output:
+        dq = producer.get(output.name)
+        if dq is None or dq.op_type != "DequantizeLinear":
+            continue
+        q = producer.get(dq.input[0])
+        if q is None or q.op_type != "QuantizeLinear":
+            continue
+        source = producer.get(q.input[0])
+        consumers = [n for n in graph.node for i in n.input if i == q.input[0] and n is not q]
+        if source is None or consumers:
+            continue  # the float tensor feeds something else too: leave the graph alone
+        source.output[list(source.output).index(q.input[0])] = output.name
+        graph.node.remove(dq)
+        graph.node.remove(q)
+        changed.append(output.name)
+    onnx.save(model, str(path))
+    return changed
 
 
 def _input_name(path: Path) -> str:
@@ -178,7 +224,7 @@ def build(job) -> list:
     int8 = job.workdir / "model_int8.onnx"
     spec = job.spec.with_layout("NCHW", "float32")
     details = quantize(fp32, int8, spec.to_model_input(job.calibration.crops), job.recipe,
-                       job.target.quantization)
+                       job.target.quantization, quiet=job.quiet)
     return [
         Artifact(file=fp32.name, format="onnx", precision="fp32", spec=spec),
         Artifact(file=int8.name, format="onnx", precision="int8", spec=spec, quantization=details),

@@ -1,0 +1,188 @@
+"""One calibration algorithm for every backend: activation statistics -> per-tensor ranges.
+
+Statistics are collected once per (FP32 ONNX model, calibration images) by running the FP32 ONNX
+model in ONNX Runtime with every float activation exposed as an output, in two passes: exact
+min/max, then a histogram per tensor over that range. They are cached by content hash, so a
+second target for the same model and images does not recompute them.
+
+Range methods (a recipe's `method`, per tensor):
+  minmax      the observed range
+  percentile  clip each tail at the recipe's percentile
+  mse         the clipping range that minimises the expected squared quantization error,
+              computed from the histogram for the target's integer grid
+Backends turn ranges into their own format (ONNX Runtime's calibration cache, Q/DQ scales).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from .cache import cache_dir, content_key
+from .progress import progress
+
+OWN_METHODS = ("minmax", "percentile", "mse")
+NUM_BINS = 2048
+
+
+@dataclass
+class ActivationStats:
+    names: list[str]
+    minimum: np.ndarray  # (T,)
+    maximum: np.ndarray  # (T,)
+    hist: np.ndarray  # (T, NUM_BINS) counts over [minimum, maximum]
+
+    def save(self, path: Path) -> None:
+        np.savez(path, names=np.array(self.names), minimum=self.minimum, maximum=self.maximum, hist=self.hist)
+
+    @classmethod
+    def load(cls, path: Path) -> "ActivationStats":
+        with np.load(path) as d:
+            return cls(list(d["names"]), d["minimum"], d["maximum"], d["hist"])
+
+
+def activation_names(model: onnx.ModelProto) -> list[str]:
+    """Float tensors flowing between nodes (and the graph input): what gets quantized."""
+    inferred = onnx.shape_inference.infer_shapes(model)
+    float_type = onnx.TensorProto.FLOAT
+    typed = {vi.name: vi.type.tensor_type.elem_type for vi in
+             list(inferred.graph.value_info) + list(inferred.graph.input) + list(inferred.graph.output)}
+    initializers = {i.name for i in model.graph.initializer}
+    names = [i.name for i in model.graph.input if i.name not in initializers]
+    for node in model.graph.node:
+        for out in node.output:
+            if out and typed.get(out) == float_type and out not in names:
+                names.append(out)
+    return names
+
+
+def _augmented_session(model_path: Path, names: list[str], threads: int):
+    import onnxruntime as ort
+
+    model = onnx.load(str(model_path))
+    existing = {o.name for o in model.graph.output}
+    for name in names:
+        if name not in existing:
+            model.graph.output.append(onnx.helper.make_empty_tensor_value_info(name))
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    # No graph fusion: the tensors we observe must be the ones the quantizer will see.
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    options.log_severity_level = 3
+    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    return session, model.graph.input[0].name
+
+
+def collect_stats(model_path: Path, inputs: np.ndarray, batch: int = 10, threads: int = 2,
+                  quiet: bool = False) -> ActivationStats:
+    names = activation_names(onnx.load(str(model_path), load_external_data=False))
+    session, input_name = _augmented_session(model_path, names, threads)
+    batches = [inputs[i:i + batch] for i in range(0, len(inputs), batch)]
+    lo = np.full(len(names), np.inf)
+    hi = np.full(len(names), -np.inf)
+    for chunk in progress(batches, "calibration pass 1/2 (ranges)", "batch", quiet):
+        for t, value in enumerate(session.run(names, {input_name: chunk})):
+            lo[t] = min(lo[t], float(value.min()))
+            hi[t] = max(hi[t], float(value.max()))
+    lo, hi = np.minimum(lo, 0.0), np.maximum(hi, 0.0)  # every range holds zero (exact zero padding)
+    hist = np.zeros((len(names), NUM_BINS), np.int64)
+    for chunk in progress(batches, "calibration pass 2/2 (histograms)", "batch", quiet):
+        for t, value in enumerate(session.run(names, {input_name: chunk})):
+            width = hi[t] - lo[t]
+            if width <= 0:
+                hist[t, 0] += value.size
+                continue
+            idx = ((value.ravel() - lo[t]) * (NUM_BINS / width)).astype(np.int64)
+            hist[t] += np.bincount(np.clip(idx, 0, NUM_BINS - 1), minlength=NUM_BINS)
+    return ActivationStats(names, lo, hi, hist)
+
+
+def cached_stats(model_path: Path, inputs: np.ndarray, batch: int = 10, threads: int = 2,
+                 quiet: bool = False) -> tuple[ActivationStats, bool]:
+    """collect_stats, cached by the model's bytes and the calibration inputs."""
+    root = cache_dir()
+    key = content_key(Path(model_path).read_bytes(), inputs, NUM_BINS, "stats-v1")
+    path = root / "calibration_stats" / f"{key}.npz" if root else None
+    if path is not None and path.is_file():
+        try:
+            return ActivationStats.load(path), True
+        except (OSError, ValueError, KeyError):
+            path.unlink(missing_ok=True)
+    stats = collect_stats(model_path, inputs, batch, threads, quiet)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.stem + ".tmp.npz")
+        stats.save(tmp)
+        tmp.replace(path)
+    return stats, False
+
+
+def _bin_centres(lo: float, hi: float) -> np.ndarray:
+    edges = np.linspace(lo, hi, NUM_BINS + 1)
+    return (edges[:-1] + edges[1:]) / 2
+
+
+def percentile_range(hist, lo, hi, percentile: float) -> tuple[float, float]:
+    cdf = np.cumsum(hist) / max(hist.sum(), 1)
+    tail = (100.0 - percentile) / 100.0
+    edges = np.linspace(lo, hi, NUM_BINS + 1)
+    low = edges[np.searchsorted(cdf, tail, side="left")] if lo < 0 else lo
+    high = edges[min(np.searchsorted(cdf, 1 - tail, side="left") + 1, NUM_BINS)] if hi > 0 else hi
+    return min(float(low), 0.0), max(float(high), 0.0)
+
+
+def quant_error(centres, counts, low, high, qmin, qmax, symmetric):
+    """Expected squared error of fake-quantizing the histogram with range [low, high]."""
+    if symmetric:
+        bound = max(abs(low), abs(high))
+        scale = bound / ((qmax - qmin) / 2) if bound > 0 else 1.0
+        zero = 0.0
+        qmin, qmax = -(qmax - qmin) // 2, (qmax - qmin) // 2
+    else:
+        scale = (high - low) / (qmax - qmin) if high > low else 1.0
+        zero = np.round(qmin - low / scale)
+    q = np.clip(np.round(centres / scale + zero), qmin, qmax)
+    return float((counts * (centres - (q - zero) * scale) ** 2).sum())
+
+
+def mse_range(hist, lo, hi, bits: int = 8, symmetric: bool = False, steps: int = 100) -> tuple[float, float]:
+    """Shrink the observed range towards zero in `steps` steps; keep the lowest expected error."""
+    centres = _bin_centres(lo, hi)
+    counts = hist.astype(np.float64)
+    qmin, qmax = 0, 2 ** bits - 1
+    best, best_err = (lo, hi), np.inf
+    for fraction in np.linspace(1.0, 0.2, steps):
+        low, high = lo * fraction, hi * fraction
+        err = quant_error(centres, counts, low, high, qmin, qmax, symmetric)
+        if err < best_err - 1e-12 * max(best_err, 1):
+            best, best_err = (low, high), err
+    return float(best[0]), float(best[1])
+
+
+def tensor_ranges(stats: ActivationStats, recipe: dict, symmetric: bool = False) -> dict[str, tuple[float, float]]:
+    """Per-tensor (low, high) for a recipe. `symmetric`: the target uses zero point 0 (TensorRT)."""
+    method = recipe["method"]
+    ranges = {}
+    for t, name in enumerate(stats.names):
+        lo, hi, hist = float(stats.minimum[t]), float(stats.maximum[t]), stats.hist[t]
+        if method == "minmax" or hi <= lo:
+            low, high = lo, hi
+        elif method == "percentile":
+            low, high = percentile_range(hist, lo, hi, float(recipe.get("percentile", 99.999)))
+        elif method == "mse":
+            low, high = mse_range(hist, lo, hi, symmetric=symmetric)
+        else:
+            raise ValueError(f"calibration method {method!r} is not edgeeff's own ({', '.join(OWN_METHODS)})")
+        if symmetric:
+            bound = max(abs(low), abs(high))
+            low, high = -bound, bound
+        ranges[name] = (low, high)
+    return ranges
+
+
+def describe_ranges(ranges: dict) -> str:
+    return json.dumps({k: [round(a, 6), round(b, 6)] for k, (a, b) in ranges.items()})
