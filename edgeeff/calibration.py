@@ -26,7 +26,11 @@ from .cache import cache_dir, content_key
 from .progress import progress
 
 OWN_METHODS = ("minmax", "percentile", "mse")
+HISTOGRAM_METHODS = ("percentile", "mse")
 NUM_BINS = 2048
+# Histograms see every HISTOGRAM_STRIDE-th element of each activation: a fixed, deterministic
+# subsample that keeps pass 2 cheap. min/max (pass 1) always see every element.
+HISTOGRAM_STRIDE = 7
 
 
 @dataclass
@@ -34,15 +38,16 @@ class ActivationStats:
     names: list[str]
     minimum: np.ndarray  # (T,)
     maximum: np.ndarray  # (T,)
-    hist: np.ndarray  # (T, NUM_BINS) counts over [minimum, maximum]
+    hist: np.ndarray | None  # (T, NUM_BINS) counts over [minimum, maximum]; None: min/max only
 
     def save(self, path: Path) -> None:
-        np.savez(path, names=np.array(self.names), minimum=self.minimum, maximum=self.maximum, hist=self.hist)
+        extra = {"hist": self.hist} if self.hist is not None else {}
+        np.savez(path, names=np.array(self.names), minimum=self.minimum, maximum=self.maximum, **extra)
 
     @classmethod
     def load(cls, path: Path) -> "ActivationStats":
         with np.load(path) as d:
-            return cls(list(d["names"]), d["minimum"], d["maximum"], d["hist"])
+            return cls(list(d["names"]), d["minimum"], d["maximum"], d["hist"] if "hist" in d.files else None)
 
 
 def activation_names(model: onnx.ModelProto) -> list[str]:
@@ -78,7 +83,7 @@ def _augmented_session(model_path: Path, names: list[str], threads: int):
 
 
 def collect_stats(model_path: Path, inputs: np.ndarray, batch: int = 10, threads: int = 2,
-                  quiet: bool = False) -> ActivationStats:
+                  quiet: bool = False, histograms: bool = True) -> ActivationStats:
     names = activation_names(onnx.load(str(model_path), load_external_data=False))
     session, input_name = _augmented_session(model_path, names, threads)
     batches = [inputs[i:i + batch] for i in range(0, len(inputs), batch)]
@@ -89,30 +94,33 @@ def collect_stats(model_path: Path, inputs: np.ndarray, batch: int = 10, threads
             lo[t] = min(lo[t], float(value.min()))
             hi[t] = max(hi[t], float(value.max()))
     lo, hi = np.minimum(lo, 0.0), np.maximum(hi, 0.0)  # every range holds zero (exact zero padding)
+    if not histograms:
+        return ActivationStats(names, lo, hi, None)
     hist = np.zeros((len(names), NUM_BINS), np.int64)
     for chunk in progress(batches, "calibration pass 2/2 (histograms)", "batch", quiet):
         for t, value in enumerate(session.run(names, {input_name: chunk})):
             width = hi[t] - lo[t]
             if width <= 0:
-                hist[t, 0] += value.size
+                hist[t, 0] += value.ravel()[::HISTOGRAM_STRIDE].size
                 continue
-            idx = ((value.ravel() - lo[t]) * (NUM_BINS / width)).astype(np.int64)
+            sample = value.ravel()[::HISTOGRAM_STRIDE]
+            idx = ((sample - lo[t]) * (NUM_BINS / width)).astype(np.int64)
             hist[t] += np.bincount(np.clip(idx, 0, NUM_BINS - 1), minlength=NUM_BINS)
     return ActivationStats(names, lo, hi, hist)
 
 
 def cached_stats(model_path: Path, inputs: np.ndarray, batch: int = 10, threads: int = 2,
-                 quiet: bool = False) -> tuple[ActivationStats, bool]:
+                 quiet: bool = False, histograms: bool = True) -> tuple[ActivationStats, bool]:
     """collect_stats, cached by the model's bytes and the calibration inputs."""
     root = cache_dir()
-    key = content_key(Path(model_path).read_bytes(), inputs, NUM_BINS, "stats-v1")
+    key = content_key(Path(model_path).read_bytes(), inputs, NUM_BINS, HISTOGRAM_STRIDE, histograms, "stats-v2")
     path = root / "calibration_stats" / f"{key}.npz" if root else None
     if path is not None and path.is_file():
         try:
             return ActivationStats.load(path), True
         except (OSError, ValueError, KeyError):
             path.unlink(missing_ok=True)
-    stats = collect_stats(model_path, inputs, batch, threads, quiet)
+    stats = collect_stats(model_path, inputs, batch, threads, quiet, histograms)
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.stem + ".tmp.npz")

@@ -39,6 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--out", type=Path, default=Path("out"), help="output root; writes OUT/<variant>-<target>/")
     c.add_argument("--force", action="store_true", help="replace an existing output folder")
     c.add_argument("--latency-runs", type=int, default=50, help="timed batch-1 runs per artifact")
+    c.add_argument("--max-drop", type=float, metavar="PTS",
+                   help="exit with code 4 (after writing the report) if any artifact's top-1 drop exceeds PTS")
     _add_data_flags(c)
 
     e = sub.add_parser("eval", help="evaluate any classifier artifact on a labelled validation set")
@@ -53,6 +55,11 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--json", type=Path, help="also write the scores as JSON here")
     _add_data_flags(e)
 
+    r = sub.add_parser("report", help="compare several output folders in one table and one HTML page")
+    r.add_argument("folders", type=Path, nargs="+", help="output folders holding report.json")
+    r.add_argument("--html", type=Path, default=Path("edgeeff-compare.html"), help="page to write")
+    r.add_argument("--max-drop", type=float, metavar="PTS", help="highlight (and exit 4 on) drops above PTS")
+
     sub.add_parser("variants", help="list the EfficientNet family: resolution, parameters, MACs")
     sub.add_parser("targets", help="list the device targets")
     return parser
@@ -65,7 +72,33 @@ def cmd_compile(args) -> int:
         variant=args.variant, target=args.target, out=args.out, calib=args.calib, calib_count=args.calib_count,
         calib_method=args.calib_method, val=args.val, synsets=args.synsets, weights=args.weights,
         weights_format=args.weights_format, random_weights=args.random_weights, threads=args.threads,
-        force=args.force, quiet=args.quiet, latency_runs=args.latency_runs))
+        force=args.force, quiet=args.quiet, latency_runs=args.latency_runs, max_drop=args.max_drop))
+    return 0
+
+
+def cmd_report(args) -> int:
+    from .html_report import render
+    from .pipeline import over_budget
+    from .report import format_table, table_rows
+
+    reports = []
+    for folder in args.folders:
+        path = folder / "report.json" if folder.is_dir() else folder
+        try:
+            reports.append(json.loads(path.read_text()))
+        except FileNotFoundError:
+            raise UserError(f"{folder}: no report.json there; pass folders written by `edgeeff compile`") from None
+        except json.JSONDecodeError as err:
+            raise UserError(f"{path}: not valid JSON ({err.msg} at line {err.lineno})") from None
+    for report in reports:
+        print(f"== {report['variant']}-{report['target']} ({report['backend']})")
+        print(format_table(table_rows(report)) + "\n")
+    args.html.write_text(render(reports, max_drop=args.max_drop))
+    print(f"wrote {args.html}")
+    if args.max_drop is not None:
+        failures = [f"{r['variant']}-{r['target']}/{f}" for r in reports for f in over_budget(r, args.max_drop)]
+        if failures:
+            raise AccuracyGateError(f"--max-drop {args.max_drop}: {'; '.join(failures)}")
     return 0
 
 
@@ -106,7 +139,8 @@ def cmd_targets(_args) -> int:
     return 0
 
 
-COMMANDS = {"compile": cmd_compile, "eval": cmd_eval, "variants": cmd_variants, "targets": cmd_targets}
+COMMANDS = {"compile": cmd_compile, "eval": cmd_eval, "report": cmd_report, "variants": cmd_variants,
+            "targets": cmd_targets}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -22,9 +22,10 @@ from . import __version__
 from .backends import backend as load_backend
 from .cache import cached_array, content_key
 from .data import ImageSet, Labels, imagenet_labels, load_calibration, load_validation, read_synsets_file
-from .errors import UserError
+from .errors import AccuracyGateError, UserError
 from .evaluate import TorchRunner, align_classes, measure_latency, predict_all, score
 from .export import export_onnx
+from .html_report import render as render_html
 from .model import count_macs, count_parameters
 from .preprocess import PreprocessSpec, spec_for_variant
 from .profiles import TargetProfile, get_recipe, get_target
@@ -51,6 +52,7 @@ class CompileOptions:
     force: bool = False
     quiet: bool = False
     latency_runs: int = 50
+    max_drop: float | None = None
 
 
 @dataclass
@@ -91,6 +93,7 @@ def atomic_folder(final: Path, force: bool):
     if final.exists() and not force:
         raise UserError(f"--out: {final} already exists; pass --force to replace it or choose another --out")
     final.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_partials(final)
     tmp = final.parent / f".{final.name}.partial-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
@@ -107,6 +110,30 @@ def atomic_folder(final: Path, force: bool):
     finally:
         signal.signal(signal.SIGTERM, previous)
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def remove_stale_partials(final: Path) -> None:
+    """Temporary folders left by a run that was killed (SIGKILL cannot be caught) are removed."""
+    for stale in final.parent.glob(f".{final.name}.partial-*"):
+        pid = stale.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and not _process_alive(int(pid)):
+            shutil.rmtree(stale, ignore_errors=True)
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def over_budget(report: dict, max_drop: float) -> list[str]:
+    """Artifacts whose top-1 drop exceeds --max-drop."""
+    return [f"{a['file']} drops {a['top1_drop']:.2f} points" for a in report["artifacts"]
+            if a.get("top1_drop") is not None and a["top1_drop"] > max_drop]
 
 
 def resolve_labels(synsets: Path | None) -> Labels:
@@ -127,6 +154,10 @@ def check_inputs(opts: CompileOptions):
         raise UserError(f"--calib {opts.calib}: not a folder; pass a folder of calibration images")
     if opts.val is not None and not opts.val.exists():
         raise UserError(f"--val {opts.val}: no such folder or list file")
+    if opts.max_drop is not None and opts.val is None:
+        raise UserError("--max-drop needs --val: without validation images no drop can be measured")
+    if opts.max_drop is not None and opts.max_drop < 0:
+        raise UserError(f"--max-drop {opts.max_drop}: must be zero or more points")
     if opts.calib_count < 1:
         raise UserError(f"--calib-count {opts.calib_count}: must be at least 1")
     if opts.weights is None and not opts.random_weights:
@@ -245,7 +276,14 @@ def compile_model(opts: CompileOptions) -> tuple[Path, dict]:
         (workdir / "labels.txt").write_text("\n".join(labels.names) + "\n")
         write_json(workdir / "report.json", report)
         (workdir / "report.md").write_text(markdown(report))
+        (workdir / "report.html").write_text(render_html([report], max_drop=opts.max_drop))
         write_manifest(workdir, report, "labels.txt")
     print(format_table(table_rows(report)))
-    print(f"\nwrote {final}/ (report.json, report.md, manifest.json)")
+    print(f"\nwrote {final}/ (report.json, report.md, report.html, manifest.json)")
+    if opts.max_drop is not None:
+        if validation is None:
+            raise UserError("--max-drop needs --val: without validation images no drop was measured")
+        failures = over_budget(report, opts.max_drop)
+        if failures:
+            raise AccuracyGateError(f"--max-drop {opts.max_drop}: {'; '.join(failures)} (report written to {final})")
     return final, report

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import MissingBackendError
+from ..errors import MissingBackendError, UserError
 from ..preprocess import PreprocessSpec
 
 EXTRA = "onnx"
@@ -45,7 +45,11 @@ def session(path: Path, threads: int):
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.log_severity_level = 3
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    try:
+        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    except Exception as err:  # ORT raises its own Fail/InvalidGraph/InvalidProtobuf types
+        raise UserError(f"{path}: ONNX Runtime cannot load it ({type(err).__name__}); "
+                        f"is it a complete .onnx model file?") from None
 
 
 class OrtRunner:
@@ -73,7 +77,10 @@ def inspect_input(path: Path) -> dict:
     """Layout, dtype and size of a foreign model's input, for `edgeeff eval` without a manifest."""
     import onnx
 
-    model = onnx.load(str(path), load_external_data=False)
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as err:  # protobuf DecodeError and friends
+        raise UserError(f"{path}: not a readable ONNX model ({type(err).__name__})") from None
     inp = model.graph.input[0]
     dims = [d.dim_value or d.dim_param for d in inp.type.tensor_type.shape.dim]
     out_dims = [d.dim_value for d in model.graph.output[0].type.tensor_type.shape.dim]
@@ -124,7 +131,7 @@ def quantize(fp32_path: Path, out_path: Path, calib_inputs: np.ndarray, recipe: 
     from onnxruntime.quantization.calibrate import TensorsData, save_tensors_data
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    from ..calibration import OWN_METHODS, cached_stats, tensor_ranges
+    from ..calibration import HISTOGRAM_METHODS, OWN_METHODS, cached_stats, tensor_ranges
 
     method = recipe["method"]
     symmetric_activations = bool(quant.get("activation_symmetric", False))
@@ -149,7 +156,8 @@ def quantize(fp32_path: Path, out_path: Path, calib_inputs: np.ndarray, recipe: 
         quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=True)
         reader, cache_file, calibrate_method = None, None, CALIBRATION_METHODS.get(method, "MinMax")
         if method in OWN_METHODS:
-            stats, hit = cached_stats(prepared, calib_inputs, int(recipe.get("batch", 10)), quiet=quiet)
+            stats, hit = cached_stats(prepared, calib_inputs, int(recipe.get("batch", 10)), quiet=quiet,
+                                      histograms=method in HISTOGRAM_METHODS)
             ranges = {name: (np.float32(low), np.float32(high))  # ORT wants float32 scalars
                       for name, (low, high) in tensor_ranges(stats, recipe, symmetric=symmetric_activations).items()}
             cache_file = Path(tmp) / "ranges.json"

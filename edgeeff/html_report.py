@@ -1,0 +1,158 @@
+"""report.html: one self-contained page (inline SVG charts, no scripts, no network).
+
+Charts: top-1 of each artifact against the FP32 reference, latency, size. Used for a single
+compile (beside report.json) and by `edgeeff report` to compare several output folders.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+
+PALETTE = {"fp32": "#5b7db1", "fp16": "#8fb35b", "int8": "#d9822b", "reference": "#7f7f7f"}
+CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2rem auto;max-width:1100px;color:#222;padding:0 1rem}
+h1{font-size:1.5rem} h2{font-size:1.15rem;margin-top:2rem;border-bottom:1px solid #ddd;padding-bottom:.3rem}
+table{border-collapse:collapse;margin:.5rem 0;font-size:.9rem} th,td{border:1px solid #ccc;padding:.3rem .6rem;text-align:right}
+th{background:#f3f3f3} td.l,th.l{text-align:left} .warn{background:#fff4e5;border:1px solid #f0b46c;padding:.6rem;border-radius:4px}
+.bad{color:#b00020;font-weight:600} .charts{display:flex;flex-wrap:wrap;gap:1.5rem} figure{margin:0}
+figcaption{font-size:.85rem;color:#555} dl{display:grid;grid-template-columns:max-content auto;gap:.2rem 1rem;font-size:.9rem} dt{font-weight:600}
+"""
+
+
+def _esc(value) -> str:
+    return html.escape(str(value))
+
+
+def bar_chart(title: str, bars: list[tuple[str, float | None, str]], unit: str, reference: float | None = None,
+              width: int = 520, lo: float | None = None) -> str:
+    """Horizontal bars: (label, value, colour). A dashed line marks the reference value."""
+    shown = [b for b in bars if b[1] is not None]
+    if not shown:
+        return f"<figure><figcaption>{_esc(title)}: not measured</figcaption></figure>"
+    label_w, row_h, pad = 190, 26, 16
+    height = pad * 2 + row_h * len(bars) + 22
+    values = [v for _, v, _ in shown] + ([reference] if reference is not None else [])
+    top = max(values) * 1.05 or 1.0
+    low = lo if lo is not None else 0.0
+    span = max(top - low, 1e-9)
+    plot_w = width - label_w - 70
+
+    def x(v):
+        return label_w + max(0.0, (v - low) / span) * plot_w
+
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" role="img" '
+             f'aria-label="{_esc(title)}" font-family="system-ui,sans-serif" font-size="12">']
+    for i, (label, value, colour) in enumerate(bars):
+        y = pad + i * row_h
+        parts.append(f'<text x="{label_w - 6}" y="{y + 17}" text-anchor="end">{_esc(label)}</text>')
+        if value is None:
+            parts.append(f'<text x="{label_w + 4}" y="{y + 17}" fill="#888">not run here</text>')
+            continue
+        parts.append(f'<rect x="{label_w}" y="{y + 4}" width="{x(value) - label_w:.1f}" height="{row_h - 8}" '
+                     f'fill="{colour}"><title>{_esc(label)}: {value:.2f} {unit}</title></rect>')
+        parts.append(f'<text x="{x(value) + 4:.1f}" y="{y + 17}">{value:.2f}</text>')
+    axis_y = pad + row_h * len(bars) + 4
+    parts.append(f'<line x1="{label_w}" y1="{axis_y}" x2="{label_w + plot_w}" y2="{axis_y}" stroke="#999"/>')
+    parts.append(f'<text x="{label_w}" y="{axis_y + 15}" fill="#555">{low:g}</text>')
+    parts.append(f'<text x="{label_w + plot_w}" y="{axis_y + 15}" text-anchor="end" fill="#555">{top:.1f} {unit}</text>')
+    if reference is not None:
+        rx = x(reference)
+        parts.append(f'<line x1="{rx:.1f}" y1="{pad}" x2="{rx:.1f}" y2="{axis_y}" stroke="#333" stroke-dasharray="4 3"/>')
+        parts.append(f'<text x="{rx:.1f}" y="{pad - 4}" text-anchor="middle" font-size="10">FP32 reference</text>')
+    parts.append("</svg>")
+    return f"<figure>{''.join(parts)}<figcaption>{_esc(title)}</figcaption></figure>"
+
+
+def _cell(value, digits=2):
+    if value is None:
+        return "-"
+    return f"{value:.{digits}f}" if isinstance(value, float) else _esc(value)
+
+
+def _artifact_table(reports: list[dict], max_drop: float | None) -> str:
+    many = len(reports) > 1
+    head = (["folder"] if many else []) + ["artifact", "precision", "runtime", "top-1", "top-5", "drop",
+                                           "agreement %", "size MB", "latency ms (b1)", "verified"]
+    rows = ["<tr>" + "".join(f'<th class="{"l" if i < (3 if many else 2) else ""}">{h}</th>'
+                             for i, h in enumerate(head)) + "</tr>"]
+    for report in reports:
+        ref = report["reference"]
+        name = f"{report['variant']}-{report['target']}"
+        rows.append("<tr>" + (f'<td class="l">{_esc(name)}</td>' if many else "")
+                    + f'<td class="l">FP32 reference</td><td class="l">fp32</td><td class="l">{_esc(ref["runtime"])}</td>'
+                    + f"<td>{_cell(ref.get('top1'))}</td><td>{_cell(ref.get('top5'))}</td>" + "<td></td>" * 5 + "</tr>")
+        for a in report["artifacts"]:
+            drop = a.get("top1_drop")
+            over = max_drop is not None and drop is not None and drop > max_drop
+            latency = (a.get("latency_ms") or {}).get("median")
+            rows.append("<tr>" + (f'<td class="l">{_esc(name)}</td>' if many else "")
+                        + f'<td class="l">{_esc(a["file"])}</td><td class="l">{_esc(a["precision"])}</td>'
+                        + f'<td class="l">{_esc(a.get("runtime", "-"))}</td>'
+                        + f"<td>{_cell(a.get('top1'))}</td><td>{_cell(a.get('top5'))}</td>"
+                        + f'<td class="{"bad" if over else ""}">{_cell(drop)}</td>'
+                        + f"<td>{_cell(a.get('top1_agreement'))}</td><td>{_cell(a.get('size_bytes', 0) / 1e6)}</td>"
+                        + f"<td>{_cell(latency)}</td><td>{'yes' if a.get('verified', True) else 'no: ' + _esc(a.get('reason', ''))}</td></tr>")
+    return "<table>" + "".join(rows) + "</table>"
+
+
+def _charts(reports: list[dict]) -> str:
+    many = len(reports) > 1
+    top1, latency, size = [], [], []
+    reference = reports[0]["reference"].get("top1") if not many else None
+    for report in reports:
+        prefix = f"{report['variant']}-{report['target']}: " if many else ""
+        if many:
+            top1.append((prefix + "FP32 reference", report["reference"].get("top1"), PALETTE["reference"]))
+        for a in report["artifacts"]:
+            colour = PALETTE.get(a["precision"], "#999")
+            label = prefix + a["file"]
+            top1.append((label, a.get("top1"), colour))
+            latency.append((label, (a.get("latency_ms") or {}).get("median"), colour))
+            size.append((label, a.get("size_bytes", 0) / 1e6, colour))
+    measured = [v for _, v, _ in top1 if v is not None] + ([reference] if reference is not None else [])
+    lo = max(0.0, (min(measured) - 5) // 5 * 5) if measured else 0.0
+    return ('<div class="charts">'
+            + bar_chart("Top-1 (%) per artifact; dashed line: FP32 reference", top1, "%", reference, lo=lo)
+            + bar_chart("Latency, median ms at batch 1", latency, "ms")
+            + bar_chart("Size (MB)", size, "MB") + "</div>")
+
+
+def _details(report: dict) -> str:
+    pre, cal, data = report["preprocess"], report["calibration"], report["dataset"]
+    items = [
+        ("Preprocessing", f"RGB; resize shorter side to {pre['resize_size']} ({pre['interpolation']}); centre crop "
+                          f"{pre['resolution']}; [0, 1] then mean {pre['mean']}, std {pre['std']}; {pre['layout']}"),
+        ("Calibration", f"{cal['images']} images from {cal['path']} ({cal['source']}); method {cal['method']}"
+                        + (f"; {cal['skipped']} unreadable skipped" if cal.get("skipped") else "")),
+        ("Validation", f"{data['images']} images, {data['classes']} classes from {data['path']}"
+                       if data.get("path") else "none: accuracy not measured"),
+        ("Model", f"{report['model'].get('variant')} act={report['model'].get('act')} se={report['model'].get('se')}, "
+                  f"{report['model'].get('parameters', 0) / 1e6:.2f}M parameters; weights {report['model']['weights']['source']}"),
+        ("Stage timings (s)", ", ".join(f"{k} {v}" for k, v in report.get("timings_s", {}).items())),
+    ]
+    return "<dl>" + "".join(f"<dt>{_esc(k)}</dt><dd>{_esc(v)}</dd>" for k, v in items) + "</dl>"
+
+
+def render(reports: list[dict], title: str | None = None, max_drop: float | None = None) -> str:
+    single = len(reports) == 1
+    title = title or (f"edgeeff: {reports[0]['variant']} for {reports[0]['target']}" if single
+                      else f"edgeeff: {len(reports)} builds compared")
+    body = [f"<h1>{_esc(title)}</h1>"]
+    if any(not r.get("accuracy_measured", True) for r in reports):
+        body.append('<p class="warn">Accuracy was not measured for builds compiled without <code>--val</code>: '
+                    'only size and latency there are measurements.</p>')
+    body += ["<h2>Summary</h2>", _artifact_table(reports, max_drop),
+             "<p>Drop = FP32 reference top-1 minus artifact top-1 (positive is worse). Agreement = share of "
+             "validation images whose top-1 matches the FP32 reference.</p>",
+             "<h2>Charts</h2>", _charts(reports)]
+    for report in reports:
+        if not single:
+            body.append(f"<h2>{_esc(report['variant'])}-{_esc(report['target'])}</h2>")
+        else:
+            body.append("<h2>Details</h2>")
+        body.append(_details(report))
+    body.append("<h2>report.json</h2><details><summary>raw</summary><pre>"
+                + _esc(json.dumps(reports[0] if single else reports, indent=1)[:200000]) + "</pre></details>")
+    return (f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>{_esc(title)}</title>'
+            f"<style>{CSS}</style></head><body>{''.join(body)}</body></html>\n")

@@ -1,0 +1,216 @@
+"""What a user in CI or on a laptop must never see: a traceback for their mistake, a half-written
+folder, a report that changes between identical runs. Issue 6's bars, tested."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from edgeeff.cli import main
+
+QUICK = ["--calib-count", "9", "--latency-runs", "2", "--quiet"]
+
+
+def _photo(path: Path, mode="RGB", size=(96, 80)):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(len(str(path)))
+    rgb = Image.fromarray(rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8))
+    if mode == "I;16":
+        Image.fromarray((np.asarray(rgb.convert("L"), np.uint16) * 257)).save(path)
+    else:
+        rgb.convert(mode).save(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("data")
+    for i in range(3):
+        _photo(root / "calib" / "a" / f"{i}.jpg")
+    for synset in ("n01443537", "n01440764"):
+        _photo(root / "val" / synset / "x.png")
+    (root / "empty").mkdir()
+    (root / "corrupt" / "sub").mkdir(parents=True)
+    (root / "corrupt" / "sub" / "bad.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    _photo(root / "badval" / "kittens" / "k.png")
+    (root / "list.txt").write_text("calib/a/0.jpg\n")
+    (root / "corrupt.onnx").write_bytes(b"\x08\x07garbage")
+    (root / "model.pt").write_bytes(b"")
+    # weights: a real b0-shaped lukemelas file, and a truncated copy
+    from edgeeff.model import build_model
+    from tests.test_weights import to_lukemelas
+    torch.save(to_lukemelas(build_model("b0").state_dict()), root / "b0.pth")
+    (root / "b0_truncated.pth").write_bytes((root / "b0.pth").read_bytes()[:10000])
+    torch.save({"foo": torch.zeros(3)}, root / "odd.pth")
+    (root / "out" / "lite0-onnx").mkdir(parents=True)
+    return root
+
+
+BASE = ["compile", "--variant", "lite0", "--target", "onnx"]
+BAD_INPUTS = {
+    "unknown variant, nearest suggested": (["compile", "--variant", "lite9", "--target", "onnx"], "did you mean"),
+    "unknown target, nearest suggested": (["compile", "--variant", "lite0", "--target", "onnxx"], "did you mean onnx"),
+    "missing calibration folder": (BASE + ["--calib", "{d}/nope"], "--calib {d}/nope: not a folder"),
+    "empty calibration folder": (BASE + ["--calib", "{d}/empty"], "no images found"),
+    "only corrupt calibration images": (BASE + ["--calib", "{d}/corrupt"], "none of the 1 images could be read"),
+    "missing validation folder": (BASE + ["--val", "{d}/nope"], "--val {d}/nope: no such folder"),
+    "empty validation folder": (BASE + ["--val", "{d}/empty"], "no class folders"),
+    "validation folders that are not synsets": (BASE + ["--val", "{d}/badval"], "kittens"),
+    "malformed validation list file": (BASE + ["--val", "{d}/list.txt"], "expected `relative/path label`"),
+    "missing synsets file": (BASE + ["--val", "{d}/val", "--synsets", "{d}/nope.txt"], "--synsets {d}/nope.txt: no such file"),
+    "weights of another variant": (["compile", "--variant", "b2", "--target", "onnx", "--weights", "{d}/b0.pth"], "use --variant b0"),
+    "truncated weights file": (["compile", "--variant", "b0", "--target", "onnx", "--weights", "{d}/b0_truncated.pth"], "truncated"),
+    "weights in an unknown layout": (["compile", "--variant", "b0", "--target", "onnx", "--weights", "{d}/odd.pth"], "--weights-format"),
+    "output folder exists": (BASE + ["--out", "{d}/out"], "already exists; pass --force"),
+    "calibration count of zero": (BASE + ["--calib-count", "0"], "--calib-count 0"),
+    "--max-drop without --val": (BASE + ["--max-drop", "0.5"], "--max-drop needs --val"),
+    "unknown calibration recipe": (BASE + ["--calib-method", "kl"], "--calib-method kl: unknown"),
+    "eval of a corrupt model": (["eval", "{d}/corrupt.onnx", "--val", "{d}/val"], "corrupt.onnx"),
+    "eval of an unsupported file": (["eval", "{d}/model.pt", "--val", "{d}/val"], "cannot evaluate .pt"),
+    "report of a folder without report.json": (["report", "{d}/empty"], "no report.json"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_INPUTS))
+def test_bad_input_is_a_one_line_error_and_writes_nothing(case, data, capsys, monkeypatch):
+    args, expected = BAD_INPUTS[case]
+    args = [a.format(d=data) for a in args]
+    if args[0] == "compile" and "--out" not in args:
+        args += ["--out", str(data / "fresh")]
+    monkeypatch.chdir(data)
+    code = main(args + (["--quiet"] if args[0] in ("compile", "eval") else []))
+    err = capsys.readouterr().err.strip()
+    assert code == 2, err
+    assert err.startswith("edgeeff: error:") and len(err.splitlines()) == 1, err
+    assert expected.format(d=data) in err
+    assert not (data / "fresh").exists()
+    assert list((data / "out").iterdir()) == [data / "out" / "lite0-onnx"]
+
+
+def test_missing_backend_names_the_extra(data, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # as if ONNX Runtime were not installed
+    code = main(BASE + ["--out", str(data / "fresh"), "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 3 and "pip install 'edgeeff[onnx]'" in err and not (data / "fresh").exists()
+
+
+@pytest.mark.slow
+def test_odd_image_modes_are_converted_not_rejected(tmp_path):
+    for mode, name in (("L", "gray.png"), ("CMYK", "cmyk.jpg"), ("RGBA", "alpha.png"), ("I;16", "deep.png"),
+                       ("P", "palette.gif")):
+        _photo(tmp_path / "calib" / name, mode)
+    assert main(BASE + ["--calib", str(tmp_path / "calib"), "--out", str(tmp_path / "out"), *QUICK]) == 0
+    report = json.loads((tmp_path / "out" / "lite0-onnx" / "report.json").read_text())
+    assert report["calibration"]["images"] == 5 and report["calibration"]["skipped"] == 0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_interrupted_compile_leaves_no_output(tmp_path, sig):
+    out = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, "-m", "edgeeff", *BASE, "--out", str(out), *QUICK],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and not list(out.glob(".lite0-onnx.partial-*")):
+        time.sleep(0.05)
+    assert list(out.glob(".lite0-onnx.partial-*")), "compile never started writing"
+    time.sleep(0.5)  # mid-export
+    proc.send_signal(sig)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode != 0
+    assert "Traceback" not in stderr
+    assert not (out / "lite0-onnx").exists()
+    assert not list(out.glob(".*partial*"))
+
+
+def test_stale_partial_folder_of_a_killed_run_is_cleaned(tmp_path):
+    from edgeeff.pipeline import remove_stale_partials
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    stale = tmp_path / f".lite0-onnx.partial-{dead.pid}"
+    stale.mkdir()
+    mine = tmp_path / f".lite0-onnx.partial-{os.getpid()}"
+    mine.mkdir()
+    remove_stale_partials(tmp_path / "lite0-onnx")
+    assert not stale.exists() and mine.exists()
+
+
+@pytest.fixture(scope="module")
+def twice(data, tmp_path_factory):
+    """The same compile twice (tiny validation set), second run served from the caches."""
+    reports, folders = [], []
+    for run in range(2):
+        out = tmp_path_factory.mktemp(f"run{run}")
+        assert main(BASE + ["--calib", str(data / "calib"), "--val", str(data / "val"), "--out", str(out), *QUICK]) == 0
+        folders.append(out / "lite0-onnx")
+        reports.append(json.loads((folders[-1] / "report.json").read_text()))
+    twice.folders = folders
+    return reports
+
+
+def twice_folders():
+    return twice.folders
+
+
+def _without_timings(report):
+    report = json.loads(json.dumps(report))
+    report.pop("timings_s")
+    report["reference"].pop("cached")
+    for a in report["artifacts"]:
+        a.pop("latency_ms")
+        (a.get("quantization") or {}).pop("calibration_stats_cached", None)
+    return report
+
+
+@pytest.mark.slow
+def test_identical_inputs_give_identical_reports(twice):
+    assert _without_timings(twice[0]) == _without_timings(twice[1])
+
+
+@pytest.mark.slow
+def test_second_target_for_same_model_and_data_reuses_caches(twice):
+    first, second = twice
+    assert first["reference"]["cached"] is False and second["reference"]["cached"] is True
+    int8 = [a for a in second["artifacts"] if a["precision"] == "int8"][0]
+    assert int8["quantization"]["calibration_stats_cached"] is True
+    for stage in ("load_model", "export_onnx", "quantize", "evaluate_reference"):
+        assert stage in second["timings_s"]
+
+
+@pytest.mark.slow
+def test_max_drop_gates_after_writing_the_report(data, tmp_path, capsys):
+    code = main(BASE + ["--calib", str(data / "calib"), "--val", str(data / "val"), "--out", str(tmp_path),
+                        "--max-drop", "0", *QUICK])
+    report = json.loads((tmp_path / "lite0-onnx" / "report.json").read_text())
+    drops = [a["top1_drop"] for a in report["artifacts"]]
+    assert code == (4 if max(drops) > 0 else 0)
+    code = main(BASE + ["--calib", str(data / "calib"), "--val", str(data / "val"), "--out", str(tmp_path),
+                        "--force", "--max-drop", "100", *QUICK])
+    assert code == 0
+
+
+@pytest.mark.slow
+def test_report_command_compares_folders_in_one_page(twice, data, tmp_path, capsys):
+    assert main(["report", *map(str, twice_folders()), "--html", str(tmp_path / "cmp.html")]) == 0
+    page = (tmp_path / "cmp.html").read_text()
+    assert page.count("<svg") == 3 and "http://" not in page.replace('xmlns="http://www.w3.org/2000/svg"', "")
+    assert "2 builds compared" in page
+
+
+@pytest.mark.slow
+def test_html_report_is_self_contained(twice, tmp_path):
+    from edgeeff.html_report import render
+
+    page = render([twice[0]])
+    assert "<svg" in page and "<script" not in page
+    assert "https://" not in page and "src=" not in page  # nothing fetched from the network
+    assert "FP32 reference" in page and "Preprocessing" in page and "Calibration" in page
