@@ -176,7 +176,8 @@ def tensor_ranges(stats: ActivationStats, recipe: dict, symmetric: bool = False)
     method = recipe["method"]
     ranges = {}
     for t, name in enumerate(stats.names):
-        lo, hi, hist = float(stats.minimum[t]), float(stats.maximum[t]), stats.hist[t]
+        lo, hi = float(stats.minimum[t]), float(stats.maximum[t])
+        hist = stats.hist[t] if stats.hist is not None else None
         if method == "minmax" or hi <= lo:
             low, high = lo, hi
         elif method == "percentile":

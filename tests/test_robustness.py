@@ -214,3 +214,20 @@ def test_html_report_is_self_contained(twice, tmp_path):
     assert "<svg" in page and "<script" not in page
     assert "https://" not in page and "src=" not in page  # nothing fetched from the network
     assert "FP32 reference" in page and "Preprocessing" in page and "Calibration" in page
+
+
+@pytest.mark.slow
+def test_html_report_renders_in_a_real_browser(twice, tmp_path):
+    """Open the page in headless Chromium (network off) and check the charts actually drew."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+    from render_report import find_chromium, render
+
+    if find_chromium() is None:
+        pytest.skip("Chromium not installed (apt-get install chromium): the page is not rendered")
+    page = twice_folders()[0] / "report.html"
+    png = render(page, tmp_path / "shot.png", width=1200, height=1000)
+    shot = np.asarray(Image.open(png).convert("RGB")).astype(int)
+    assert shot.shape[:2] == (1000, 1200)
+    # The int8 bars are drawn in the int8 orange (#d9822b): present only if the SVG rendered.
+    orange = (np.abs(shot - [0xD9, 0x82, 0x2B]).sum(axis=2) < 30).sum()
+    assert orange > 500, orange
