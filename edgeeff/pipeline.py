@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import resource
 import shutil
 import signal
 import time
@@ -73,8 +74,11 @@ class Job:
 
 
 class Stopwatch:
+    """Wall time per stage, and the process's peak resident memory when each stage ended."""
+
     def __init__(self):
         self.timings: dict[str, float] = {}
+        self.peak_rss_mb: dict[str, float] = {}
 
     @contextlib.contextmanager
     def stage(self, name: str, message: str | None = None):
@@ -85,6 +89,8 @@ class Stopwatch:
             yield
         finally:
             self.timings[name] = round(self.timings.get(name, 0.0) + time.perf_counter() - start, 2)
+            # ru_maxrss is in KiB on Linux: a running peak, so each stage shows the high-water mark so far.
+            self.peak_rss_mb[name] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
 @contextlib.contextmanager
@@ -273,6 +279,7 @@ def compile_model(opts: CompileOptions) -> tuple[Path, dict]:
         if calibration.skipped or (validation and validation.skipped):
             report["skipped_images"] = calibration.skipped + (validation.skipped if validation else [])
         report["timings_s"] = watch.timings
+        report["peak_rss_mb"] = watch.peak_rss_mb
         (workdir / "labels.txt").write_text("\n".join(labels.names) + "\n")
         write_json(workdir / "report.json", report)
         (workdir / "report.md").write_text(markdown(report))

@@ -164,6 +164,7 @@ def twice_folders():
 def _without_timings(report):
     report = json.loads(json.dumps(report))
     report.pop("timings_s")
+    report.pop("peak_rss_mb")
     report["reference"].pop("cached")
     for a in report["artifacts"]:
         a.pop("latency_ms")
