@@ -213,6 +213,9 @@ def dequantize_outputs(path: Path) -> list[str]:
         graph.node.remove(dq)
         graph.node.remove(q)
         changed.append(output.name)
+    used = {name for node in graph.node for name in node.input}
+    for init in [i for i in graph.initializer if i.name not in used]:  # the pair's scale/zero point
+        graph.initializer.remove(init)
     onnx.save(model, str(path))
     return changed
 
