@@ -123,6 +123,8 @@ def check_inputs(opts: CompileOptions):
     target = get_target(opts.target)
     recipe = get_recipe(opts.calib_method or target.calibration)
     backend = load_backend(target.backend)
+    if hasattr(backend, "check_job"):
+        backend.check_job(target, recipe)
     if opts.calib is not None and not opts.calib.is_dir():
         raise UserError(f"--calib {opts.calib}: not a folder; pass a folder of calibration images")
     if opts.val is not None and not opts.val.exists():
@@ -145,7 +147,8 @@ def compile_model(opts: CompileOptions) -> tuple[Path, dict]:
     target, recipe, backend, final = check_inputs(opts)
     if opts.val is None:
         say("note: no --val given: artifacts are built and timed, accuracy is not measured")
-    threads = opts.threads or target.threads
+    # The profile's threads are the device's; evaluating here, never ask for more than the host has.
+    threads = opts.threads or max(1, min(target.threads, os.cpu_count() or 1))
     torch.set_num_threads(threads)
     with watch.stage("load_model", f"loading {opts.variant} weights"):
         model, weights_info = load_model(opts.variant, opts.weights, opts.weights_format,
