@@ -64,7 +64,7 @@ class Job:
     recipe: dict
     calibration: ImageSet
     workdir: Path
-    fp32_onnx: Path
+    fp32_onnx: Path  # exported only when the backend's NEEDS_ONNX is true (the default)
     threads: int
     quiet: bool = False
     timings: dict = field(default_factory=dict)
@@ -165,12 +165,13 @@ def compile_model(opts: CompileOptions) -> tuple[Path, dict]:
 
     with atomic_folder(final, opts.force) as workdir:
         fp32_onnx = workdir / ".export.onnx"
-        with watch.stage("export_onnx", "exporting FP32 ONNX"):
-            export_onnx(model, spec.resolution, fp32_onnx)
+        if getattr(backend, "NEEDS_ONNX", True):  # the LiteRT backend converts the PyTorch model itself
+            with watch.stage("export_onnx", "exporting FP32 ONNX"):
+                export_onnx(model, spec.resolution, fp32_onnx)
         job = Job(opts.variant, model, spec, target, recipe, calibration, workdir, fp32_onnx, threads, opts.quiet)
         with watch.stage("quantize", f"quantizing for {target.name} ({recipe['name']} calibration)"):
             artifacts = backend.build(job)
-        fp32_onnx.unlink()
+        fp32_onnx.unlink(missing_ok=True)
 
         reference = TorchRunner(model, spec, threads)
         ref_scores = None

@@ -8,6 +8,7 @@ A backend module provides:
   SUFFIXES       artifact file suffixes it can evaluate (for `edgeeff eval`)
   inspect_input(path)   layout, resolution and output width of a foreign file (`edgeeff eval`)
   check_job(target, recipe)   optional: raise UserError before any heavy work if build() cannot run
+  NEEDS_ONNX     optional, default True: build() reads job.fp32_onnx (the pipeline's ONNX export)
 """
 
 from __future__ import annotations

@@ -39,6 +39,7 @@ INSTALL = "pip install 'edgeeff[tflite]'"
 # Calibration methods this backend implements (calib/*.toml `method`).
 RECIPE_METHODS = ("sample_percentile", "minmax")
 IO_DTYPES = ("int8", "uint8")
+NEEDS_ONNX = False  # converts the PyTorch model directly: the pipeline skips its ONNX export
 
 
 def available() -> None:
@@ -196,6 +197,7 @@ def quantize_int8(float_path: Path, out_path: Path, calib_inputs: np.ndarray, re
     with _captured_output():
         result = quantizer.quantize(reduce_ranges(cal.get_model_qsvs(), percentile), enable_progress_report=False)
         result.export_model(str(out_path), overwrite=True)
+    repaired = repair_bias_overflow(out_path, float_path)
     from importlib import metadata
 
     return {"quantizer": f"ai-edge-quantizer {metadata.version('ai-edge-quantizer')}",
@@ -203,7 +205,7 @@ def quantize_int8(float_path: Path, out_path: Path, calib_inputs: np.ndarray, re
             "weights": "int8", "per_channel": True, "weight_symmetric": True,
             "activations": "int8", "activation_symmetric": False,
             "calibration": recipe["method"], "range_percentile_over_images": percentile,
-            "calibration_images": int(len(calib_inputs))}
+            "calibration_images": int(len(calib_inputs)), "bias_overflow_channels_repaired": repaired}
 
 
 def quantize_fp16(float_path: Path, out_path: Path) -> dict:
@@ -317,6 +319,62 @@ def int8_io_to_uint8(src: Path, dst: Path) -> None:
         graph.outputs[k] = new
         retarget(old, new, "outputs")
     _save(model, dst)
+
+
+BIAS_TARGET = 2 ** 24  # |int32 bias| of a repaired channel: far from overflow, 7 significant digits
+
+
+def repair_bias_overflow(int8_path: Path, float_path: Path) -> int:
+    """Fix the INT32 biases ai-edge-quantizer overflows; returns how many channels were repaired.
+
+    A bias is quantized with scale input_scale * weight_scale[c]. Trained EfficientNets have dead
+    channels (BN gamma ~ 0: weights ~1e-10 after folding, output = the bias): their weight scale
+    is ~1e-12, bias / scale does not fit in int32 and the quantizer writes INT32_MIN, which turns
+    a constant activation into a huge negative one (Lite0: 87 channels in 23 layers). TensorFlow's
+    converter handles this by enlarging the channel's weight scale until the bias fits; so does
+    this: weight scale such that |bias| quantizes to ~2^24, the channel's int8 weights
+    requantized with it (they round to ~0, as they are), bias requantized exactly.
+    """
+    schema = _schema()
+    model, ref = _load_inlined(int8_path), _load_inlined(float_path)
+    graph, ref_graph = model.subgraphs[0], ref.subgraphs[0]
+    by_name = collections.Counter(t.name for t in ref_graph.tensors)
+    ref_tensors = {t.name: t for t in ref_graph.tensors if by_name[t.name] == 1}
+    repaired = 0
+    for op in graph.operators:
+        if len(op.inputs) < 3 or op.inputs[2] < 0:
+            continue
+        x, w, b = (graph.tensors[i] for i in op.inputs[:3])
+        if b.type != schema.TensorType.INT32 or w.type != schema.TensorType.INT8 or b.name not in ref_tensors:
+            continue
+        ref_bias = ref_tensors[b.name]
+        bias_f = np.frombuffer(bytes(ref.buffers[ref_bias.buffer].data), np.float32).astype(np.float64)
+        bias_q = np.frombuffer(bytes(model.buffers[b.buffer].data), np.int32).copy()
+        b_scale = np.broadcast_to(np.asarray(b.quantization.scale, np.float64), bias_q.shape).copy()
+        broken = np.abs(bias_q * b_scale - bias_f) > b_scale  # more than a step off: overflowed
+        if not broken.any():
+            continue
+        w_scale = np.asarray(w.quantization.scale, np.float64)
+        if w_scale.size != bias_q.size:
+            raise ValueError(f"{int8_path}: per-tensor weights with an overflowed bias in {b.name!r}")
+        in_scale = float(x.quantization.scale[0])
+        axis = w.quantization.quantizedDimension
+        w_q = np.frombuffer(bytes(model.buffers[w.buffer].data), np.int8).reshape(w.shape).copy()
+        w_q = np.moveaxis(w_q, axis, 0)
+        for c in np.flatnonzero(broken):
+            new_scale = max(w_scale[c], abs(bias_f[c]) / (in_scale * BIAS_TARGET))
+            w_q[c] = np.clip(np.round(w_q[c] * (w_scale[c] / new_scale)), -127, 127)
+            w_scale[c] = new_scale
+            b_scale[c] = in_scale * new_scale
+            bias_q[c] = int(np.round(bias_f[c] / b_scale[c]))
+            repaired += 1
+        model.buffers[w.buffer].data = np.moveaxis(w_q, 0, axis).astype(np.int8).reshape(-1).view(np.uint8)
+        model.buffers[b.buffer].data = bias_q.view(np.uint8)
+        w.quantization.scale = w_scale.astype(np.float32).tolist()
+        b.quantization.scale = b_scale.astype(np.float32).tolist()
+    if repaired:
+        _save(model, int8_path)
+    return repaired
 
 
 def graph_summary(path: Path) -> dict:
