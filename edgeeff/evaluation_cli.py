@@ -78,7 +78,7 @@ def evaluate_artifact(args) -> dict:
     result = {"file": str(path), "runtime": runner.runtime, **scores.as_dict(),
               "images": len(validation), "skipped": len(validation.skipped),
               "label_offset": raw.shape[1] - logits.shape[1] if args.label_offset is None else args.label_offset,
-              "preprocess": spec.to_dict(), "latency_ms": latency}
+              "preprocess": runner.spec.to_dict(), "latency_ms": latency}
     print(format_table([["artifact", "runtime", "images", "top-1", "top-5", "ms (b1)"],
                         [path.name, runner.runtime, str(len(validation)), f"{scores.top1:.2f}",
                          f"{scores.top5:.2f}", f"{latency['median']:.2f}"]]))

@@ -67,7 +67,7 @@ class Job:
     recipe: dict
     calibration: ImageSet
     workdir: Path
-    fp32_onnx: Path
+    fp32_onnx: Path  # exported only when the backend's NEEDS_ONNX is true (the default)
     threads: int
     quiet: bool = False
     timings: dict = field(default_factory=dict)
@@ -156,6 +156,8 @@ def check_inputs(opts: CompileOptions):
     target = get_target(opts.target)
     recipe = get_recipe(opts.calib_method or target.calibration)
     backend = load_backend(target.backend)
+    if hasattr(backend, "check_job"):
+        backend.check_job(target, recipe)
     if opts.calib is not None and not opts.calib.is_dir():
         raise UserError(f"--calib {opts.calib}: not a folder; pass a folder of calibration images")
     if opts.val is not None and not opts.val.exists():
@@ -182,7 +184,8 @@ def compile_model(opts: CompileOptions) -> tuple[Path, dict]:
     target, recipe, backend, final = check_inputs(opts)
     if opts.val is None:
         say("note: no --val given: artifacts are built and timed, accuracy is not measured")
-    threads = opts.threads or target.threads
+    # The profile's threads are the device's; evaluating here, never ask for more than the host has.
+    threads = opts.threads or max(1, min(target.threads, os.cpu_count() or 1))
     torch.set_num_threads(threads)
     with watch.stage("load_model", f"loading {opts.variant} weights"):
         model, weights_info = load_model(opts.variant, opts.weights, opts.weights_format,
@@ -199,12 +202,13 @@ def compile_model(opts: CompileOptions) -> tuple[Path, dict]:
 
     with atomic_folder(final, opts.force) as workdir:
         fp32_onnx = workdir / ".export.onnx"
-        with watch.stage("export_onnx", "exporting FP32 ONNX"):
-            export_onnx(model, spec.resolution, fp32_onnx)
+        if getattr(backend, "NEEDS_ONNX", True):  # the LiteRT backend converts the PyTorch model itself
+            with watch.stage("export_onnx", "exporting FP32 ONNX"):
+                export_onnx(model, spec.resolution, fp32_onnx)
         job = Job(opts.variant, model, spec, target, recipe, calibration, workdir, fp32_onnx, threads, opts.quiet)
         with watch.stage("quantize", f"quantizing for {target.name} ({recipe['name']} calibration)"):
             artifacts = backend.build(job)
-        fp32_onnx.unlink()
+        fp32_onnx.unlink(missing_ok=True)
 
         reference = TorchRunner(model, spec, threads)
         ref_scores = None

@@ -48,8 +48,11 @@ def write_manifest(folder: Path, report: dict, labels_file: str, extra_files=())
         "preprocess": report["preprocess"],
         "labels": {"file": labels_file, "classes": report["model"]["num_classes"],
                    "output_offset": 0},
+        # input: layout and dtype; quantized inputs add scale and zero_point (and output likewise),
+        # what a device needs to feed the file and read its logits.
         "artifacts": [{"file": a["file"], "format": a["format"], "precision": a["precision"],
-                       "input": a.get("input")} for a in report["artifacts"]],
+                       "input": a.get("input"), **({"output": a["output"]} if a.get("output") else {})}
+                      for a in report["artifacts"]],
         "files": files,
         "versions": report["versions"],
     }

@@ -5,7 +5,10 @@ Runs the real `edgeeff compile` once per recipe (same images, same FP32 model), 
 table and writes the figures as JSON. This is how the default calibration recipe of each target
 was chosen (docs/quantization.md).
 
-    python scripts/bench_accuracy.py --variant lite0 --calib CALIB --val VAL [--target onnx]
+    python scripts/bench_accuracy.py --variant lite0 --calib CALIB --val VAL [--target onnx|rpi|android|ios]
+
+Without --methods, every recipe in calib/ the target's backend implements is measured. Latency is
+at --threads (default 2) in the artifact's own runtime; FP16 artifacts (phones) get their own columns.
 """
 
 from __future__ import annotations
@@ -20,7 +23,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from edgeeff.pipeline import CompileOptions, compile_model  # noqa: E402
-from edgeeff.profiles import all_recipes  # noqa: E402
+from edgeeff.backends import backend as load_backend  # noqa: E402
+from edgeeff.errors import UserError  # noqa: E402
+from edgeeff.profiles import all_recipes, get_target  # noqa: E402
 from edgeeff.report import format_table  # noqa: E402
 
 
@@ -32,12 +37,24 @@ def main() -> int:
     parser.add_argument("--calib", type=Path, required=True)
     parser.add_argument("--val", type=Path, required=True)
     parser.add_argument("--calib-count", type=int, default=300)
-    parser.add_argument("--methods", nargs="+", default=list(all_recipes()))
+    parser.add_argument("--methods", nargs="+", help="calibration recipes (default: all the target supports)")
+    parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--latency-runs", type=int, default=200)
     parser.add_argument("--json", type=Path, help="where to write the figures (default docs/results/bench_accuracy_<variant>_<target>.json)")
     args = parser.parse_args()
     out_json = args.json or Path(__file__).resolve().parents[1] / "docs" / "results" / f"bench_accuracy_{args.variant}_{args.target}.json"
 
+    if not args.methods:
+        target = get_target(args.target)
+        backend = load_backend(target.backend)
+        args.methods = []
+        for name, recipe in all_recipes().items():
+            try:
+                if hasattr(backend, "check_job"):
+                    backend.check_job(target, recipe)
+                args.methods.append(name)
+            except UserError:
+                continue
     rows = []
     with tempfile.TemporaryDirectory(prefix="edgeeff-bench-") as tmp:
         for method in args.methods:
@@ -45,7 +62,7 @@ def main() -> int:
             _, report = compile_model(CompileOptions(
                 variant=args.variant, target=args.target, out=Path(tmp) / method, calib=args.calib,
                 calib_count=args.calib_count, calib_method=method, val=args.val, weights=args.weights,
-                quiet=True, latency_runs=args.latency_runs))
+                quiet=True, latency_runs=args.latency_runs, threads=args.threads))
             by_precision = {a["precision"]: a for a in report["artifacts"]}
             fp32, int8 = by_precision["fp32"], by_precision["int8"]
             rows.append({
@@ -59,7 +76,13 @@ def main() -> int:
                 "quantize_seconds": report["timings_s"]["quantize"],
                 "compile_seconds": round(sum(report["timings_s"].values()), 1),
                 "threads": int8["latency_ms"]["threads"],
+                "fp32_format": fp32["format"], "int8_input_dtype": int8["input"]["dtype"],
             })
+            if "fp16" in by_precision:
+                fp16 = by_precision["fp16"]
+                rows[-1].update({"fp16_top1": fp16["top1"], "fp16_top1_agreement": fp16["top1_agreement"],
+                                 "fp16_latency_ms": fp16["latency_ms"]["median"],
+                                 "fp16_size_bytes": fp16["size_bytes"]})
     table = [["method", "FP32 top-1", "INT8 top-1", "top-5", "drop", "agree%", "FP32 ms", "INT8 ms", "ratio",
               "INT8 MB", "quant s", "compile s"]]
     for r in rows:
@@ -68,6 +91,10 @@ def main() -> int:
                       f"{r['int8_latency_ms']:.2f}", f"{r['latency_ratio']:.2f}", f"{r['int8_size_bytes'] / 1e6:.2f}",
                       f"{r['quantize_seconds']:.1f}", f"{r['compile_seconds']:.1f}"])
     print(format_table(table))
+    for r in rows:
+        if "fp16_top1" in r:
+            print(f"{r['method']}: FP16 top-1 {r['fp16_top1']:.2f}, agree {r['fp16_top1_agreement']:.2f}%, "
+                  f"{r['fp16_latency_ms']:.2f} ms, {r['fp16_size_bytes'] / 1e6:.2f} MB")
     out_json.parent.mkdir(parents=True, exist_ok=True)
     out_json.write_text(json.dumps({"machine": {"host": platform.machine(), "processor": platform.processor(),
                                                 "cpus": __import__("os").cpu_count()},

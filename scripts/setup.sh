@@ -2,9 +2,10 @@
 # Create .venv and install edgeeff into it (editable) with the given extras. Safe to re-run.
 #   bash scripts/setup.sh            # everything the tests use
 #   bash scripts/setup.sh onnx       # only the ONNX Runtime target
+#   bash scripts/setup.sh tflite     # only the TFLite/LiteRT targets (rpi, android, ios)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-EXTRAS=${1:-onnx,lite,plot,dev}
+EXTRAS=${1:-onnx,tflite,lite,plot,dev}
 PYTHON=${PYTHON:-python3.11}
 command -v "$PYTHON" >/dev/null || PYTHON=python3
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv

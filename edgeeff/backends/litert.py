@@ -1,0 +1,540 @@
+"""LiteRT (TFLite) backend: `.tflite` for Raspberry Pi and phones, without TensorFlow.
+
+Conversion (measured against the TensorFlow route in docs/quantization.md):
+  float32  litert-torch converts the PyTorch model itself, wrapped to take NHWC input (the
+           permute is folded away by the converter: no TRANSPOSE op is left in the graph).
+  int8     ai-edge-quantizer static INT8 on that float file: per-channel symmetric INT8
+           weights, per-tensor asymmetric INT8 activations, INT8 input and output tensors
+           (full-integer: no float op, no QUANTIZE/DEQUANTIZE inside). Calibration keeps
+           every image's min/max per tensor and takes a percentile across images
+           (`sample_percentile` recipe), instead of the quantizer's default moving average,
+           which only honours the last ~20 images.
+  uint8 IO when the target profile asks for it: integer QUANTIZE ops (int8 <-> uint8, same
+           scale, zero point + 128) at the graph's input and output, what TensorFlow's
+           converter does for inference_input_type=uint8.
+  fp16     ai-edge-quantizer's float_casting recipe (FP16 weights, float compute) for GPU
+           delegates on phones.
+Evaluation runs every file in the LiteRT interpreter, with the input quantized exactly as a
+device does: normalised float -> round(x / scale) + zero_point, clipped to the tensor's dtype.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import os
+import sys
+import tempfile
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import MissingBackendError, UserError
+from ..preprocess import PreprocessSpec
+from ..progress import progress
+
+EXTRA = "tflite"
+SUFFIXES = (".tflite",)
+INSTALL = "pip install 'edgeeff[tflite]'"
+# Calibration methods this backend implements (calib/*.toml `method`).
+RECIPE_METHODS = ("sample_percentile", "minmax")
+IO_DTYPES = ("int8", "uint8")
+NEEDS_ONNX = False  # converts the PyTorch model directly: the pipeline skips its ONNX export
+
+
+def available() -> None:
+    """The interpreter is all `edgeeff eval` needs; build() also needs the converters."""
+    try:
+        from ai_edge_litert.interpreter import Interpreter  # noqa: F401
+    except ImportError:
+        raise MissingBackendError(f"the tflite targets need LiteRT: {INSTALL}") from None
+
+
+def check_job(target, recipe: dict) -> None:
+    """Everything build() will need, checked before any heavy work (called by the pipeline)."""
+    try:
+        with _captured_output():  # importing them prints C++ and torchao chatter
+            import ai_edge_quantizer  # noqa: F401
+            import litert_torch  # noqa: F401
+    except ImportError:
+        raise MissingBackendError(f"--target {target.name} converts with litert-torch and ai-edge-quantizer: "
+                                  f"{INSTALL}") from None
+    if recipe["method"] not in RECIPE_METHODS:
+        raise UserError(f"--calib-method {recipe['name']}: method {recipe['method']!r} is not available for "
+                        f"--target {target.name}; use one of: {', '.join(RECIPE_METHODS)}")
+    if target.input_dtype not in IO_DTYPES:
+        raise UserError(f"targets/{target.name}.toml: input_dtype {target.input_dtype!r} must be int8 or uint8")
+
+
+def version() -> str:
+    from importlib import metadata
+
+    return f"ai-edge-litert {metadata.version('ai-edge-litert')}"
+
+
+@contextlib.contextmanager
+def _captured_output(quiet: bool = True):
+    """Silence the converters' C++ and Python chatter (written straight to fds 1 and 2).
+
+    On failure the captured text is replayed on stderr, so nothing useful is lost.
+    """
+    if not quiet:
+        yield
+        return
+    sys.stdout.flush()
+    sys.stderr.flush()
+    with tempfile.TemporaryFile(mode="w+b") as sink:
+        saved = [os.dup(1), os.dup(2)]
+        os.dup2(sink.fileno(), 1)
+        os.dup2(sink.fileno(), 2)
+        failed = False
+        try:
+            yield
+        except BaseException:
+            failed = True
+            raise
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            for fd in saved:
+                os.close(fd)
+            if failed:
+                sink.seek(0)
+                sys.stderr.write(sink.read().decode(errors="replace")[-4000:])
+
+
+# ---------------------------------------------------------------- conversion
+
+def convert_float(model, resolution: int, path: Path) -> Path:
+    """PyTorch module (NCHW) -> float32 .tflite with an NHWC input of (1, res, res, 3)."""
+    import litert_torch
+    import torch
+
+    class NHWC(torch.nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, x):
+            x = x.permute(0, 3, 1, 2)
+            inner = self.inner
+            if not all(hasattr(inner, a) for a in ("features", "dropout", "classifier")):
+                return inner(x)
+            # edgeeff's EfficientNet, with the global pool written in NHWC: the converter then
+            # cancels the layout transposes instead of leaving a TRANSPOSE before MEAN
+            # (x.mean((2, 3)) on the NCHW view keeps one). Same arithmetic as inner.forward.
+            pooled = inner.features(x).permute(0, 2, 3, 1).mean((1, 2))
+            return inner.classifier(inner.dropout(pooled))
+
+    os.environ.setdefault("LITERT_TORCH_SHOW_PROGRESS", "n")
+    litert_torch.convert(NHWC(model).eval(), (torch.zeros(1, resolution, resolution, 3),)).export(str(path))
+    return path
+
+
+def _keep_every_sample(qsv: dict, new: dict) -> dict:
+    """Calibrator update: keep each image's min/max (ai-edge-quantizer's default is an EMA).
+
+    The calibrator stores the first image's statistics as they are and calls this from the
+    second image on."""
+    if not qsv:
+        return new
+    all_min = qsv["all_min"] if "all_min" in qsv else [qsv["min"]]
+    all_max = qsv["all_max"] if "all_max" in qsv else [qsv["max"]]
+    all_min.append(new["min"])
+    all_max.append(new["max"])
+    return {"min": np.minimum(qsv["min"], new["min"]), "max": np.maximum(qsv["max"], new["max"]),
+            "all_min": all_min, "all_max": all_max}
+
+
+def reduce_ranges(qsvs: dict, percentile: float) -> dict:
+    """Per tensor: the `percentile`-th percentile over images of each image's max (and the
+    (100 - percentile)-th of each image's min). 100 is the global min/max. Order independent."""
+    ranges = {}
+    for name, qsv in qsvs.items():
+        if "all_min" not in qsv:
+            ranges[name] = {"min": qsv["min"], "max": qsv["max"]}
+            continue
+        shape = np.shape(qsv["min"])
+        lows, highs = np.stack(qsv["all_min"]), np.stack(qsv["all_max"])
+        ranges[name] = {"min": np.percentile(lows, 100 - percentile, axis=0).astype(np.float32).reshape(shape),
+                        "max": np.percentile(highs, percentile, axis=0).astype(np.float32).reshape(shape)}
+    return ranges
+
+
+def quantize_int8(float_path: Path, out_path: Path, calib_inputs: np.ndarray, recipe: dict,
+                  threads: int = 2, quiet: bool = False, batch: int = 25) -> dict:
+    """Static full-integer INT8 with ai-edge-quantizer. `calib_inputs`: float NHWC, preprocessed.
+
+    Returns the settings used (for the report).
+    """
+    from ai_edge_litert.interpreter import Interpreter
+    from ai_edge_quantizer import calibrator, qtyping
+    from ai_edge_quantizer import quantizer as aeq
+    from ai_edge_quantizer.algorithm_manager import AlgorithmName
+
+    percentile = float(recipe.get("percentile", 99.5)) if recipe["method"] == "sample_percentile" else 100.0
+    signatures = Interpreter(model_path=str(float_path)).get_signature_list()
+    key = next(iter(signatures))
+    input_name = signatures[key]["inputs"][0]
+    quantizer = aeq.Quantizer(str(float_path))
+    quantizer.add_static_config(
+        regex=".*", operation_name=qtyping.TFLOperationName.ALL_SUPPORTED,
+        activation_num_bits=8, weight_num_bits=8,  # asymmetric per-tensor INT8 activations
+        weight_granularity=qtyping.QuantGranularity.CHANNELWISE,  # symmetric per-channel INT8 weights
+        algorithm_key=AlgorithmName.MIN_MAX_UNIFORM_QUANT)
+    with _captured_output(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # "experimental_preserve_all_tensors ... debugging"
+        cal = calibrator.Calibrator(quantizer._float_model_buffer, num_threads=threads,
+                                    qsv_update_func=_keep_every_sample)
+    # Fed in chunks (the calibrator accumulates across calls): memory stays flat for big variants.
+    # Each chunk must be a list: the calibrator calls len(list(dataset)) before iterating.
+    chunks = [calib_inputs[i:i + batch] for i in range(0, len(calib_inputs), batch)]
+    for chunk in progress(chunks, "calibration (LiteRT)", "batch", quiet):
+        with _captured_output():
+            cal.calibrate({key: [{input_name: x[None].astype(np.float32)} for x in chunk]},
+                          quantizer._recipe_manager)
+    with _captured_output(), warnings.catch_warnings():
+        # "invalid value encountered in cast": the int32 bias overflow repaired just below
+        warnings.simplefilter("ignore", RuntimeWarning)
+        result = quantizer.quantize(reduce_ranges(cal.get_model_qsvs(), percentile), enable_progress_report=False)
+        result.export_model(str(out_path), overwrite=True)
+    repaired = repair_bias_overflow(out_path, float_path)
+    from importlib import metadata
+
+    return {"quantizer": f"ai-edge-quantizer {metadata.version('ai-edge-quantizer')}",
+            "converter": f"litert-torch {metadata.version('litert-torch')}",
+            "weights": "int8", "per_channel": True, "weight_symmetric": True,
+            "activations": "int8", "activation_symmetric": False,
+            "calibration": recipe["method"], "range_percentile_over_images": percentile,
+            "calibration_images": int(len(calib_inputs)), "bias_overflow_channels_repaired": repaired}
+
+
+def quantize_fp16(float_path: Path, out_path: Path) -> dict:
+    """FP16 weights (float compute): half the size, for GPU delegates (phones)."""
+    from ai_edge_quantizer import quantizer as aeq
+
+    quantizer = aeq.Quantizer(str(float_path))
+    quantizer.load_quantization_recipe([{
+        "regex": ".*", "operation": "*", "algorithm_key": "float_casting",
+        "op_config": {"weight_tensor_config": {"num_bits": 16, "dtype": "FLOAT"},
+                      "compute_precision": "FLOAT", "explicit_dequantize": True, "skip_checks": False}}])
+    with _captured_output():
+        quantizer.quantize(enable_progress_report=False).export_model(str(out_path), overwrite=True)
+    from importlib import metadata
+
+    return {"quantizer": f"ai-edge-quantizer {metadata.version('ai-edge-quantizer')}",
+            "weights": "fp16", "compute": "float32 on CPU, fp16 on GPU delegates"}
+
+
+# ---------------------------------------------------------------- flatbuffer edits
+
+def _schema():
+    from ai_edge_litert import schema_py_generated as schema
+
+    return schema
+
+
+def _load_inlined(path: Path):
+    """The model as mutable objects, with every weight buffer inside the flatbuffer.
+
+    litert-torch and ai-edge-quantizer store weights after the flatbuffer (Buffer.offset/size);
+    re-packing the object tree without inlining them first silently drops every weight.
+    """
+    schema = _schema()
+    raw = Path(path).read_bytes()
+    model = schema.ModelT.InitFromPackedBuf(raw, 0)
+    for buf in model.buffers:
+        if buf.offset > 1:
+            buf.data = np.frombuffer(raw[buf.offset:buf.offset + buf.size], np.uint8).copy()
+            buf.offset, buf.size = 0, 0
+    return model
+
+
+def _save(model, path: Path) -> None:
+    import flatbuffers
+
+    builder = flatbuffers.Builder(1024)
+    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
+    Path(path).write_bytes(builder.Output())
+
+
+def _builtin(opcode) -> int:
+    return max(opcode.builtinCode, opcode.deprecatedBuiltinCode)
+
+
+def int8_io_to_uint8(src: Path, dst: Path) -> None:
+    """Give an int8-IO model uint8 input and output: an integer QUANTIZE op on each end
+    (int8 <-> uint8 with the same scale and zero point + 128: exact, no rounding)."""
+    schema = _schema()
+    model = _load_inlined(src)
+    graph = model.subgraphs[0]
+    quantize_op = next((i for i, oc in enumerate(model.operatorCodes)
+                        if _builtin(oc) == schema.BuiltinOperator.QUANTIZE), None)
+    if quantize_op is None:
+        code = schema.OperatorCodeT()
+        code.builtinCode = code.deprecatedBuiltinCode = schema.BuiltinOperator.QUANTIZE
+        code.version = 2  # int8 <-> uint8 requantization
+        model.operatorCodes.append(code)
+        quantize_op = len(model.operatorCodes) - 1
+
+    def uint8_twin(index: int) -> int:
+        src_tensor = graph.tensors[index]
+        if src_tensor.type != schema.TensorType.INT8:
+            raise ValueError(f"{src}: graph input/output {src_tensor.name!r} is not int8")
+        tensor = schema.TensorT()
+        tensor.shape = list(src_tensor.shape)
+        if src_tensor.shapeSignature is not None:
+            tensor.shapeSignature = list(src_tensor.shapeSignature)
+        tensor.type = schema.TensorType.UINT8
+        tensor.name = src_tensor.name  # the public name stays on the graph's boundary
+        src_tensor.name = src_tensor.name + b"_int8"
+        model.buffers.append(schema.BufferT())
+        tensor.buffer = len(model.buffers) - 1
+        quant = schema.QuantizationParametersT()
+        quant.scale = list(src_tensor.quantization.scale)
+        quant.zeroPoint = [int(z) + 128 for z in src_tensor.quantization.zeroPoint]
+        tensor.quantization = quant
+        graph.tensors.append(tensor)
+        return len(graph.tensors) - 1
+
+    def retarget(old: int, new: int, which: str) -> None:
+        for sig in model.signatureDefs or []:
+            for entry in getattr(sig, which):
+                if entry.tensorIndex == old:
+                    entry.tensorIndex = new
+
+    graph.inputs = np.array(graph.inputs).copy()
+    graph.outputs = np.array(graph.outputs).copy()
+    for k, old in enumerate(list(graph.inputs)):
+        new = uint8_twin(old)
+        op = schema.OperatorT()
+        op.opcodeIndex, op.inputs, op.outputs = quantize_op, [new], [old]
+        graph.operators.insert(0, op)
+        graph.inputs[k] = new
+        retarget(old, new, "inputs")
+    for k, old in enumerate(list(graph.outputs)):
+        new = uint8_twin(old)
+        op = schema.OperatorT()
+        op.opcodeIndex, op.inputs, op.outputs = quantize_op, [old], [new]
+        graph.operators.append(op)
+        graph.outputs[k] = new
+        retarget(old, new, "outputs")
+    _save(model, dst)
+
+
+BIAS_TARGET = 2 ** 24  # |int32 bias| of a repaired channel: far from overflow, 7 significant digits
+
+
+def repair_bias_overflow(int8_path: Path, float_path: Path) -> int:
+    """Fix the INT32 biases ai-edge-quantizer overflows; returns how many channels were repaired.
+
+    A bias is quantized with scale input_scale * weight_scale[c]. Trained EfficientNets have dead
+    channels (BN gamma ~ 0: weights ~1e-10 after folding, output = the bias): their weight scale
+    is ~1e-12, bias / scale does not fit in int32 and the quantizer writes INT32_MIN, which turns
+    a constant activation into a huge negative one (Lite0: 87 channels in 23 layers). TensorFlow's
+    converter handles this by enlarging the channel's weight scale until the bias fits; so does
+    this: weight scale such that |bias| quantizes to ~2^24, the channel's int8 weights
+    requantized with it (they round to ~0, as they are), bias requantized exactly.
+    """
+    schema = _schema()
+    model, ref = _load_inlined(int8_path), _load_inlined(float_path)
+    graph, ref_graph = model.subgraphs[0], ref.subgraphs[0]
+    by_name = collections.Counter(t.name for t in ref_graph.tensors)
+    ref_tensors = {t.name: t for t in ref_graph.tensors if by_name[t.name] == 1}
+    repaired = 0
+    for op in graph.operators:
+        if len(op.inputs) < 3 or op.inputs[2] < 0:
+            continue
+        x, w, b = (graph.tensors[i] for i in op.inputs[:3])
+        if b.type != schema.TensorType.INT32 or w.type != schema.TensorType.INT8 or b.name not in ref_tensors:
+            continue
+        ref_bias = ref_tensors[b.name]
+        bias_f = np.frombuffer(bytes(ref.buffers[ref_bias.buffer].data), np.float32).astype(np.float64)
+        bias_q = np.frombuffer(bytes(model.buffers[b.buffer].data), np.int32).copy()
+        b_scale = np.broadcast_to(np.asarray(b.quantization.scale, np.float64), bias_q.shape).copy()
+        # More than a step off (beyond float32 rounding of the scale itself): overflowed.
+        broken = np.abs(bias_q * b_scale - bias_f) > b_scale + 1e-6 * np.abs(bias_f)
+        if not broken.any():
+            continue
+        w_scale = np.asarray(w.quantization.scale, np.float64)
+        if w_scale.size != bias_q.size:
+            raise ValueError(f"{int8_path}: per-tensor weights with an overflowed bias in {b.name!r}")
+        in_scale = float(x.quantization.scale[0])
+        axis = w.quantization.quantizedDimension
+        w_q = np.frombuffer(bytes(model.buffers[w.buffer].data), np.int8).reshape(w.shape).copy()
+        w_q = np.moveaxis(w_q, axis, 0)
+        for c in np.flatnonzero(broken):
+            new_scale = max(w_scale[c], abs(bias_f[c]) / (in_scale * BIAS_TARGET))
+            w_q[c] = np.clip(np.round(w_q[c] * (w_scale[c] / new_scale)), -127, 127)
+            w_scale[c] = new_scale
+            b_scale[c] = in_scale * new_scale
+            bias_q[c] = int(np.round(bias_f[c] / b_scale[c]))
+            repaired += 1
+        model.buffers[w.buffer].data = np.moveaxis(w_q, 0, axis).astype(np.int8).reshape(-1).view(np.uint8)
+        model.buffers[b.buffer].data = bias_q.view(np.uint8)
+        w.quantization.scale = w_scale.astype(np.float32).tolist()
+        b.quantization.scale = b_scale.astype(np.float32).tolist()
+    if repaired:
+        _save(model, int8_path)
+    return repaired
+
+
+def graph_summary(path: Path) -> dict:
+    """Op counts and tensor dtypes read from the flatbuffer; `integer_only`: no float tensor at all
+    (so no op can run in float on the device)."""
+    schema = _schema()
+    model = schema.Model.GetRootAs(Path(path).read_bytes(), 0)
+    op_names = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
+    type_names = {v: k for k, v in vars(schema.TensorType).items() if not k.startswith("_")}
+    ops, dtypes = collections.Counter(), collections.Counter()
+    for g in range(model.SubgraphsLength()):
+        graph = model.Subgraphs(g)
+        for i in range(graph.OperatorsLength()):
+            code = model.OperatorCodes(graph.Operators(i).OpcodeIndex())
+            ops[op_names.get(max(code.BuiltinCode(), code.DeprecatedBuiltinCode()), "CUSTOM")] += 1
+        for i in range(graph.TensorsLength()):
+            dtypes[type_names[graph.Tensors(i).Type()]] += 1
+    return {"ops": dict(sorted(ops.items())), "tensor_dtypes": dict(sorted(dtypes.items())),
+            "integer_only": not any(name.startswith("FLOAT") for name in dtypes)}
+
+
+# ---------------------------------------------------------------- running
+
+def interpreter(path: Path, threads: int):
+    from ai_edge_litert.interpreter import Interpreter
+
+    try:
+        with _captured_output():  # "INFO: Created TensorFlow Lite XNNPACK delegate" on fd 2
+            it = Interpreter(model_path=str(path), num_threads=threads)
+    except ValueError as err:
+        raise UserError(f"{path}: LiteRT cannot load it ({str(err).splitlines()[0]})") from None
+    it.allocate_tensors()
+    return it
+
+
+def tensor_quantization(detail: dict) -> dict:
+    """dtype, scale and zero point of an input/output tensor (scale 0: not quantized)."""
+    scale, zero_point = detail["quantization"]
+    return {"dtype": np.dtype(detail["dtype"]).name, "scale": float(scale), "zero_point": int(zero_point),
+            "shape": [int(v) for v in detail["shape"]]}
+
+
+def quantize_input(x: np.ndarray, dtype, scale: float, zero_point: int) -> np.ndarray:
+    """What a device does with a normalised float input: q = clip(round(x / scale) + zero_point)."""
+    info = np.iinfo(dtype)
+    return np.clip(np.round(x / np.float32(scale)) + zero_point, info.min, info.max).astype(dtype)
+
+
+class LiteRTRunner:
+    """Runs a .tflite classifier in the LiteRT interpreter, one image at a time (batch 1, as on
+    a device). Integer inputs are quantized from the normalised float input with the tensor's
+    own scale/zero point; integer outputs are dequantized to float logits."""
+
+    max_batch = 32  # images per predict() call; each is still invoked alone
+
+    def __init__(self, path: Path, threads: int, spec: PreprocessSpec):
+        self.interpreter = interpreter(path, threads)
+        self.input = self.interpreter.get_input_details()[0]
+        self.output = self.interpreter.get_output_details()[0]
+        self.runtime = version()
+        shape = [int(v) for v in self.input["shape"]]
+        layout = "NCHW" if len(shape) == 4 and shape[1] == 3 and shape[3] != 3 else "NHWC"
+        self.in_dtype = np.dtype(self.input["dtype"])
+        self.in_scale, self.in_zero = self.input["quantization"]
+        raw_pixels = self.in_dtype == np.uint8 and not self.in_scale
+        if self.in_dtype.kind in "iu" and not self.in_scale and not raw_pixels:
+            raise UserError(f"{path}: {self.in_dtype.name} input without quantization parameters; "
+                            f"edgeeff cannot tell how to feed it")
+        # uint8 input without scale: the model wants the raw 0-255 pixels of the crop.
+        self.spec = spec.with_layout(layout, "uint8" if raw_pixels else "float32")
+        self.out_scale, self.out_zero = self.output["quantization"]
+
+    def _prepare(self, x: np.ndarray) -> np.ndarray:
+        if self.in_dtype.kind == "f":
+            return x.astype(self.in_dtype)
+        if self.spec.input_dtype == "uint8":
+            return x.astype(np.uint8)
+        return quantize_input(x, self.in_dtype, self.in_scale, self.in_zero)
+
+    def predict(self, inputs: np.ndarray) -> np.ndarray:
+        outputs = []
+        index, out_index = self.input["index"], self.output["index"]
+        for x in inputs:
+            self.interpreter.set_tensor(index, self._prepare(x[None]))
+            self.interpreter.invoke()
+            outputs.append(self.interpreter.get_tensor(out_index).reshape(-1).copy())
+        y = np.stack(outputs)
+        if y.dtype.kind in "iu" and self.out_scale:
+            y = (y.astype(np.float32) - np.float32(self.out_zero)) * np.float32(self.out_scale)
+        return y.astype(np.float32)
+
+
+def open_runner(path: Path, threads: int, spec: PreprocessSpec) -> LiteRTRunner:
+    return LiteRTRunner(path, threads, spec)
+
+
+def inspect_input(path: Path) -> dict:
+    """Layout, resolution and output width of a foreign .tflite, for `edgeeff eval` without a manifest."""
+    it = interpreter(path, 1)
+    shape = [int(v) for v in it.get_input_details()[0]["shape"]]
+    out_shape = [int(v) for v in it.get_output_details()[0]["shape"]]
+    layout = "NCHW" if len(shape) == 4 and shape[1] == 3 and shape[3] != 3 else "NHWC"
+    resolution = (shape[2] if layout == "NCHW" else shape[1]) if len(shape) == 4 else None
+    return {"layout": layout, "resolution": resolution, "num_outputs": out_shape[-1] if out_shape else None}
+
+
+# ---------------------------------------------------------------- build
+
+def _io_fields(path: Path) -> dict:
+    """The report/manifest fields a device needs to feed the file and read its output."""
+    it = interpreter(path, 1)
+    inp, out = tensor_quantization(it.get_input_details()[0]), tensor_quantization(it.get_output_details()[0])
+    fields = {"input": {"layout": "NHWC", "dtype": inp["dtype"], "shape": inp["shape"]},
+              "output": {"dtype": out["dtype"], "shape": out["shape"], "kind": "logits"},
+              "graph": graph_summary(path)}
+    if inp["dtype"] != "float32":
+        fields["input"].update({"scale": inp["scale"], "zero_point": inp["zero_point"],
+                                "from": "normalised float x (manifest preprocess): "
+                                        "q = clip(round(x / scale) + zero_point)"})
+    if out["dtype"] != "float32":
+        fields["output"].update({"scale": out["scale"], "zero_point": out["zero_point"],
+                                 "dequantize": "logit = (q - zero_point) * scale"})
+    return fields
+
+
+def build(job) -> list:
+    """`--target rpi|android|ios`: float32 reference, full-integer INT8, and FP16 when the profile
+    asks for it (GPU delegates)."""
+    from ..artifacts import Artifact
+
+    target = job.target
+    io_dtype = target.input_dtype
+    spec = job.spec.with_layout("NHWC", "float32")  # the runner quantizes from the normalised float
+    fp32 = job.workdir / "model_fp32.tflite"
+    int8 = job.workdir / "model_int8.tflite"
+    with _captured_output():
+        convert_float(job.model, spec.resolution, fp32)
+    calib = spec.to_model_input(job.calibration.crops)
+    with tempfile.TemporaryDirectory(prefix="edgeeff-litert-") as tmp:
+        native = Path(tmp) / "int8_io.tflite"
+        details = quantize_int8(fp32, native, calib, job.recipe, threads=job.threads, quiet=job.quiet)
+        if io_dtype == "uint8":
+            int8_io_to_uint8(native, int8)
+            details["io"] = "uint8 (integer QUANTIZE int8<->uint8 at input and output)"
+        else:
+            native.replace(int8)
+            details["io"] = "int8"
+    artifacts = [
+        Artifact(file=fp32.name, format="tflite", precision="fp32", spec=spec, extra=_io_fields(fp32)),
+        Artifact(file=int8.name, format="tflite", precision="int8", spec=spec, quantization=details,
+                 extra=_io_fields(int8)),
+    ]
+    if target.quantization.get("fp16", False):
+        fp16 = job.workdir / "model_fp16.tflite"
+        fp16_details = quantize_fp16(fp32, fp16)
+        artifacts.append(Artifact(file=fp16.name, format="tflite", precision="fp16", spec=spec,
+                                  quantization=fp16_details, extra=_io_fields(fp16)))
+    return artifacts

@@ -1,0 +1,185 @@
+#!/usr/bin/env python3
+"""Classify images with an edgeeff .tflite on a Raspberry Pi (or any device with LiteRT).
+
+Needs only numpy, Pillow and a LiteRT interpreter: `pip install ai-edge-litert pillow numpy`
+(or the older `tflite-runtime`). It does not use edgeeff: the preprocessing is read from the
+manifest.json edgeeff wrote beside the model and re-implemented here, step for step.
+
+    python3 rpi_classify.py model_int8.tflite photo.jpg
+    python3 rpi_classify.py model_int8.tflite photos/ --top 3
+    python3 rpi_classify.py model_int8.tflite photo.jpg --time 100 --threads 4
+
+Copy the model, manifest.json and labels.txt from edgeeff's output folder together.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+INTERPOLATIONS = {"bicubic": Image.BICUBIC, "bilinear": Image.BILINEAR, "nearest": Image.NEAREST}
+
+
+def make_interpreter(model: Path, threads: int):
+    """LiteRT's interpreter, or tflite_runtime's on older Raspberry Pi OS images."""
+    try:
+        from ai_edge_litert.interpreter import Interpreter
+    except ImportError:
+        try:
+            from tflite_runtime.interpreter import Interpreter
+        except ImportError:
+            sys.exit("rpi_classify: no LiteRT interpreter: pip install ai-edge-litert (or tflite-runtime)")
+    interpreter = Interpreter(model_path=str(model), num_threads=threads)
+    interpreter.allocate_tensors()
+    return interpreter
+
+
+# ---- preprocessing: the same steps as edgeeff/preprocess.py (load_rgb + crop_image + to_model_input)
+
+def load_rgb(path: Path) -> Image.Image:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with Image.open(path) as img:
+            img.load()
+            if img.mode in ("I;16", "I;16B", "I;16L", "I"):  # 16-bit: scale to 8 bits, do not clip
+                arr = np.asarray(img, dtype=np.float64)
+                peak = 65535.0 if arr.max() > 255 else 255.0
+                img = Image.fromarray((arr * (255.0 / peak)).round().clip(0, 255).astype(np.uint8))
+            if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+                rgba = img.convert("RGBA")  # transparent pixels over white
+                background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+                return Image.alpha_composite(background, rgba).convert("RGB")
+            return img.convert("RGB")
+
+
+def crop(img: Image.Image, pre: dict) -> np.ndarray:
+    """Shorter side to resize_size (PIL filter from the manifest), centre crop resolution: uint8 HWC."""
+    res = int(pre["resolution"])
+    short = int(pre.get("resize_size") or math.floor(res / float(pre["crop_pct"]) + 1e-6))
+    w, h = img.size
+    if w <= h:
+        new_w, new_h = short, max(1, int(short * h / w))
+    else:
+        new_w, new_h = max(1, int(short * w / h)), short
+    img = img.resize((new_w, new_h), INTERPOLATIONS[pre.get("interpolation", "bicubic")])
+    if new_w < res or new_h < res:  # tiny image: pad with black
+        canvas = Image.new("RGB", (max(new_w, res), max(new_h, res)))
+        canvas.paste(img, ((canvas.width - new_w) // 2, (canvas.height - new_h) // 2))
+        img, new_w, new_h = canvas, canvas.width, canvas.height
+    left = int(round((new_w - res) / 2.0))
+    top = int(round((new_h - res) / 2.0))
+    return np.asarray(img.crop((left, top, left + res, top + res)), dtype=np.uint8)
+
+
+def model_input(pixels: np.ndarray, pre: dict, detail: dict) -> np.ndarray:
+    """uint8 crop (H, W, 3) -> the tensor the model takes (batch of one)."""
+    dtype = np.dtype(detail["dtype"])
+    scale, zero_point = detail["quantization"]
+    x = pixels[None]
+    if dtype == np.uint8 and not scale:
+        tensor = x  # raw 0-255 pixels
+    else:
+        mean = np.asarray(pre["mean"], np.float32) * 255.0
+        inv_std = 1.0 / (np.asarray(pre["std"], np.float32) * 255.0)
+        x = (x.astype(np.float32) - mean) * inv_std  # normalised float
+        if dtype.kind == "f":
+            tensor = x.astype(dtype)
+        else:  # quantize as the model's input tensor says: q = clip(round(x / scale) + zero_point)
+            info = np.iinfo(dtype)
+            tensor = np.clip(np.round(x / np.float32(scale)) + zero_point, info.min, info.max).astype(dtype)
+    shape = list(detail["shape"])
+    if len(shape) == 4 and shape[1] == 3 and shape[3] != 3:  # NCHW model
+        tensor = tensor.transpose(0, 3, 1, 2)
+    return np.ascontiguousarray(tensor)
+
+
+def logits(interpreter, tensor: np.ndarray) -> np.ndarray:
+    inp = interpreter.get_input_details()[0]
+    out = interpreter.get_output_details()[0]
+    interpreter.set_tensor(inp["index"], tensor)
+    interpreter.invoke()
+    y = interpreter.get_tensor(out["index"]).reshape(-1)
+    scale, zero_point = out["quantization"]
+    if y.dtype.kind in "iu" and scale:
+        return (y.astype(np.float32) - np.float32(zero_point)) * np.float32(scale)
+    return y.astype(np.float32)
+
+
+def list_images(paths: list[Path]) -> list[Path]:
+    found = []
+    for path in paths:
+        if path.is_dir():
+            found += sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+        else:
+            found.append(path)
+    return found
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("model", type=Path, help="the .tflite file")
+    parser.add_argument("images", type=Path, nargs="+", help="image files or folders")
+    parser.add_argument("--manifest", type=Path, help="edgeeff manifest.json (default: beside the model)")
+    parser.add_argument("--labels", type=Path, help="class names, one per line (default: the manifest's)")
+    parser.add_argument("--threads", type=int, default=4, help="interpreter threads (default 4: a Pi's cores)")
+    parser.add_argument("--top", type=int, default=1, help="classes to print per image")
+    parser.add_argument("--time", type=int, default=0, metavar="N",
+                        help="also time N invocations of the model (after 10 warm-up runs) and print the median")
+    parser.add_argument("--json", type=Path, help="write the predictions (and timing) here as JSON")
+    args = parser.parse_args(argv)
+
+    manifest_path = args.manifest or args.model.parent / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    pre = manifest["preprocess"]
+    label_info = manifest.get("labels", {})
+    labels_path = args.labels or manifest_path.parent / label_info.get("file", "labels.txt")
+    names = labels_path.read_text().splitlines() if labels_path.is_file() else []
+    offset = int(label_info.get("output_offset", 0))
+
+    interpreter = make_interpreter(args.model, args.threads)
+    detail = interpreter.get_input_details()[0]
+    results = []
+    for path in list_images(args.images):
+        try:
+            tensor = model_input(crop(load_rgb(path), pre), pre, detail)
+        except (OSError, SyntaxError, ValueError) as err:
+            print(f"{path}: unreadable ({err})", file=sys.stderr)
+            continue
+        scores = logits(interpreter, tensor)[offset:]
+        order = np.argsort(-scores, kind="stable")[:args.top]  # ties: lowest class index, as edgeeff
+        top = [{"class": int(c), "label": names[c] if c < len(names) else str(c), "score": float(scores[c])}
+               for c in order]
+        results.append({"file": str(path), "top": top})
+        print(f"{path}: " + ", ".join(f"{t['label']} ({t['score']:.2f})" for t in top))
+
+    report = {"model": str(args.model), "threads": args.threads, "predictions": results}
+    if args.time and results:
+        tensor = model_input(crop(load_rgb(Path(results[0]["file"])), pre), pre, detail)
+        for _ in range(10):
+            logits(interpreter, tensor)
+        times = []
+        for _ in range(args.time):
+            start = time.perf_counter()
+            logits(interpreter, tensor)
+            times.append((time.perf_counter() - start) * 1000)
+        report["latency_ms"] = {"median": round(statistics.median(times), 3), "runs": args.time,
+                                "threads": args.threads, "batch": 1}
+        print(f"{args.model.name}: median {statistics.median(times):.2f} ms over {args.time} runs "
+              f"({args.threads} threads, batch 1)")
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=2) + "\n")
+    return 0 if results else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,234 @@
+"""The LiteRT targets (rpi, android, ios): full-integer .tflite files, read back from the
+flatbuffer itself, determinism, foreign-model eval, FP16, and the device-side script.
+
+One quick compile (the packaged photos, no --val) is shared by the module; the accuracy bars on
+real images are in test_tflite_accuracy.py.
+"""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("ai_edge_litert", reason="the tflite extra is not installed")
+pytest.importorskip("litert_torch", reason="the tflite extra is not installed")
+
+from ai_edge_litert import schema_py_generated as schema  # noqa: E402
+
+from edgeeff.backends import litert  # noqa: E402
+from edgeeff.cli import main  # noqa: E402
+from edgeeff.preprocess import spec_for_variant  # noqa: E402
+from edgeeff.profiles import get_target  # noqa: E402
+from edgeeff.util import sha256_file  # noqa: E402
+
+QUICK = ["--calib-count", "9", "--latency-runs", "3", "--threads", "2", "--quiet"]
+TFLITE_FILES = ("model_fp32.tflite", "model_int8.tflite")
+# What an integer-only classifier may contain: the integer kernels of XNNPACK / the reference ops.
+INTEGER_OPS = {"CONV_2D", "DEPTHWISE_CONV_2D", "ADD", "MUL", "MEAN", "FULLY_CONNECTED", "QUANTIZE",
+               "RESHAPE", "PAD", "LOGISTIC", "HARD_SWISH", "AVERAGE_POOL_2D"}
+
+
+@pytest.fixture(scope="module")
+def rpi_quick(tmp_path_factory):
+    out = tmp_path_factory.mktemp("out")
+    assert main(["compile", "--variant", "lite0", "--target", "rpi", "--out", str(out), *QUICK]) == 0
+    return out / "lite0-rpi"
+
+
+def read_graph(path: Path):
+    """(op names, tensors) straight from the .tflite flatbuffer: no interpreter involved."""
+    model = schema.Model.GetRootAs(path.read_bytes(), 0)
+    op_names = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
+    type_names = {v: k for k, v in vars(schema.TensorType).items() if not k.startswith("_")}
+    assert model.SubgraphsLength() == 1
+    graph = model.Subgraphs(0)
+    ops = []
+    for i in range(graph.OperatorsLength()):
+        op = graph.Operators(i)
+        code = model.OperatorCodes(op.OpcodeIndex())
+        ops.append((op_names[max(code.BuiltinCode(), code.DeprecatedBuiltinCode())],
+                    [type_names[graph.Tensors(t).Type()] for t in op.InputsAsNumpy() if t >= 0],
+                    [type_names[graph.Tensors(t).Type()] for t in op.OutputsAsNumpy()],
+                    [graph.Tensors(t) for t in op.InputsAsNumpy() if t >= 0]))
+    tensors = [graph.Tensors(i) for i in range(graph.TensorsLength())]
+    io_types = ([type_names[graph.Tensors(i).Type()] for i in graph.InputsAsNumpy()],
+                [type_names[graph.Tensors(i).Type()] for i in graph.OutputsAsNumpy()])
+    return ops, [type_names[t.Type()] for t in tensors], io_types
+
+
+@pytest.mark.slow
+def test_rpi_int8_model_is_integer_only(rpi_quick):
+    """Every op takes and gives integer tensors: nothing can fall back to float on the Pi."""
+    ops, tensor_types, (in_types, out_types) = read_graph(rpi_quick / "model_int8.tflite")
+    assert not [t for t in tensor_types if t.startswith("FLOAT")]
+    names = [name for name, *_ in ops]
+    assert set(names) <= INTEGER_OPS, set(names) - INTEGER_OPS
+    assert names.count("CONV_2D") == 33 and names.count("DEPTHWISE_CONV_2D") == 16
+    assert "DEQUANTIZE" not in names and "TRANSPOSE" not in names
+    for name, ins, outs, _ in ops:
+        assert all(t in ("INT8", "UINT8", "INT32") for t in ins + outs), (name, ins, outs)
+    # The profile asks for uint8: input and output tensors are uint8, and the only QUANTIZE ops
+    # are the two integer requantizations at the ends.
+    assert get_target("rpi").input_dtype == "uint8"
+    assert in_types == ["UINT8"] and out_types == ["UINT8"]
+    assert names.count("QUANTIZE") == 2 and names[0] == names[-1] == "QUANTIZE"
+
+
+@pytest.mark.slow
+def test_weights_are_int8_per_channel_symmetric(rpi_quick):
+    ops, _, _ = read_graph(rpi_quick / "model_int8.tflite")
+    checked = 0
+    for name, _, _, inputs in ops:
+        if name not in ("CONV_2D", "DEPTHWISE_CONV_2D"):
+            continue
+        weight = inputs[1]
+        assert weight.Type() == schema.TensorType.INT8
+        quant = weight.Quantization()
+        channels = weight.ShapeAsNumpy()[3 if name == "DEPTHWISE_CONV_2D" else 0]
+        assert quant.ScaleLength() == channels  # one scale per output channel
+        assert not quant.ZeroPointAsNumpy().any()  # symmetric
+        checked += 1
+    assert checked == 49
+
+
+@pytest.mark.slow
+def test_int8_file_is_under_30_percent_of_float(rpi_quick):
+    report = json.loads((rpi_quick / "report.json").read_text())
+    sizes = {a["precision"]: a["size_bytes"] for a in report["artifacts"]}
+    assert set(sizes) == {"fp32", "int8"}  # no FP16 for the Pi: it has no GPU delegate
+    assert sizes["int8"] <= 0.30 * sizes["fp32"], sizes
+    assert sizes["fp32"] == (rpi_quick / "model_fp32.tflite").stat().st_size
+
+
+@pytest.mark.slow
+def test_manifest_carries_what_the_device_needs(rpi_quick):
+    manifest = json.loads((rpi_quick / "manifest.json").read_text())
+    assert {f["file"] for f in manifest["files"]} == {*TFLITE_FILES, "labels.txt", "report.json", "report.md"}
+    entry = next(a for a in manifest["artifacts"] if a["file"] == "model_int8.tflite")
+    assert entry["format"] == "tflite" and entry["precision"] == "int8"
+    assert entry["input"]["layout"] == "NHWC" and entry["input"]["dtype"] == "uint8"
+    assert entry["input"]["shape"] == [1, 224, 224, 3]
+    # Lite0's mean = std = 0.5: the uint8 input's quantization is 2/255 with zero point 127.
+    assert abs(entry["input"]["scale"] - 2 / 255) < 1e-6 and entry["input"]["zero_point"] == 127
+    assert entry["output"]["dtype"] == "uint8" and entry["output"]["scale"] > 0
+    # and the numbers are the file's own
+    it = litert.interpreter(rpi_quick / "model_int8.tflite", 1)
+    scale, zero = it.get_input_details()[0]["quantization"]
+    assert (entry["input"]["scale"], entry["input"]["zero_point"]) == (pytest.approx(scale), zero)
+    fp32 = next(a for a in manifest["artifacts"] if a["file"] == "model_fp32.tflite")
+    assert fp32["input"]["dtype"] == "float32"
+    assert manifest["preprocess"]["resize_size"] == 256 and manifest["labels"]["file"] == "labels.txt"
+
+
+@pytest.mark.slow
+def test_compiling_twice_gives_identical_tflite_bytes(rpi_quick, tmp_path):
+    assert main(["compile", "--variant", "lite0", "--target", "rpi4", "--out", str(tmp_path), *QUICK]) == 0
+    again = tmp_path / "lite0-rpi"
+    for name in TFLITE_FILES:
+        assert sha256_file(again / name) == sha256_file(rpi_quick / name), name
+
+
+@pytest.mark.slow
+def test_fp16_model_for_phone_gpus(rpi_quick, tmp_path):
+    """android/ios also ship FP16 (the same conversion the build runs for them)."""
+    assert get_target("android").quantization["fp16"] and get_target("ios").quantization["fp16"]
+    assert not get_target("rpi").quantization.get("fp16")
+    fp16 = tmp_path / "model_fp16.tflite"
+    litert.quantize_fp16(rpi_quick / "model_fp32.tflite", fp16)
+    fp32_size = (rpi_quick / "model_fp32.tflite").stat().st_size
+    assert 0.45 * fp32_size < fp16.stat().st_size < 0.55 * fp32_size
+    _, tensor_types, (in_types, out_types) = read_graph(fp16)
+    assert "FLOAT16" in tensor_types and in_types == out_types == ["FLOAT32"]
+    spec = spec_for_variant("lite0").with_layout("NHWC", "float32")
+    crops = np.random.default_rng(0).integers(0, 256, (4, 224, 224, 3), dtype=np.uint8)
+    x = spec.to_model_input(crops)
+    a = litert.open_runner(rpi_quick / "model_fp32.tflite", 2, spec).predict(x)
+    b = litert.open_runner(fp16, 2, spec).predict(x)
+    assert np.abs(a - b).max() < 0.05 * np.abs(a).max()
+
+
+class Tiny:
+    """A small NCHW classifier with 1001 outputs (background first, like TF's)."""
+
+    @staticmethod
+    def build():
+        import torch
+
+        class Net(torch.nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.conv = torch.nn.Conv2d(3, 8, 3, stride=2, padding=1)
+                self.fc = torch.nn.Linear(8, 1001)
+
+            def forward(self, x):
+                return self.fc(torch.nn.functional.relu6(self.conv(x)).mean((2, 3)))
+
+        torch.manual_seed(0)
+        return Net().eval()
+
+
+@pytest.fixture(scope="module")
+def tiny_models(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("tiny")
+    float_path = litert.convert_float(Tiny.build(), 32, folder / "tiny_fp32.tflite")
+    calib = np.random.default_rng(1).uniform(-1, 1, (16, 32, 32, 3)).astype(np.float32)
+    litert.quantize_int8(float_path, folder / "tiny_int8io.tflite", calib, {"method": "sample_percentile"},
+                         quiet=True)
+    litert.int8_io_to_uint8(folder / "tiny_int8io.tflite", folder / "tiny_uint8io.tflite")
+    return folder
+
+
+@pytest.mark.slow
+def test_uint8_io_is_the_int8_model_exactly(tiny_models):
+    """The uint8 twin (integer QUANTIZE at both ends) gives the very same logits as the int8 model."""
+    spec = spec_for_variant("lite0").with_layout("NHWC", "float32")
+    x = np.random.default_rng(2).uniform(-1, 1, (8, 32, 32, 3)).astype(np.float32)
+    int8_io = litert.open_runner(tiny_models / "tiny_int8io.tflite", 1, spec)
+    uint8_io = litert.open_runner(tiny_models / "tiny_uint8io.tflite", 1, spec)
+    assert int8_io.input["dtype"] == np.int8 and uint8_io.input["dtype"] == np.uint8
+    assert uint8_io.input["quantization"][1] == int8_io.input["quantization"][1] + 128
+    assert np.array_equal(int8_io.predict(x), uint8_io.predict(x))
+    _, tensor_types, _ = read_graph(tiny_models / "tiny_uint8io.tflite")
+    assert not [t for t in tensor_types if t.startswith("FLOAT")]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["tiny_fp32.tflite", "tiny_uint8io.tflite"])
+def test_eval_reads_foreign_tflite_with_1001_classes(tiny_models, tmp_path, name):
+    """A foreign .tflite (no manifest): NHWC, float or uint8 input, background class first."""
+    assert litert.inspect_input(tiny_models / name) == {"layout": "NHWC", "resolution": 32, "num_outputs": 1001}
+    val = tmp_path / "val" / "n01443537"  # goldfish
+    val.mkdir(parents=True)
+    from PIL import Image
+    for i in range(3):
+        Image.new("RGB", (64, 48), (200, 120 + i, 40)).save(val / f"{i}.png")
+    out_json = tmp_path / "scores.json"
+    assert main(["eval", str(tiny_models / name), "--val", str(tmp_path / "val"), "--mean", ".5", ".5", ".5",
+                 "--std", ".5", ".5", ".5", "--json", str(out_json), "--quiet"]) == 0
+    result = json.loads(out_json.read_text())
+    assert result["label_offset"] == 1 and result["images"] == 3
+    assert result["runtime"].startswith("ai-edge-litert") and result["preprocess"]["layout"] == "NHWC"
+
+
+def test_litert_rejects_calibration_it_does_not_implement(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "edgeeff", "compile", "--variant", "lite0", "--target", "rpi",
+                           "--calib-method", "entropy"], capture_output=True, text=True, cwd=tmp_path)
+    assert proc.returncode == 2 and "--calib-method entropy" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_targets_are_listed():
+    for name, alias in (("rpi", "rpi5"), ("android", "android"), ("ios", "ios")):
+        profile = get_target(alias)
+        assert profile.name == name and profile.backend == "litert" and profile.layout == "NHWC"
+        assert profile.input_dtype in ("int8", "uint8") and profile.calibration == "sample_percentile"
+
+
+def test_device_script_does_not_import_edgeeff():
+    import re
+
+    source = (Path(__file__).resolve().parents[1] / "scripts" / "rpi_classify.py").read_text()
+    assert not re.search(r"^\s*(import|from)\s+edgeeff\b", source, re.MULTILINE)
+    assert "ai_edge_litert.interpreter" in source and "tflite_runtime.interpreter" in source

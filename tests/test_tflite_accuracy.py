@@ -1,0 +1,102 @@
+"""The LiteRT accuracy bars on real ImageNet photos (../shared): Lite0 for --target rpi, evaluated
+in the LiteRT interpreter; `edgeeff eval` and the device-side script agree with the report."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from .conftest import REPO, needs_shared
+
+pytest.importorskip("ai_edge_litert", reason="the tflite extra is not installed")
+pytest.importorskip("litert_torch", reason="the tflite extra is not installed")
+
+from edgeeff.backends import litert  # noqa: E402
+from edgeeff.cli import main  # noqa: E402
+from edgeeff.data import crop_all  # noqa: E402
+from edgeeff.preprocess import PreprocessSpec  # noqa: E402
+
+pytestmark = [needs_shared, pytest.mark.slow]
+
+
+@pytest.fixture(scope="module")
+def lite0_rpi(tmp_path_factory, sample):
+    out = tmp_path_factory.mktemp("out")
+    assert main(["compile", "--variant", "lite0", "--target", "rpi", "--calib", str(sample / "calib"),
+                 "--val", str(sample / "val"), "--out", str(out), "--threads", "2", "--latency-runs", "5",
+                 "--quiet"]) == 0
+    folder = out / "lite0-rpi"
+    return folder, json.loads((folder / "report.json").read_text())
+
+
+def test_float_tflite_matches_the_reference(lite0_rpi):
+    _, report = lite0_rpi
+    assert report["reference"]["top1"] >= 83.0
+    fp32 = next(a for a in report["artifacts"] if a["precision"] == "fp32")
+    assert fp32["format"] == "tflite" and fp32["runtime"].startswith("ai-edge-litert")
+    assert fp32["top1_agreement"] >= 99.5 and fp32["max_abs_diff_vs_reference"] < 1e-2
+
+
+def test_int8_tflite_meets_the_bar(lite0_rpi):
+    _, report = lite0_rpi
+    int8 = next(a for a in report["artifacts"] if a["precision"] == "int8")
+    assert int8["format"] == "tflite" and int8["runtime"].startswith("ai-edge-litert")
+    assert int8["top1_drop"] <= 0.5, int8
+    assert int8["top1_agreement"] >= 98.0, int8
+    assert int8["graph"]["integer_only"] and int8["input"]["dtype"] == "uint8"
+    assert report["calibration"]["images"] == 300 and report["calibration"]["method"] == "sample_percentile"
+
+
+def test_eval_command_reproduces_the_report(lite0_rpi, sample, tmp_path):
+    folder, report = lite0_rpi
+    out = tmp_path / "eval.json"
+    assert main(["eval", str(folder / "model_int8.tflite"), "--val", str(sample / "val"), "--json", str(out),
+                 "--quiet"]) == 0
+    int8 = next(a for a in report["artifacts"] if a["precision"] == "int8")
+    result = json.loads(out.read_text())
+    assert (result["top1"], result["top5"]) == (int8["top1"], int8["top5"])
+
+
+def _val_images(sample, per_class=1, classes=12):
+    folders = sorted(p for p in (sample / "val").iterdir() if p.is_dir())[:: max(1, 456 // classes)][:classes]
+    return [sorted(f.iterdir())[0] for f in folders][:classes * per_class]
+
+
+@pytest.mark.parametrize("model", ["model_int8.tflite", "model_fp32.tflite"])
+def test_device_script_predicts_what_edgeeff_measured(lite0_rpi, sample, tmp_path, model):
+    """scripts/rpi_classify.py, run without edgeeff importable, gives the runner's top-1 for
+    every image (the runner is what the report's accuracy came from)."""
+    folder, _ = lite0_rpi
+    images = _val_images(sample)
+    device = tmp_path / "pi"  # what gets copied to the device: the model, manifest, labels
+    device.mkdir()
+    for name in (model, "manifest.json", "labels.txt"):
+        (device / name).write_bytes((folder / name).read_bytes())
+    out = tmp_path / "pred.json"
+    script = REPO / "scripts" / "rpi_classify.py"
+    runner_code = ("import runpy, sys; sys.modules['edgeeff'] = None; sys.argv = sys.argv[1:]; "
+                   "runpy.run_path(sys.argv[0], run_name='__main__')")
+    proc = subprocess.run([sys.executable, "-c", runner_code, str(script), str(device / model), *map(str, images),
+                           "--threads", "2", "--top", "5", "--time", "5", "--json", str(out)],
+                          capture_output=True, text=True, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(out.read_text())
+    assert [Path(p["file"]) for p in result["predictions"]] == images
+    assert result["latency_ms"]["median"] > 0
+    # edgeeff's own view of the same images: shared crop, LiteRT runner
+    manifest = json.loads((folder / "manifest.json").read_text())
+    spec = PreprocessSpec.from_dict(manifest["preprocess"])
+    _, crops, _ = crop_all(images, spec, "val", quiet=True)
+    runner = litert.open_runner(folder / model, 2, spec)
+    logits = runner.predict(runner.spec.to_model_input(crops))
+    expected = np.argsort(-logits, axis=1, kind="stable")[:, :5]
+    got = np.array([[t["class"] for t in p["top"]] for p in result["predictions"]])
+    assert np.array_equal(got[:, 0], expected[:, 0])
+    labels = (folder / "labels.txt").read_text().splitlines()
+    assert [p["top"][0]["label"] for p in result["predictions"]] == [labels[c] for c in expected[:, 0]]
+    scores = np.array([[t["score"] for t in p["top"]] for p in result["predictions"]])
+    assert np.allclose(scores, np.take_along_axis(logits, got, axis=1), atol=1e-5)
+
