@@ -106,7 +106,7 @@ def test_int8_file_is_under_30_percent_of_float(rpi_quick):
 @pytest.mark.slow
 def test_manifest_carries_what_the_device_needs(rpi_quick):
     manifest = json.loads((rpi_quick / "manifest.json").read_text())
-    assert {f["file"] for f in manifest["files"]} == {*TFLITE_FILES, "labels.txt", "report.json", "report.md"}
+    assert {f["file"] for f in manifest["files"]} == {*TFLITE_FILES, "labels.txt", "report.json", "report.md", "report.html"}
     entry = next(a for a in manifest["artifacts"] if a["file"] == "model_int8.tflite")
     assert entry["format"] == "tflite" and entry["precision"] == "int8"
     assert entry["input"]["layout"] == "NHWC" and entry["input"]["dtype"] == "uint8"
