@@ -187,8 +187,37 @@ def main() -> int:
     meta.write_text(json.dumps({"host": platform.machine(), "cpus": os.cpu_count(), "threads": args.threads,
                                 "reference_top1": round(ref.top1, 2), "val_images": len(val),
                                 "calib_images": len(calib), "load_average_at_end": os.getloadavg()}, indent=2) + "\n")
-    print(f"\nwrote {out_json}")
+    markdown_section(REPO / "docs" / "benchmarks.md", f"vs-defaults-{args.variant}", model_name, rows,
+                     {"host": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
+                      "threads": args.threads, "load": round(os.getloadavg()[0], 1),
+                      "reference_top1": round(ref.top1, 2), "val": len(val), "calib": len(calib)})
+    print(f"\nwrote {out_json} and docs/benchmarks.md")
     return 0
+
+
+def markdown_section(path: Path, key: str, model_name: str, rows: list[dict], machine: dict) -> None:
+    """Replace (or append) this model's section of docs/benchmarks.md, between markers."""
+    lines = [f"<!-- begin:{key} -->", f"### {model_name}", "",
+             f"FP32 reference top-1 {machine['reference_top1']}; {machine['calib']} calibration and "
+             f"{machine['val']} validation images; {machine['threads']} threads, batch 1, on "
+             f"{machine['cpus']} CPUs ({machine['host']}), 1-minute load average {machine['load']} at the end "
+             "(other jobs shared the CPU when it is above ~2: compare latency ratios, not milliseconds).", "",
+             "| backend | method | top-1 | drop | agreement % | latency ms | x FP32 | size MB | quantize s |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        bold = "**" if r["method"] == "edgeeff" else ""
+        lines.append(f"| {r['backend']} | {bold}{r['method']}{bold} | {r['top1']:.2f} | {r['top1_drop']:.2f} | "
+                     f"{bold}{r['top1_agreement']:.2f}{bold} | {r['latency_ms']:.2f} | {r['latency_ratio']:.2f} | "
+                     f"{r['size_bytes'] / 1e6:.2f} | {r['quantize_seconds']:.0f} |")
+    lines.append(f"<!-- end:{key} -->")
+    block = "\n".join(lines)
+    text = path.read_text() if path.exists() else "# Benchmarks\n"
+    begin, end = f"<!-- begin:{key} -->", f"<!-- end:{key} -->"
+    if begin in text and end in text:
+        text = text[:text.index(begin)] + block + text[text.index(end) + len(end):]
+    else:
+        text = text.rstrip() + "\n\n" + block + "\n"
+    path.write_text(text)
 
 
 if __name__ == "__main__":
