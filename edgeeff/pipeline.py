@@ -156,6 +156,10 @@ def check_inputs(opts: CompileOptions):
     target = get_target(opts.target)
     recipe = get_recipe(opts.calib_method or target.calibration)
     backend = load_backend(target.backend)
+    methods = getattr(backend, "RECIPE_METHODS", None)
+    if methods and recipe["method"] not in methods:
+        raise UserError(f"--calib-method {recipe['name']}: the {target.name} target's quantizer does not "
+                        f"implement it; choose a recipe with method {', '.join(methods)}")
     if opts.calib is not None and not opts.calib.is_dir():
         raise UserError(f"--calib {opts.calib}: not a folder; pass a folder of calibration images")
     if opts.val is not None and not opts.val.exists():

@@ -6,6 +6,7 @@ A backend module provides:
   build(job)     writes the target's artifacts into job.workdir and returns [Artifact, ...]
   open_runner(path, threads, spec)   a runner (see evaluate.Runner) for one of its artifacts
   SUFFIXES       artifact file suffixes it can evaluate (for `edgeeff eval`)
+  RECIPE_METHODS calibration methods (calib/*.toml `method`) its quantizer implements
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from ..errors import MissingBackendError, UserError
 # backend name -> module (imported lazily: a missing optional runtime must not break the CLI)
 BACKEND_MODULES = {
     "onnxruntime": "edgeeff.backends.onnxruntime",
+    "openvino": "edgeeff.backends.openvino",
 }
 
 
@@ -31,16 +33,18 @@ def backend(name: str):
 
 def backend_for_file(path: Path):
     """The backend that can run an artifact, chosen by its suffix."""
+    suffixes = []
     for name, module_name in BACKEND_MODULES.items():
         try:
             module = importlib.import_module(module_name)
         except ImportError:
             continue
+        suffixes += module.SUFFIXES
         if path.suffix.lower() in module.SUFFIXES:
             module.available()
             return module
     raise UserError(f"{path}: edgeeff cannot evaluate {path.suffix or 'extension-less'} files; "
-                    f"supported: .onnx")
+                    f"supported: {', '.join(suffixes)}")
 
 
 __all__ = ["backend", "backend_for_file", "MissingBackendError"]

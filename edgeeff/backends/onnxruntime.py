@@ -20,6 +20,7 @@ from ..preprocess import PreprocessSpec
 
 EXTRA = "onnx"
 SUFFIXES = (".onnx",)
+RECIPE_METHODS = ("minmax", "percentile", "mse", "entropy", "distribution")
 
 
 def available() -> None:
