@@ -6,21 +6,30 @@ table and writes the figures as JSON. This is how the default calibration recipe
 was chosen (docs/quantization.md).
 
     python scripts/bench_accuracy.py --variant lite0 --calib CALIB --val VAL [--target onnx]
+    python scripts/bench_accuracy.py --target intel --calib CALIB --val VAL --set overflow_fix=first_layer
+
+Recipes default to those the target's backend implements. `--set KEY=VALUE` overrides one of the
+target profile's [quantization] settings (TOML value syntax, e.g. ignore=["classifier"]), to
+measure a knob without editing targets/*.toml.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import platform
 import sys
 import tempfile
+import tomllib
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from edgeeff import pipeline  # noqa: E402
+from edgeeff.backends import backend  # noqa: E402
 from edgeeff.pipeline import CompileOptions, compile_model  # noqa: E402
-from edgeeff.profiles import all_recipes  # noqa: E402
+from edgeeff.profiles import all_recipes, get_target  # noqa: E402
 from edgeeff.report import format_table  # noqa: E402
 
 
@@ -32,11 +41,22 @@ def main() -> int:
     parser.add_argument("--calib", type=Path, required=True)
     parser.add_argument("--val", type=Path, required=True)
     parser.add_argument("--calib-count", type=int, default=300)
-    parser.add_argument("--methods", nargs="+", default=list(all_recipes()))
+    parser.add_argument("--methods", nargs="+", help="calibration recipes (default: every one the backend implements)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a [quantization] setting of the target profile (repeatable)")
     parser.add_argument("--latency-runs", type=int, default=200)
     parser.add_argument("--json", type=Path, help="where to write the figures (default docs/results/bench_accuracy_<variant>_<target>.json)")
     args = parser.parse_args()
-    out_json = args.json or Path(__file__).resolve().parents[1] / "docs" / "results" / f"bench_accuracy_{args.variant}_{args.target}.json"
+    target = get_target(args.target)
+    if args.set:
+        overrides = tomllib.loads("\n".join(args.set))
+        target = dataclasses.replace(target, quantization={**target.quantization, **overrides})
+        pipeline.get_target = lambda name: target  # compile_model looks the profile up by name
+    if args.methods is None:
+        implemented = getattr(backend(target.backend), "RECIPE_METHODS", None)
+        args.methods = [name for name, r in all_recipes().items() if implemented is None or r["method"] in implemented]
+    suffix = "_" + "_".join(s.replace("=", "-").replace('"', "").replace(" ", "") for s in args.set) if args.set else ""
+    out_json = args.json or Path(__file__).resolve().parents[1] / "docs" / "results" / f"bench_accuracy_{args.variant}_{args.target}{suffix}.json"
 
     rows = []
     with tempfile.TemporaryDirectory(prefix="edgeeff-bench-") as tmp:
@@ -49,7 +69,7 @@ def main() -> int:
             by_precision = {a["precision"]: a for a in report["artifacts"]}
             fp32, int8 = by_precision["fp32"], by_precision["int8"]
             rows.append({
-                "variant": args.variant, "target": args.target, "method": method,
+                "variant": args.variant, "target": args.target, "method": method, "settings": args.set,
                 "reference_top1": report["reference"]["top1"], "reference_top5": report["reference"]["top5"],
                 "fp32_top1": fp32["top1"], "int8_top1": int8["top1"], "int8_top5": int8["top5"],
                 "top1_drop": int8["top1_drop"], "top1_agreement": int8["top1_agreement"],
@@ -59,6 +79,7 @@ def main() -> int:
                 "quantize_seconds": report["timings_s"]["quantize"],
                 "compile_seconds": round(sum(report["timings_s"].values()), 1),
                 "threads": int8["latency_ms"]["threads"],
+                "int8_runtime": int8.get("runtime"), "quantization": int8.get("quantization"),
             })
     table = [["method", "FP32 top-1", "INT8 top-1", "top-5", "drop", "agree%", "FP32 ms", "INT8 ms", "ratio",
               "INT8 MB", "quant s", "compile s"]]

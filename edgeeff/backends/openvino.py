@@ -17,6 +17,10 @@ than normalising on the host (the scale folds into the first convolution).
 
 from __future__ import annotations
 
+import contextlib
+import io
+import re
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -145,6 +149,19 @@ def add_preprocessing(model, spec: PreprocessSpec):
     return ppp.build()
 
 
+_AUTO_NAME = re.compile(r"[A-Za-z]+_\d+")
+
+
+def stable_names(model):
+    """Rename nodes that carry OpenVINO's automatic `<Type>_<counter>` name (nodes NNCF and the
+    PrePostProcessor create): the counter is process-wide, so the same model built twice in one
+    process would get a different .xml. Position in the graph is stable. Returns `model`."""
+    for index, op in enumerate(model.get_ordered_ops()):
+        if _AUTO_NAME.fullmatch(op.get_friendly_name()):
+            op.set_friendly_name(f"{op.get_type_name()}_n{index}")
+    return model
+
+
 def ignored_scope(model, names: list[str]):
     """NNCF IgnoredScope for the profile's `ignore` entries, chosen from the graph itself (not by
     name patterns: converter names are not stable across versions)."""
@@ -165,6 +182,15 @@ def ignored_scope(model, names: list[str]):
     return nncf.IgnoredScope(names=picked)
 
 
+def _enum(enum, key: str, value: str):
+    """A profile string (e.g. preset = "mixed") as NNCF's enum member, or a one-line error."""
+    try:
+        return enum[str(value).upper()]
+    except KeyError:
+        raise UserError(f"target profile: quantization.{key} = {value!r}; NNCF knows "
+                        f"{', '.join(m.name.lower() for m in enum)}") from None
+
+
 def quantize(model, calib_inputs: np.ndarray, recipe: dict, quant: dict, quiet: bool = False):
     """nncf.quantize with the profile's settings; returns (quantized model, what was done)."""
     import logging
@@ -182,22 +208,24 @@ def quantize(model, calib_inputs: np.ndarray, recipe: dict, quant: dict, quiet: 
     target_device = quant.get("target_device", "cpu")
     fast_bias_correction = bool(quant.get("fast_bias_correction", True))
     ignore = list(quant.get("ignore", []))
-    advanced = {"overflow_fix": getattr(OverflowFix, overflow_fix.upper())}
+    advanced = {"overflow_fix": _enum(OverflowFix, "overflow_fix", overflow_fix)}
     if method == "minmax":
         advanced["activations_range_estimator_params"] = RangeEstimatorParametersSet.MINMAX
     scope = ignored_scope(model, ignore)
     dataset = nncf.Dataset(range(len(calib_inputs)), lambda i: calib_inputs[i:i + 1])
-    if quiet:
-        nncf.set_log_level(logging.ERROR)
-    quantized = nncf.quantize(
-        model, dataset,
-        preset=getattr(nncf.QuantizationPreset, preset.upper()),
-        target_device=getattr(nncf.TargetDevice, target_device.upper()),
-        subset_size=len(calib_inputs),
-        fast_bias_correction=fast_bias_correction,
-        ignored_scope=scope,
-        advanced_parameters=AdvancedQuantizationParameters(**advanced),
-    )
+    # NNCF draws its own progress bars (rich, on stdout): shown only on a terminal and without --quiet.
+    show = not quiet and sys.stdout.isatty()
+    nncf.set_log_level(logging.WARNING if show else logging.ERROR)
+    with contextlib.nullcontext() if show else contextlib.redirect_stdout(io.StringIO()):
+        quantized = nncf.quantize(
+            model, dataset,
+            preset=_enum(nncf.QuantizationPreset, "preset", preset),
+            target_device=_enum(nncf.TargetDevice, "target_device", target_device),
+            subset_size=len(calib_inputs),
+            fast_bias_correction=fast_bias_correction,
+            ignored_scope=scope,
+            advanced_parameters=AdvancedQuantizationParameters(**advanced),
+        )
     details = {"quantizer": f"nncf {nncf.__version__}", "format": "OpenVINO IR (FakeQuantize)",
                "preset": preset, "target_device": target_device, "fast_bias_correction": fast_bias_correction,
                "overflow_fix": overflow_fix, "model_type": None,
@@ -224,8 +252,8 @@ def build(job) -> list:
 
     u8_spec = job.spec.with_layout("NHWC", "uint8")
     files = {"fp32": job.workdir / "model_fp32.xml", "int8": job.workdir / "model_int8.xml"}
-    ov.save_model(add_preprocessing(model, job.spec), str(files["fp32"]), compress_to_fp16=False)
-    ov.save_model(add_preprocessing(quantized, job.spec), str(files["int8"]),
+    ov.save_model(stable_names(add_preprocessing(model, job.spec)), str(files["fp32"]), compress_to_fp16=False)
+    ov.save_model(stable_names(add_preprocessing(quantized, job.spec)), str(files["int8"]),
                   compress_to_fp16=bool(quant.get("compress_to_fp16", False)))
     artifacts = []
     for precision, xml in files.items():
