@@ -24,6 +24,8 @@ import tempfile
 import tomllib
 from pathlib import Path
 
+import numpy as np
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from edgeeff import pipeline  # noqa: E402
@@ -31,6 +33,36 @@ from edgeeff.backends import backend  # noqa: E402
 from edgeeff.pipeline import CompileOptions, compile_model  # noqa: E402
 from edgeeff.profiles import all_recipes, get_target  # noqa: E402
 from edgeeff.report import format_table  # noqa: E402
+
+
+def interleaved_latency(folder: Path, report: dict, fp32: dict, int8: dict, rounds: int, runs: int = 20) -> dict:
+    """Median batch-1 latency of FP32 and INT8 timed in alternating blocks, so both see the same load."""
+    import statistics
+    import time
+
+    from edgeeff.preprocess import PreprocessSpec
+
+    module = backend(report["backend"])
+    spec = PreprocessSpec.from_dict(report["preprocess"])
+    threads = int8["latency_ms"]["threads"]
+    runners = {}
+    for artifact in (fp32, int8):
+        a_spec = spec.with_layout(artifact["input"]["layout"], artifact["input"]["dtype"])
+        runner = module.open_runner(folder / artifact["file"], threads, a_spec)
+        x = runner.spec.to_model_input(np.zeros((1, spec.resolution, spec.resolution, 3), np.uint8) + 128)
+        for _ in range(10):
+            runner.predict(x)
+        runners[artifact["precision"]] = (runner, x)
+    times = {"fp32": [], "int8": []}
+    for _ in range(rounds):
+        for precision, (runner, x) in runners.items():
+            for _ in range(runs):
+                start = time.perf_counter()
+                runner.predict(x)
+                times[precision].append((time.perf_counter() - start) * 1000)
+    f, i = statistics.median(times["fp32"]), statistics.median(times["int8"])
+    return {"interleaved_fp32_ms": round(f, 2), "interleaved_int8_ms": round(i, 2),
+            "interleaved_ratio": round(i / f, 3), "interleaved_runs": rounds * runs}
 
 
 def main() -> int:
@@ -45,6 +77,9 @@ def main() -> int:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a [quantization] setting of the target profile (repeatable)")
     parser.add_argument("--latency-runs", type=int, default=200)
+    parser.add_argument("--rounds", type=int, default=0,
+                        help="also time FP32 and INT8 alternately, this many rounds of 20 runs each: "
+                             "a ratio that survives a shared, fluctuating CPU")
     parser.add_argument("--json", type=Path, help="where to write the figures (default docs/results/bench_accuracy_<variant>_<target>.json)")
     args = parser.parse_args()
     target = get_target(args.target)
@@ -62,7 +97,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="edgeeff-bench-") as tmp:
         for method in args.methods:
             print(f"== {args.variant} -> {args.target}, calibration {method}", file=sys.stderr)
-            _, report = compile_model(CompileOptions(
+            folder, report = compile_model(CompileOptions(
                 variant=args.variant, target=args.target, out=Path(tmp) / method, calib=args.calib,
                 calib_count=args.calib_count, calib_method=method, val=args.val, weights=args.weights,
                 quiet=True, latency_runs=args.latency_runs))
@@ -81,6 +116,8 @@ def main() -> int:
                 "threads": int8["latency_ms"]["threads"],
                 "int8_runtime": int8.get("runtime"), "quantization": int8.get("quantization"),
             })
+            if args.rounds:
+                rows[-1].update(interleaved_latency(folder, report, fp32, int8, args.rounds))
     table = [["method", "FP32 top-1", "INT8 top-1", "top-5", "drop", "agree%", "FP32 ms", "INT8 ms", "ratio",
               "INT8 MB", "quant s", "compile s"]]
     for r in rows:
@@ -89,6 +126,10 @@ def main() -> int:
                       f"{r['int8_latency_ms']:.2f}", f"{r['latency_ratio']:.2f}", f"{r['int8_size_bytes'] / 1e6:.2f}",
                       f"{r['quantize_seconds']:.1f}", f"{r['compile_seconds']:.1f}"])
     print(format_table(table))
+    if args.rounds:
+        print(format_table([["method", "FP32 ms", "INT8 ms", "ratio (interleaved)"]] +
+                           [[r["method"], f"{r['interleaved_fp32_ms']:.2f}", f"{r['interleaved_int8_ms']:.2f}",
+                             f"{r['interleaved_ratio']:.2f}"] for r in rows]))
     out_json.parent.mkdir(parents=True, exist_ok=True)
     out_json.write_text(json.dumps({"machine": {"host": platform.machine(), "processor": platform.processor(),
                                                 "cpus": __import__("os").cpu_count()},
