@@ -108,8 +108,8 @@ def inspect_input(path: Path) -> dict:
     out = model.outputs[0].get_partial_shape()
     layout = "NHWC" if len(dims) == 4 and dims[3] == 3 else "NCHW"
     resolution = (dims[1] if layout == "NHWC" else dims[2]) if len(dims) == 4 else None
-    num_outputs = out[out.rank.get_length() - 1].get_length() if out.rank.is_static and out.rank.get_length() \
-        and out[out.rank.get_length() - 1].is_static else None
+    last = out[out.rank.get_length() - 1] if out.rank.is_static and out.rank.get_length() else None
+    num_outputs = last.get_length() if last is not None and last.is_static else None
     return {"layout": layout, "resolution": resolution, "num_outputs": num_outputs}
 
 
