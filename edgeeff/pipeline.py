@@ -158,6 +158,10 @@ def check_inputs(opts: CompileOptions):
     backend = load_backend(target.backend)
     if hasattr(backend, "check_job"):
         backend.check_job(target, recipe)
+    methods = getattr(backend, "RECIPE_METHODS", None)
+    if methods and recipe["method"] not in methods:
+        raise UserError(f"--calib-method {recipe['name']}: the {target.name} target's quantizer does not "
+                        f"implement it; choose a recipe with method {', '.join(methods)}")
     if opts.calib is not None and not opts.calib.is_dir():
         raise UserError(f"--calib {opts.calib}: not a folder; pass a folder of calibration images")
     if opts.val is not None and not opts.val.exists():

@@ -43,6 +43,7 @@ def data(tmp_path_factory):
     _photo(root / "badval" / "kittens" / "k.png")
     (root / "list.txt").write_text("calib/a/0.jpg\n")
     (root / "corrupt.onnx").write_bytes(b"\x08\x07garbage")
+    (root / "corrupt.xml").write_text("<?xml version='1.0'?>\n<net name='x' version='11'><layers><layer")
     (root / "model.pt").write_bytes(b"")
     # weights: a real b0-shaped lukemelas file, and a truncated copy
     from edgeeff.model import build_model
@@ -74,6 +75,8 @@ BAD_INPUTS = {
     "--max-drop without --val": (BASE + ["--max-drop", "0.5"], "--max-drop needs --val"),
     "unknown calibration recipe": (BASE + ["--calib-method", "kl"], "--calib-method kl: unknown"),
     "eval of a corrupt model": (["eval", "{d}/corrupt.onnx", "--val", "{d}/val"], "corrupt.onnx"),
+    "eval of a corrupt OpenVINO IR": (["eval", "{d}/corrupt.xml", "--val", "{d}/val"], "corrupt.xml: OpenVINO cannot read it"),
+    "intel target with a recipe NNCF lacks": (["compile", "--variant", "lite0", "--target", "intel", "--calib-method", "mse"], "--calib-method mse"),
     "eval of an unsupported file": (["eval", "{d}/model.pt", "--val", "{d}/val"], "cannot evaluate .pt"),
     "report of a folder without report.json": (["report", "{d}/empty"], "no report.json"),
 }
@@ -100,6 +103,13 @@ def test_missing_backend_names_the_extra(data, capsys, monkeypatch):
     code = main(BASE + ["--out", str(data / "fresh"), "--quiet"])
     err = capsys.readouterr().err
     assert code == 3 and "pip install 'edgeeff[onnx]'" in err and not (data / "fresh").exists()
+
+
+def test_missing_openvino_names_the_extra(data, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "openvino", None)  # as if OpenVINO were not installed
+    code = main(["compile", "--variant", "lite0", "--target", "intel", "--out", str(data / "fresh"), "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 3 and "pip install 'edgeeff[openvino]'" in err and not (data / "fresh").exists()
 
 
 @pytest.mark.slow

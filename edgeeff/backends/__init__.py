@@ -9,6 +9,7 @@ A backend module provides:
   inspect_input(path)   layout, resolution and output width of a foreign file (`edgeeff eval`)
   check_job(target, recipe)   optional: raise UserError before any heavy work if build() cannot run
   NEEDS_ONNX     optional, default True: build() reads job.fp32_onnx (the pipeline's ONNX export)
+  RECIPE_METHODS calibration methods (calib/*.toml `method`) its quantizer implements
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from ..errors import MissingBackendError, UserError
 BACKEND_MODULES = {
     "onnxruntime": "edgeeff.backends.onnxruntime",
     "litert": "edgeeff.backends.litert",
+    "openvino": "edgeeff.backends.openvino",
 }
 
 

@@ -60,9 +60,6 @@ def check_job(target, recipe: dict) -> None:
     except ImportError:
         raise MissingBackendError(f"--target {target.name} converts with litert-torch and ai-edge-quantizer: "
                                   f"{INSTALL}") from None
-    if recipe["method"] not in RECIPE_METHODS:
-        raise UserError(f"--calib-method {recipe['name']}: method {recipe['method']!r} is not available for "
-                        f"--target {target.name}; use one of: {', '.join(RECIPE_METHODS)}")
     if target.input_dtype not in IO_DTYPES:
         raise UserError(f"targets/{target.name}.toml: input_dtype {target.input_dtype!r} must be int8 or uint8")
 

@@ -20,6 +20,7 @@ from ..preprocess import PreprocessSpec
 
 EXTRA = "onnx"
 SUFFIXES = (".onnx",)
+RECIPE_METHODS = ("minmax", "percentile", "mse", "entropy", "distribution")
 
 
 def available() -> None:
@@ -28,17 +29,6 @@ def available() -> None:
         import onnxruntime.quantization  # noqa: F401
     except ImportError:
         raise MissingBackendError("the onnx target needs ONNX Runtime: pip install 'edgeeff[onnx]'") from None
-
-
-def check_job(target, recipe: dict) -> None:
-    """A recipe whose method this backend does not implement is an error, not a silent minmax."""
-    from ..calibration import OWN_METHODS
-    from ..errors import UserError
-
-    known = (*OWN_METHODS, *CALIBRATION_METHODS)
-    if recipe["method"] not in known:
-        raise UserError(f"--calib-method {recipe['name']}: method {recipe['method']!r} is not available for "
-                        f"--target {target.name}; use one of: {', '.join(known)}")
 
 
 def version() -> str:
