@@ -221,9 +221,10 @@ def compile_model(opts: CompileOptions) -> tuple[Path, dict]:
         rows = []
         for artifact in artifacts:
             row = {"file": artifact.file, "format": artifact.format, "precision": artifact.precision,
-                   "size_bytes": (workdir / artifact.file).stat().st_size,
                    "input": {"layout": artifact.spec.layout, "dtype": artifact.spec.input_dtype},
                    "verified": artifact.verified}
+            if (workdir / artifact.file).is_file():  # a device-built engine is not here: no size to report
+                row["size_bytes"] = (workdir / artifact.file).stat().st_size
             if artifact.quantization:
                 row["quantization"] = artifact.quantization
             if artifact.runnable_here:

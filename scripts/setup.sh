@@ -4,7 +4,7 @@
 #   bash scripts/setup.sh onnx       # only the ONNX Runtime target
 set -euo pipefail
 cd "$(dirname "$0")/.."
-EXTRAS=${1:-onnx,lite,plot,dev}
+EXTRAS=${1:-onnx,jetson,lite,plot,dev}
 PYTHON=${PYTHON:-python3.11}
 command -v "$PYTHON" >/dev/null || PYTHON=python3
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv

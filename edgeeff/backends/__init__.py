@@ -18,6 +18,7 @@ from ..errors import MissingBackendError, UserError
 # backend name -> module (imported lazily: a missing optional runtime must not break the CLI)
 BACKEND_MODULES = {
     "onnxruntime": "edgeeff.backends.onnxruntime",
+    "tensorrt": "edgeeff.backends.tensorrt",
 }
 
 
