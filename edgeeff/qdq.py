@@ -86,13 +86,33 @@ def prepare_for_tensorrt(model: onnx.ModelProto, opset: int | None = None) -> on
     graph.node.extend(new_nodes)
     strip_unused_initializers(model)
     if opset is not None:
-        current = next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
-        if current != opset:
-            from onnx import version_converter
-
-            model = version_converter.convert_version(model, opset)
+        set_opset(model, opset)
     del model.graph.value_info[:]
     return model
+
+
+# Ops whose ONNX definition is the same from opset 13 to 18 for the way the exporter uses them
+# (Add/Mul gained types in 14, Clip/Sigmoid/Gemm/Flatten/Q/DQ last changed at or before 13).
+_OPSET_STABLE_13_TO_18 = {"Conv", "Clip", "Sigmoid", "Mul", "Add", "Gemm", "GlobalAveragePool", "Flatten",
+                          "Relu", "QuantizeLinear", "DequantizeLinear", "Identity"}
+
+
+def set_opset(model: onnx.ModelProto, opset: int) -> None:
+    """Re-declare the model at `opset` (13-18) when every op means the same there.
+
+    onnx's version converter has no down-adapters (e.g. Add 14 -> 13), so this checks the ops
+    instead and lets onnx.checker validate the result against the lower opset's schemas.
+    """
+    entry = next(o for o in model.opset_import if o.domain in ("", "ai.onnx"))
+    if entry.version == opset:
+        return
+    if not 13 <= opset <= 18 or entry.version > 18:
+        raise UserError(f"cannot re-declare an opset-{entry.version} model at opset {opset} (13-18 only)")
+    others = sorted({n.op_type for n in model.graph.node} - _OPSET_STABLE_13_TO_18)
+    if others:
+        raise UserError(f"cannot lower the model to opset {opset}: {', '.join(others)} changed meaning")
+    entry.version = opset
+    onnx.checker.check_model(model, full_check=False)
 
 
 def strip_unused_initializers(model: onnx.ModelProto) -> int:
@@ -158,26 +178,34 @@ def _se_multiply_inputs(node, producer) -> tuple[str, str] | None:
 
 
 def residual_adds(graph, initializers: set[str]):
-    """Add nodes of two activations: (node, skip input). The skip is the input no Conv made."""
-    producer, _ = _graph_maps(graph)
+    """Add nodes of two activations: (node, skip input).
+
+    The skip input is the block's input: it also feeds the block's first layer (more than one
+    consumer), and was made earlier than the residual branch (the project conv's output, read
+    only by the Add). Both may come from a Conv, so "the input no Conv made" is not enough.
+    """
+    producer, consumers = _graph_maps(graph)
+    order = {id(n): k for k, n in enumerate(graph.node)}
     out = []
     for n in graph.node:
         if n.op_type != "Add" or len(n.input) != 2 or any(i in initializers for i in n.input):
             continue
-        made_by = [_through_qdq(producer, i) for i in n.input]
-        skip = [i for i, p in zip(n.input, made_by) if p is None or p.op_type not in WEIGHTED]
-        out.append((n, skip[0] if skip else n.input[1]))
+        sources = [_before_qdq(producer, i) for i in n.input]
+        fanout = [len(consumers.get(t, [])) for t in sources]
+        made = [order.get(id(producer[t]), -1) if t in producer else -1 for t in sources]
+        k = max(range(2), key=lambda j: (fanout[j] > 1, -made[j]))
+        out.append((n, n.input[k]))
     return out
 
 
-def _through_qdq(producer, tensor):
-    """The node that made `tensor`, looking through a Q->DQ pair."""
+def _before_qdq(producer, tensor):
+    """The float tensor behind a Q->DQ pair (or `tensor` itself)."""
     p = producer.get(tensor)
     if p is not None and p.op_type == "DequantizeLinear":
         q = producer.get(p.input[0])
         if q is not None and q.op_type == "QuantizeLinear":
-            return producer.get(q.input[0])
-    return p
+            return q.input[0]
+    return tensor
 
 
 def plan_placement(model: onnx.ModelProto, placement: str = "nvidia") -> Placement:
@@ -380,7 +408,7 @@ def tensorrt_rule_violations(model: onnx.ModelProto, max_opset: int | None = Non
             if b is not None and b.op_type == "DequantizeLinear":
                 problems.append(f"{what}: bias is quantized; TensorRT takes a float bias")
     for n, skip in residual_adds(graph, set(inits)):
-        if not any(producer.get(i) is not None and producer[i].op_type == "DequantizeLinear" for i in n.input):
+        if producer.get(skip) is None or producer[skip].op_type != "DequantizeLinear":
             problems.append(f"Add {n.name}: residual (skip) input {skip} has no Q/DQ")
     for n in graph.node:
         if n.op_type != "QuantizeLinear":
