@@ -389,7 +389,9 @@ def test_device_script_cpu_path_reproduces_the_report(lite0_jetson, sample, tmp_
     result = json.loads(out.read_text())
     qdq = next(a for a in report["artifacts"] if a["file"] == "model_qdq.onnx")
     assert result["images"] == report["dataset"]["images"]
-    assert (result["top1"], result["top5"]) == (qdq["top1"], qdq["top5"])
+    # batch 8 here, 64 in edgeeff: ONNX Runtime's kernels may round a borderline image differently
+    one_image = 100.0 / result["images"] + 1e-6
+    assert abs(result["top1"] - qdq["top1"]) <= one_image and abs(result["top5"] - qdq["top5"]) <= one_image
 
 
 @pytest.fixture(scope="module")
