@@ -204,6 +204,7 @@ def compile_model(opts: CompileOptions) -> tuple[Path, dict]:
         job = Job(opts.variant, model, spec, target, recipe, calibration, workdir, fp32_onnx, threads, opts.quiet)
         with watch.stage("quantize", f"quantizing for {target.name} ({recipe['name']} calibration)"):
             artifacts = backend.build(job)
+        recipe = job.recipe  # a backend may refine the target's default recipe (jetson: per activation)
         fp32_onnx.unlink()
 
         reference = TorchRunner(model, spec, threads)

@@ -328,6 +328,7 @@ def test_lite0_qdq_meets_the_bar(lite0_jetson):
     assert qdq["top1_agreement"] >= 98.0, qdq
     assert qdq["runtime"].startswith("onnxruntime") and "proxy for TensorRT" in qdq["verified_by"]
     assert qdq["quantization"]["tensorrt_rules_check"]["passed"]
+    assert report["calibration"]["method"] == qdq["quantization"]["calibration"] == "percentile"  # ReLU6
     model = onnx.load(str(folder / "model_qdq.onnx"))
     check_tensorrt_rules(model, max_opset=17)
     zero_points = [numpy_helper.to_array(i) for i in model.graph.initializer
@@ -408,6 +409,7 @@ def test_b0_swish_se_qdq_passes_the_check_and_is_measured(b0_jetson):
     check_tensorrt_rules(onnx.load(str(folder / "model_qdq.onnx")), max_opset=17)
     qdq = next(a for a in report["artifacts"] if a["file"] == "model_qdq.onnx")
     assert qdq["quantization"]["placement"] == "nvidia"
+    assert report["calibration"]["method"] == qdq["quantization"]["calibration"] == "mse"  # swish
     assert qdq["quantization"]["qdq_pairs"]["se_gate"] == 16
     # docs/jetson.md: the measured figure is ~89%; ORT's own per-channel min/max keeps 64.6%.
     assert qdq["top1_agreement"] >= 87.0, qdq
