@@ -91,7 +91,7 @@ def _artifact_table(reports: list[dict], max_drop: float | None) -> str:
                         + f'<td class="l">{_esc(a.get("runtime", "-"))}</td>'
                         + f"<td>{_cell(a.get('top1'))}</td><td>{_cell(a.get('top5'))}</td>"
                         + f'<td class="{"bad" if over else ""}">{_cell(drop)}</td>'
-                        + f"<td>{_cell(a.get('top1_agreement'))}</td><td>{_cell(a.get('size_bytes', 0) / 1e6)}</td>"
+                        + f"<td>{_cell(a.get('top1_agreement'))}</td><td>{_cell(a['size_bytes'] / 1e6 if a.get('size_bytes') is not None else None)}</td>"
                         + f"<td>{_cell(latency)}</td><td>{'yes' if a.get('verified', True) else 'no: ' + _esc(a.get('reason', ''))}</td></tr>")
     return "<table>" + "".join(rows) + "</table>"
 
@@ -109,7 +109,8 @@ def _charts(reports: list[dict]) -> str:
             label = prefix + a["file"]
             top1.append((label, a.get("top1"), colour))
             latency.append((label, (a.get("latency_ms") or {}).get("median"), colour))
-            size.append((label, a.get("size_bytes", 0) / 1e6, colour))
+            if a.get("size_bytes") is not None:
+                size.append((label, a["size_bytes"] / 1e6, colour))
     measured = [v for _, v, _ in top1 if v is not None] + ([reference] if reference is not None else [])
     lo = max(0.0, (min(measured) - 5) // 5 * 5) if measured else 0.0
     return ('<div class="charts">'

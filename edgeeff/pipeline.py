@@ -212,6 +212,7 @@ def compile_model(opts: CompileOptions) -> tuple[Path, dict]:
         job = Job(opts.variant, model, spec, target, recipe, calibration, workdir, fp32_onnx, threads, opts.quiet)
         with watch.stage("quantize", f"quantizing for {target.name} ({recipe['name']} calibration)"):
             artifacts = backend.build(job)
+        recipe = job.recipe  # a backend may refine the target's default recipe (jetson: per activation)
         fp32_onnx.unlink(missing_ok=True)
 
         reference = TorchRunner(model, spec, threads)
@@ -229,9 +230,10 @@ def compile_model(opts: CompileOptions) -> tuple[Path, dict]:
         rows = []
         for artifact in artifacts:
             row = {"file": artifact.file, "format": artifact.format, "precision": artifact.precision,
-                   "size_bytes": (workdir / artifact.file).stat().st_size,
                    "input": {"layout": artifact.spec.layout, "dtype": artifact.spec.input_dtype},
                    "verified": artifact.verified}
+            if (workdir / artifact.file).is_file():  # a device-built engine is not here: no size to report
+                row["size_bytes"] = (workdir / artifact.file).stat().st_size
             if artifact.quantization:
                 row["quantization"] = artifact.quantization
             if artifact.runnable_here:

@@ -51,7 +51,8 @@ def write_manifest(folder: Path, report: dict, labels_file: str, extra_files=())
         # input: layout and dtype; quantized inputs add scale and zero_point (and output likewise),
         # what a device needs to feed the file and read its logits.
         "artifacts": [{"file": a["file"], "format": a["format"], "precision": a["precision"],
-                       "input": a.get("input"), **({"output": a["output"]} if a.get("output") else {})}
+                       "input": a.get("input"), **({"output": a["output"]} if a.get("output") else {}),
+                       **({"build": a["build"]} if a.get("build") else {})}
                       for a in report["artifacts"]],
         "files": files,
         "versions": report["versions"],
@@ -77,7 +78,7 @@ def table_rows(report: dict) -> list[list[str]]:
         latency = a.get("latency_ms", {}).get("median") if a.get("latency_ms") else None
         rows.append([a["file"], a["precision"], a.get("runtime", "-") if a.get("verified", True) else "not run",
                      _fmt(a.get("top1")), _fmt(a.get("top5")), _fmt(a.get("top1_drop")),
-                     _fmt(a.get("top1_agreement")), _fmt(a.get("size_bytes", 0) / 1e6),
+                     _fmt(a.get("top1_agreement")), _fmt(a["size_bytes"] / 1e6 if a.get("size_bytes") is not None else None),
                      _fmt(latency)])
     return rows
 

@@ -24,6 +24,7 @@ BACKEND_MODULES = {
     "onnxruntime": "edgeeff.backends.onnxruntime",
     "litert": "edgeeff.backends.litert",
     "openvino": "edgeeff.backends.openvino",
+    "tensorrt": "edgeeff.backends.tensorrt",
 }
 
 
