@@ -158,7 +158,7 @@ def distill(student: torch.nn.Module, teacher: torch.nn.Module, crops: np.ndarra
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            losses.append(float(loss))
+            losses.append(float(loss.detach()))
             step += 1
             bar.update(1)
             bar.set_postfix(loss=f"{losses[-1]:.4f}")

@@ -170,12 +170,11 @@ def make_variant(model: EfficientNet, act: str | None = None, se: str | None = N
     _check_model(model)
     if se is not None and se not in SE_CHOICES:
         raise ValueError(f"unknown --se {se!r}; choose keep or remove")
+    # `--se keep` keeps what the model has (nothing, for Lite): it never adds blocks.
     record = SurgeryRecord(from_act=model.act_name, from_se=model.se_enabled,
-                           act=act or model.act_name, se=model.se_enabled if se is None else se == "keep")
+                           act=act or model.act_name, se=model.se_enabled and se != "remove")
     if se == "remove" and model.se_enabled:
         record.se_blocks = remove_se(model, crops, spec, tolerance, fold_mean)
-    elif se == "keep" and not model.se_enabled:
-        raise ValueError("--se keep: this model has no squeeze-excitation blocks to keep")
     if act and act != model.act_name:
         swap_activation(model, act)
     return record
