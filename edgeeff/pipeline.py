@@ -202,6 +202,8 @@ def _check_variant_options(opts: CompileOptions) -> None:
             raise UserError(f"--train {opts.train}: not a folder; pass a folder of unlabelled images")
         if opts.recover_steps is not None and opts.recover_steps < 1:
             raise UserError(f"--recover-steps {opts.recover_steps}: must be at least 1")
+        if opts.recover_batch is not None and opts.recover_batch < 1:
+            raise UserError(f"--recover-batch {opts.recover_batch}: must be at least 1")
         if opts.recover_minutes is not None and opts.recover_minutes <= 0:
             raise UserError(f"--recover-minutes {opts.recover_minutes}: must be more than 0")
         if opts.recover_steps is None and not opts.recover_minutes:
