@@ -36,11 +36,29 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--weights-format", default="auto",
                    choices=["auto", "edgeeff", "lukemelas", "timm", "timm-tf", "torchvision", "tf"])
     c.add_argument("--random-weights", action="store_true", help="random weights (latency/size studies only)")
-    c.add_argument("--out", type=Path, default=Path("out"), help="output root; writes OUT/<variant>-<target>/")
+    c.add_argument("--out", type=Path, default=Path("out"), help="output root; writes OUT/<variant>[-<act>][-nose][-kd]-<target>/")
     c.add_argument("--force", action="store_true", help="replace an existing output folder")
     c.add_argument("--latency-runs", type=int, default=50, help="timed batch-1 runs per artifact")
     c.add_argument("--max-drop", type=float, metavar="PTS",
                    help="exit with code 4 (after writing the report) if any artifact's top-1 drop exceeds PTS")
+    v = c.add_argument_group("variants (docs/variants.md)")
+    v.add_argument("--act", choices=["swish", "hswish", "relu6"],
+                   help="swap every activation of the loaded model (default: keep the model's own)")
+    v.add_argument("--se", choices=["keep", "remove"],
+                   help="remove squeeze-excitation: each block's mean gate over the calibration images is "
+                        "folded into the next conv (exact when the gate is constant)")
+    v.add_argument("--recover", choices=["none", "distill"], default="none",
+                   help="recover the variant's accuracy by distillation from the original on unlabelled images")
+    v.add_argument("--recover-minutes", type=float, default=15.0, metavar="N",
+                   help="wall-clock budget for recovery (default 15); the step count is planned from it")
+    v.add_argument("--recover-steps", type=int, metavar="N",
+                   help="exact number of recovery steps (reproducible); --recover-minutes then only caps it")
+    v.add_argument("--recover-lr", type=float, metavar="LR", help="AdamW learning rate (default 1e-4)")
+    v.add_argument("--recover-temperature", type=float, metavar="T", help="distillation temperature (default 2)")
+    v.add_argument("--recover-batch", type=int, metavar="N", help="images per step (default 16)")
+    v.add_argument("--train", type=Path, metavar="DIR",
+                   help="unlabelled images for recovery (default: the --calib folder, every image in it)")
+    v.add_argument("--seed", type=int, default=0, help="seed for recovery (default 0)")
     _add_data_flags(c)
 
     e = sub.add_parser("eval", help="evaluate any classifier artifact on a labelled validation set")
@@ -72,7 +90,11 @@ def cmd_compile(args) -> int:
         variant=args.variant, target=args.target, out=args.out, calib=args.calib, calib_count=args.calib_count,
         calib_method=args.calib_method, val=args.val, synsets=args.synsets, weights=args.weights,
         weights_format=args.weights_format, random_weights=args.random_weights, threads=args.threads,
-        force=args.force, quiet=args.quiet, latency_runs=args.latency_runs, max_drop=args.max_drop))
+        force=args.force, quiet=args.quiet, latency_runs=args.latency_runs, max_drop=args.max_drop,
+        act=args.act, se=args.se, recover=args.recover, recover_minutes=args.recover_minutes,
+        recover_steps=args.recover_steps, recover_lr=args.recover_lr,
+        recover_temperature=args.recover_temperature, recover_batch=args.recover_batch, train=args.train,
+        seed=args.seed))
     return 0
 
 

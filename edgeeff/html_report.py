@@ -135,6 +135,19 @@ def _details(report: dict) -> str:
     return "<dl>" + "".join(f"<dt>{_esc(k)}</dt><dd>{_esc(v)}</dd>" for k, v in items) + "</dl>"
 
 
+def _chain_table(report: dict) -> str:
+    from .report import chain_rows
+
+    rows = chain_rows(report)
+    if not rows:
+        return ""
+    head = "".join(f"<th>{_esc(c)}</th>" for c in rows[0])
+    body = "".join("<tr>" + "".join(f'<td class="l">{_esc(c)}</td>' if i < 4 else f"<td>{_esc(c)}</td>"
+                                    for i, c in enumerate(r)) + "</tr>" for r in rows[1:])
+    return ("<h3>Variant chain (every drop and agreement against the original model)</h3>"
+            f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")
+
+
 def render(reports: list[dict], title: str | None = None, max_drop: float | None = None) -> str:
     single = len(reports) == 1
     title = title or (f"edgeeff: {reports[0]['variant']} for {reports[0]['target']}" if single
@@ -152,6 +165,7 @@ def render(reports: list[dict], title: str | None = None, max_drop: float | None
             body.append(f"<h2>{_esc(report['variant'])}-{_esc(report['target'])}</h2>")
         else:
             body.append("<h2>Details</h2>")
+        body.append(_chain_table(report))
         body.append(_details(report))
     body.append("<h2>report.json</h2><details><summary>raw</summary><pre>"
                 + _esc(json.dumps(reports[0] if single else reports, indent=1)[:200000]) + "</pre></details>")

@@ -54,6 +54,17 @@ class CompileOptions:
     quiet: bool = False
     latency_runs: int = 50
     max_drop: float | None = None
+    # Variants (docs/variants.md): surgery on the loaded model, then optional recovery.
+    act: str | None = None            # swish | hswish | relu6; None: the model's own
+    se: str | None = None             # keep | remove; None: the model's own
+    recover: str = "none"             # none | distill
+    recover_minutes: float | None = 15.0
+    recover_steps: int | None = None
+    recover_lr: float | None = None
+    recover_temperature: float | None = None
+    recover_batch: int | None = None
+    train: Path | None = None         # unlabelled images for recovery (default: the --calib folder)
+    seed: int = 0
 
 
 @dataclass
@@ -177,10 +188,109 @@ def check_inputs(opts: CompileOptions):
 
         if packaged_weights_path(opts.variant) is None:
             raise UserError(no_weights_message(opts.variant))
-    final = opts.out / f"{opts.variant}-{target.name}"
+    _check_variant_options(opts)
+    final = opts.out / output_name(opts, target.name)
     if final.exists() and not opts.force:
         raise UserError(f"--out: {final} already exists; pass --force to replace it or choose another --out")
     return target, recipe, backend, final
+
+
+def _check_variant_options(opts: CompileOptions) -> None:
+    from .family import ACTIVATIONS
+
+    if opts.act is not None and opts.act not in ACTIVATIONS:
+        raise UserError(f"--act {opts.act}: choose one of {', '.join(ACTIVATIONS)}")
+    if opts.se is not None and opts.se not in ("keep", "remove"):
+        raise UserError(f"--se {opts.se}: choose keep or remove")
+    if opts.recover not in ("none", "distill"):
+        raise UserError(f"--recover {opts.recover}: choose none or distill")
+    if opts.recover == "distill":
+        if opts.random_weights:
+            raise UserError("--recover distill needs real weights: a random teacher teaches nothing")
+        if opts.train is None and opts.calib is None:
+            raise UserError("--recover distill needs unlabelled images: pass --train DIR (or --calib DIR, "
+                            "which is then used for both)")
+        if opts.train is not None and not opts.train.is_dir():
+            raise UserError(f"--train {opts.train}: not a folder; pass a folder of unlabelled images")
+        if opts.recover_steps is not None and opts.recover_steps < 1:
+            raise UserError(f"--recover-steps {opts.recover_steps}: must be at least 1")
+        if opts.recover_batch is not None and opts.recover_batch < 1:
+            raise UserError(f"--recover-batch {opts.recover_batch}: must be at least 1")
+        if opts.recover_minutes is not None and opts.recover_minutes <= 0:
+            raise UserError(f"--recover-minutes {opts.recover_minutes}: must be more than 0")
+        if opts.recover_steps is None and not opts.recover_minutes:
+            raise UserError("--recover distill needs --recover-minutes or --recover-steps")
+        if opts.val is not None and opts.train is not None and opts.train.resolve() == opts.val.resolve():
+            raise UserError("--train is the --val folder: training on the validation images would "
+                            "make every accuracy figure meaningless")
+    elif opts.train is not None or opts.recover_steps is not None:
+        raise UserError("--train and --recover-steps only apply with --recover distill")
+
+
+def output_name(opts: CompileOptions, target: str) -> str:
+    """<variant>[-<act>][-nose][-kd]-<target>: the architecture differs from the variant's own, and
+    -kd when this command recovered it by distillation (e.g. b0-hswish-nose-kd-onnx)."""
+    from .family import VARIANTS
+
+    v = VARIANTS[opts.variant]
+    parts = [opts.variant]
+    if opts.act and opts.act != v.default_act:
+        parts.append(opts.act)
+    if opts.se == "remove" and v.default_se:
+        parts.append("nose")
+    if opts.recover == "distill":
+        parts.append("kd")
+    return "-".join(parts + [target])
+
+
+def _variant_stage(stage: str, model, scores, ref_scores) -> dict:
+    d = model.describe()
+    entry = {"stage": stage, "act": d["act"], "se": d["se"]}
+    if scores is None:
+        entry.update({"top1": None, "top5": None, "top1_agreement": None})
+    else:
+        entry.update(scores.as_dict())
+        if stage == "original":
+            entry["top1_agreement"] = 100.0
+        entry["top1_drop"] = round(ref_scores.top1 - scores.top1, 2)
+    return entry
+
+
+def make_variant_model(opts: CompileOptions, original, spec, calibration, watch):
+    """Surgery (and recovery) on a copy of the original. Returns (variant, unrecovered copy or None, info)."""
+    import copy
+
+    from .distill import RecoverySettings, distill
+    from .surgery import make_variant, needs_surgery
+
+    info: dict = {}
+    if not needs_surgery(original, opts.act, opts.se) and opts.recover == "none":
+        return original, None, info
+    variant = copy.deepcopy(original)
+    with watch.stage("surgery", f"surgery: act {original.act_name} -> {opts.act or original.act_name}, "
+                                f"SE {'removed' if opts.se == 'remove' and original.se_enabled else 'unchanged'}"):
+        record = make_variant(variant, opts.act, opts.se, calibration.crops, spec)
+    info["surgery"] = {**record.summary(), "blocks": record.se_blocks}
+    before = copy.deepcopy(variant) if opts.recover == "distill" else None
+    if opts.recover == "distill":
+        folder = opts.train or opts.calib
+        with watch.stage("load_train_images"):
+            train = load_calibration(folder, 10 ** 9, spec, opts.quiet)  # every image in the folder
+        defaults = RecoverySettings()
+        settings = RecoverySettings(
+            steps=opts.recover_steps, minutes=opts.recover_minutes,
+            lr=opts.recover_lr or defaults.lr, temperature=opts.recover_temperature or defaults.temperature,
+            batch=opts.recover_batch or defaults.batch, seed=opts.seed)
+        budget = (f"{settings.steps} steps" if settings.steps else "") + (
+            f"{', at most ' if settings.steps else ''}{settings.minutes:g} min" if settings.minutes else "")
+        with watch.stage("recover", f"recovering by distillation from the original on {len(train)} "
+                                    f"images of {folder} ({budget})"):
+            result = distill(variant, original, train.crops, spec, settings, opts.quiet)
+        info["recovery"] = {"method": "distill", "images": len(train), "path": str(folder),
+                            "settings": settings.to_dict(), **result.to_dict(), "file": "recovered.pth"}
+        if result.planned_from_time:
+            info["recovery"]["reproduce"] = f"--recover-steps {result.steps_planned}"
+    return variant, before, info
 
 
 def compile_model(opts: CompileOptions) -> tuple[Path, dict]:
@@ -192,17 +302,20 @@ def compile_model(opts: CompileOptions) -> tuple[Path, dict]:
     threads = opts.threads or max(1, min(target.threads, os.cpu_count() or 1))
     torch.set_num_threads(threads)
     with watch.stage("load_model", f"loading {opts.variant} weights"):
-        model, weights_info = load_model(opts.variant, opts.weights, opts.weights_format,
-                                         random_weights=opts.random_weights)
+        original, weights_info = load_model(opts.variant, opts.weights, opts.weights_format,
+                                            random_weights=opts.random_weights)
     labels = resolve_labels(opts.synsets)
     spec = spec_for_variant(opts.variant)
     with watch.stage("load_images"):
         validation = load_validation(opts.val, labels, spec, opts.quiet) if opts.val else None
         calibration = load_calibration(opts.calib, opts.calib_count, spec, opts.quiet)
-    num_classes = model.classifier.out_features
+    num_classes = original.classifier.out_features
     if num_classes != len(labels.synsets):
         raise UserError(f"the model has {num_classes} classes but the label list has {len(labels.synsets)}: "
                         f"pass --synsets FILE with one line per model class")
+    # The variant is what gets exported and quantized; the original stays the reference.
+    model, unrecovered, variant_info = make_variant_model(opts, original, spec, calibration, watch)
+    is_variant = model is not original
 
     with atomic_folder(final, opts.force) as workdir:
         fp32_onnx = workdir / ".export.onnx"
@@ -215,18 +328,36 @@ def compile_model(opts: CompileOptions) -> tuple[Path, dict]:
         recipe = job.recipe  # a backend may refine the target's default recipe (jetson: per activation)
         fp32_onnx.unlink(missing_ok=True)
 
-        reference = TorchRunner(model, spec, threads)
+        if "recovery" in variant_info:
+            from .distill import save_recovered
+
+            save_recovered(model, workdir / "recovered.pth", {"recovered_from": weights_info.sha256})
+        reference = TorchRunner(original, spec, threads)
         ref_scores = None
         reference_cached = False
         if validation is not None:
             with watch.stage("evaluate_reference", "evaluating FP32 reference (PyTorch)"):
                 # Cached by content: a second target for the same model and images reuses it.
-                key = content_key(weights_info.sha256 or weights_info.source, model.describe(),
-                                  model.state_dict_digest(), validation.crops, reference.runtime)
+                key = content_key(weights_info.sha256 or weights_info.source, original.describe(),
+                                  original.state_dict_digest(), validation.crops, reference.runtime)
                 ref_logits, hit = cached_array("reference_logits", key, lambda: predict_all(
                     reference, validation.crops, "FP32 reference", opts.quiet))
                 ref_scores = score(ref_logits, validation.labels)
                 reference_cached = hit
+        chain = []
+        export_logits = ref_logits if validation is not None else None  # what the FP32 export must match
+        if is_variant:
+            chain.append(_variant_stage("original", original, ref_scores, ref_scores))
+            stages = [("variant", unrecovered), ("recovered", model)] if unrecovered is not None else [("variant", model)]
+            for stage, stage_model in stages:
+                stage_scores = None
+                if validation is not None:
+                    with watch.stage(f"evaluate_{stage}", f"evaluating the {stage} model (PyTorch)"):
+                        logits = predict_all(TorchRunner(stage_model, spec, threads), validation.crops,
+                                             f"{stage} model", opts.quiet)
+                    stage_scores = score(logits, validation.labels, ref_scores.top1_classes)
+                    export_logits = logits
+                chain.append(_variant_stage(stage, stage_model, stage_scores, ref_scores))
         rows = []
         for artifact in artifacts:
             row = {"file": artifact.file, "format": artifact.format, "precision": artifact.precision,
@@ -247,7 +378,8 @@ def compile_model(opts: CompileOptions) -> tuple[Path, dict]:
                     row.update(s.as_dict())
                     row["top1_drop"] = round(ref_scores.top1 - s.top1, 2)
                     if artifact.precision == "fp32":
-                        row["max_abs_diff_vs_reference"] = float(np.abs(logits - ref_logits).max())
+                        # The export check: against the PyTorch model that was exported (the variant's own).
+                        row["max_abs_diff_vs_reference"] = float(np.abs(logits - export_logits).max())
                 else:
                     row.update({"top1": None, "top5": None, "top1_drop": None, "top1_agreement": None})
                 with watch.stage(f"latency_{artifact.file}"):
@@ -280,9 +412,12 @@ def compile_model(opts: CompileOptions) -> tuple[Path, dict]:
             "accuracy_measured": validation is not None,
             "model": {**model.describe(), "parameters": count_parameters(model),
                       "macs": count_macs(model), "num_classes": num_classes,
+                      **({"surgery": variant_info["surgery"]} if "surgery" in variant_info else {}),
                       "weights": {"source": weights_info.source, "format": weights_info.format,
                                   "sha256": weights_info.sha256}},
             "target_profile": target.to_report(),
+            **({"variant_chain": chain} if is_variant else {}),
+            **({"recovery": variant_info["recovery"]} if "recovery" in variant_info else {}),
             "edgeeff_version": __version__,
             "versions": library_versions(),
         }

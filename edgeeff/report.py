@@ -83,6 +83,22 @@ def table_rows(report: dict) -> list[list[str]]:
     return rows
 
 
+def chain_rows(report: dict) -> list[list[str]]:
+    """The variant chain (original -> variant -> recovered -> artifacts on the target), or []."""
+    chain = report.get("variant_chain")
+    if not chain:
+        return []
+    rows = [["stage", "act", "SE", "precision", "top-1", "top-5", "drop", "agree% (vs original)"]]
+    for entry in chain:
+        rows.append([entry["stage"], entry["act"], entry["se"], "fp32", _fmt(entry.get("top1")),
+                     _fmt(entry.get("top5")), _fmt(entry.get("top1_drop")), _fmt(entry.get("top1_agreement"))])
+    last = chain[-1]
+    for a in report["artifacts"]:
+        rows.append([f"{last['stage']} {a['file']}", last["act"], last["se"], a["precision"], _fmt(a.get("top1")),
+                     _fmt(a.get("top5")), _fmt(a.get("top1_drop")), _fmt(a.get("top1_agreement"))])
+    return rows
+
+
 def format_table(rows: list[list[str]]) -> str:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
@@ -99,6 +115,28 @@ def markdown(report: dict) -> str:
     md += ["| " + " | ".join(rows[0]) + " |", "|" + "---|" * len(rows[0])]
     md += ["| " + " | ".join(r) + " |" for r in rows[1:]]
     pre, cal, data = report["preprocess"], report["calibration"], report["dataset"]
+    chain = chain_rows(report)
+    if chain:
+        surgery = report["model"].get("surgery", {})
+        md += ["", "## Variant chain", "",
+               f"The reference is the original model ({surgery.get('from', {}).get('act')}, SE "
+               f"{surgery.get('from', {}).get('se')}); the artifacts are the variant "
+               f"({surgery.get('act')}, SE {surgery.get('se')}). Every drop and agreement is against the original.", ""]
+        md += ["| " + " | ".join(chain[0]) + " |", "|" + "---|" * len(chain[0])]
+        md += ["| " + " | ".join(r) + " |" for r in chain[1:]]
+        if surgery.get("se_blocks"):
+            md += ["", f"- SE blocks: {', '.join(f'{n} {k}' for k, n in surgery['se_blocks'].items())} "
+                       f"(largest per-channel gate std over the calibration images: {surgery.get('se_gate_std_max')})"]
+        rec = report.get("recovery")
+        if rec:
+            s_ = rec["settings"]
+            md += [f"- recovery: distillation, {rec['steps_done']} of {rec['steps_planned']} steps"
+                   f"{' (planned from the time budget)' if rec.get('planned_from_time') else ''}"
+                   f"{', cut short by the time budget' if rec.get('stopped_by_time') else ''} in {rec['seconds']} s "
+                   f"on {rec['images']} images of {rec['path']}; batch {s_['batch']}, lr {s_['lr']}, "
+                   f"T {s_['temperature']}, augment {s_['augment']}, BN frozen {s_['freeze_bn']}, seed {s_['seed']}; "
+                   f"KD loss {rec['loss_first']} -> {rec['loss_last']}; weights in `{rec['file']}`"
+                   + (f"; reproduce with `{rec['reproduce']}`" if rec.get("reproduce") else "")]
     md += ["", "Drop = reference top-1 minus artifact top-1 (positive is worse). Agreement = share of "
            "validation images whose top-1 class matches the FP32 reference.", "",
            "## Preprocessing (the same for calibration, validation and the device)", "",

