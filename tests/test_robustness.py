@@ -126,8 +126,11 @@ def test_odd_image_modes_are_converted_not_rejected(tmp_path):
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_interrupted_compile_leaves_no_output(tmp_path, sig):
     out = tmp_path / "out"
+    # A shell that starts jobs in the background ignores SIGINT in them, and Python keeps an ignored
+    # SIGINT ignored: restore the default in the child, as an interactive terminal would have it.
     proc = subprocess.Popen([sys.executable, "-m", "edgeeff", *BASE, "--out", str(out), *QUICK],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 120
     while time.time() < deadline and not list(out.glob(".lite0-onnx.partial-*")):
         time.sleep(0.05)
