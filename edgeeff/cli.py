@@ -53,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="wall-clock budget for recovery (default 15); the step count is planned from it")
     v.add_argument("--recover-steps", type=int, metavar="N",
                    help="exact number of recovery steps (reproducible); --recover-minutes then only caps it")
-    v.add_argument("--recover-lr", type=float, metavar="LR", help="AdamW learning rate (default 1e-4)")
+    v.add_argument("--recover-lr", type=float, metavar="LR", help="AdamW learning rate (default 3e-5)")
     v.add_argument("--recover-temperature", type=float, metavar="T", help="distillation temperature (default 2)")
     v.add_argument("--recover-batch", type=int, metavar="N", help="images per step (default 16)")
     v.add_argument("--train", type=Path, metavar="DIR",

@@ -36,7 +36,7 @@ WARMUP_STEPS = 5
 class RecoverySettings:
     steps: int | None = None          # the determinism unit; None: planned from `minutes`
     minutes: float | None = 15.0      # wall-clock upper bound
-    lr: float = 1e-4
+    lr: float = 3e-5
     weight_decay: float = 0.0
     temperature: float = 2.0
     batch: int = 16
