@@ -20,15 +20,8 @@ def _add_data_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bars or stage messages")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="edgeeff", description="Compile EfficientNets into verified INT8 edge artifacts.",
-                                     epilog=EPILOG)
-    parser.add_argument("--version", action="version", version=f"edgeeff {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True)
-
-    c = sub.add_parser("compile", help="build, quantize and verify artifacts for a target")
+def _add_compile_flags(c: argparse.ArgumentParser) -> None:
     c.add_argument("--variant", required=True, help="b0..b7, lite0..lite4 (`edgeeff variants`)")
-    c.add_argument("--target", required=True, help="device target, e.g. onnx (`edgeeff targets`)")
     c.add_argument("--calib", type=Path, help="folder of calibration images (default: scikit-image's sample photos)")
     c.add_argument("--calib-count", type=int, default=300, help="calibration images to use (default 300)")
     c.add_argument("--calib-method", help="calibration recipe from calib/ (minmax, percentile, entropy) or a .toml path")
@@ -40,7 +33,11 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--force", action="store_true", help="replace an existing output folder")
     c.add_argument("--latency-runs", type=int, default=50, help="timed batch-1 runs per artifact")
     c.add_argument("--max-drop", type=float, metavar="PTS",
-                   help="exit with code 4 (after writing the report) if any artifact's top-1 drop exceeds PTS")
+                   help="keep the most sensitive layers in float until the INT8 artifact's top-1 drop (on fewer "
+                        "than 5000 validation images: its disagreement with FP32) is at most PTS; exit with "
+                        "code 4 (after writing the report) if it still is not")
+    c.add_argument("--max-float-layers", type=int, metavar="N",
+                   help="--max-drop fallback limit: layers it may keep in float (default: 10%% of them)")
     v = c.add_argument_group("variants (docs/variants.md)")
     v.add_argument("--act", choices=["swish", "hswish", "relu6"],
                    help="swap every activation of the loaded model (default: keep the model's own)")
@@ -60,6 +57,24 @@ def build_parser() -> argparse.ArgumentParser:
                    help="unlabelled images for recovery (default: the --calib folder, every image in it)")
     v.add_argument("--seed", type=int, default=0, help="seed for recovery (default 0)")
     _add_data_flags(c)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="edgeeff", description="Compile EfficientNets into verified INT8 edge artifacts.",
+                                     epilog=EPILOG)
+    parser.add_argument("--version", action="version", version=f"edgeeff {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    c = sub.add_parser("compile", help="build, quantize and verify artifacts for a target")
+    c.add_argument("--target", required=True, help="device target, e.g. onnx (`edgeeff targets`)")
+    _add_compile_flags(c)
+    c.add_argument("--sensitivity", action="store_true",
+                   help="also rank every layer by the error its quantization alone causes (report.json 'sensitivity')")
+
+    s = sub.add_parser("sensitivity", help="per-layer quantization sensitivity on several targets, compared")
+    s.add_argument("--targets", default="onnx,intel,jetson",
+                   help="comma-separated targets to analyse (default onnx,intel,jetson)")
+    _add_compile_flags(s)
 
     e = sub.add_parser("eval", help="evaluate any classifier artifact on a labelled validation set")
     e.add_argument("artifact", type=Path)
@@ -84,17 +99,30 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_compile(args) -> int:
-    from .pipeline import CompileOptions, compile_model
+    from .pipeline import compile_model
 
-    compile_model(CompileOptions(
-        variant=args.variant, target=args.target, out=args.out, calib=args.calib, calib_count=args.calib_count,
+    compile_model(_compile_options(args, args.target, sensitivity=args.sensitivity))
+    return 0
+
+
+def _compile_options(args, target: str, **extra):
+    from .pipeline import CompileOptions
+
+    return CompileOptions(
+        variant=args.variant, target=target, out=args.out, calib=args.calib, calib_count=args.calib_count,
         calib_method=args.calib_method, val=args.val, synsets=args.synsets, weights=args.weights,
         weights_format=args.weights_format, random_weights=args.random_weights, threads=args.threads,
         force=args.force, quiet=args.quiet, latency_runs=args.latency_runs, max_drop=args.max_drop,
-        act=args.act, se=args.se, recover=args.recover, recover_minutes=args.recover_minutes,
-        recover_steps=args.recover_steps, recover_lr=args.recover_lr,
+        max_float_layers=args.max_float_layers, act=args.act, se=args.se, recover=args.recover,
+        recover_minutes=args.recover_minutes, recover_steps=args.recover_steps, recover_lr=args.recover_lr,
         recover_temperature=args.recover_temperature, recover_batch=args.recover_batch, train=args.train,
-        seed=args.seed))
+        seed=args.seed, **extra)
+
+
+def cmd_sensitivity(args) -> int:
+    from .sensitivity import compare_targets
+
+    compare_targets(args, [t.strip() for t in args.targets.split(",") if t.strip()], _compile_options)
     return 0
 
 
@@ -161,7 +189,7 @@ def cmd_targets(_args) -> int:
     return 0
 
 
-COMMANDS = {"compile": cmd_compile, "eval": cmd_eval, "report": cmd_report, "variants": cmd_variants,
+COMMANDS = {"compile": cmd_compile, "sensitivity": cmd_sensitivity, "eval": cmd_eval, "report": cmd_report, "variants": cmd_variants,
             "targets": cmd_targets}
 
 

@@ -96,6 +96,103 @@ def _artifact_table(reports: list[dict], max_drop: float | None) -> str:
     return "<table>" + "".join(rows) + "</table>"
 
 
+SERIES = ["#d9822b", "#5b7db1", "#8fb35b", "#a05195", "#7f7f7f"]
+
+
+def line_chart(title: str, series: list[tuple[str, list[float | None]]], labels: list[str], unit: str,
+               width: int = 1000, height: int = 300) -> str:
+    """Values per layer in graph order, one line (and dots) per series; hover a dot for the layer."""
+    values = [v for _, vs in series for v in vs if v is not None and v != float("inf")]
+    if not values or not labels:
+        return f"<figure><figcaption>{_esc(title)}: not measured</figcaption></figure>"
+    left, right, top_pad, bottom = 50, 20, 20, 40
+    lo, hi = min(values), max(values)
+    lo, hi = (lo - 1, hi + 1) if hi == lo else (lo, hi)
+    plot_w, plot_h = width - left - right, height - top_pad - bottom
+
+    def xy(i, v):
+        x = left + (i / max(1, len(labels) - 1)) * plot_w
+        return x, top_pad + (1 - (v - lo) / (hi - lo)) * plot_h
+
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" role="img" '
+             f'aria-label="{_esc(title)}" font-family="system-ui,sans-serif" font-size="11">',
+             f'<line x1="{left}" y1="{top_pad + plot_h}" x2="{left + plot_w}" y2="{top_pad + plot_h}" stroke="#999"/>',
+             f'<line x1="{left}" y1="{top_pad}" x2="{left}" y2="{top_pad + plot_h}" stroke="#999"/>',
+             f'<text x="{left - 4}" y="{top_pad + 4}" text-anchor="end">{hi:.0f}</text>',
+             f'<text x="{left - 4}" y="{top_pad + plot_h}" text-anchor="end">{lo:.0f}</text>',
+             f'<text x="{left + plot_w / 2}" y="{height - 8}" text-anchor="middle">layer (graph order, input to '
+             f'classifier); {_esc(unit)}</text>']
+    for k, (name, vs) in enumerate(series):
+        colour = SERIES[k % len(SERIES)]
+        points = [(i, v) for i, v in enumerate(vs) if v is not None and v != float("inf")]
+        path = " ".join(f"{x:.1f},{y:.1f}" for x, y in (xy(i, v) for i, v in points))
+        parts.append(f'<polyline points="{path}" fill="none" stroke="{colour}" stroke-width="1.2" opacity="0.8"/>')
+        for i, v in points:
+            x, y = xy(i, v)
+            parts.append(f'<circle cx="{x:.1f}" cy="{y:.1f}" r="2.5" fill="{colour}">'
+                         f'<title>{_esc(name)}: {_esc(labels[i])} {v:.1f} {_esc(unit)}</title></circle>')
+        parts.append(f'<rect x="{left + 10 + 130 * k}" y="{top_pad - 14}" width="10" height="10" fill="{colour}"/>'
+                     f'<text x="{left + 24 + 130 * k}" y="{top_pad - 5}">{_esc(name)}</text>')
+    parts.append("</svg>")
+    return f"<figure>{''.join(parts)}<figcaption>{_esc(title)}</figcaption></figure>"
+
+
+def _table(header: list[str], rows: list[list], left_cols: int = 1) -> str:
+    head = "".join(f"<th>{_esc(c)}</th>" for c in header)
+    body = "".join("<tr>" + "".join(f'<td class="l">{_esc(c)}</td>' if i < left_cols else f"<td>{_esc(c)}</td>"
+                                    for i, c in enumerate(r)) + "</tr>" for r in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _sensitivity_section(report: dict) -> str:
+    sens = report.get("sensitivity")
+    if not sens:
+        return ""
+    layers = sorted(sens["layers"], key=lambda r: r["position"])
+    chart = line_chart("Logits SQNR (dB) with only that layer quantized: low = sensitive",
+                       [(report["target"], [r["sqnr_db"] for r in layers])], [r["layer"] for r in layers], "dB")
+    worst = [[r["rank"], r["layer"], r["kind"], f"{r['sqnr_db']:.2f}", _cell(r.get("top1_agreement_alone"))]
+             for r in sens["layers"][:10]]
+    return ("<h3>Per-layer sensitivity</h3>"
+            f"<p>{sens['quantizable_layers']} layers, each quantized alone in {_esc(sens['backend'])} "
+            f"(all others float), SQNR of the logits against FP32 on {sens['calibration_images']} calibration "
+            f"images; all layers quantized: {sens['all_quantized_sqnr_db']} dB. Agreement alone: top-1 agreement "
+            f"with FP32 on {sens['validation_images_for_agreement']} validation images.</p>" + chart
+            + _table(["rank", "layer", "kind", "SQNR dB", "agreement alone %"], worst, left_cols=3))
+
+
+def _fallback_section(report: dict) -> str:
+    fb = report.get("fallback")
+    if not fb:
+        return ""
+    steps = [[s["kept_float"], _cell(s["top1"]), _cell(s["top1_drop"]), _cell(s["top1_agreement"])]
+             for s in fb["steps"]]
+    verdict = ("within budget" if fb["met"] else
+               f'<span class="bad">not within budget after {fb["limit"]} layers (the limit)</span>')
+    kept = ", ".join(fb["kept_float"]) or "none"
+    return (f"<h3>--max-drop {fb['max_drop']} fallback: {verdict}</h3>"
+            f"<p>Judged by the top-1 {_esc(fb['metric'])} (points). Kept in float: {_esc(kept)}.</p>"
+            + _table(["layers in float", "top-1", "drop", "agreement %"], steps))
+
+
+def sensitivity_page(variant: str, targets: list[str], rows: list[dict]) -> str:
+    """`edgeeff sensitivity`: one chart with a line per target, and the worst layers' table."""
+    series = [(t, [r[t]["sqnr_db"] if r[t] else None for r in rows]) for t in targets]
+    chart = line_chart("Logits SQNR (dB) per layer, only that layer quantized, per target", series,
+                       [r["layer"] for r in rows], "dB")
+    key = lambda r: min((r[t]["sqnr_db"] for t in targets if r[t]), default=float("inf"))  # noqa: E731
+    table = _table(["layer", "kind"] + [f"{t} dB (rank)" for t in targets] + ["spread dB"],
+                   [[r["layer"], r["kind"]] + [f"{r[t]['sqnr_db']:.1f} ({r[t]['rank']})" if r[t] else "-"
+                                              for t in targets] + [_cell(r["spread_db"], 1)]
+                    for r in sorted(rows, key=key)[:20]], left_cols=2)
+    title = f"edgeeff: per-layer sensitivity of {variant}"
+    body = (f"<h1>{_esc(title)}</h1><p>Each layer quantized alone in each target's own INT8 artifact and runtime; "
+            "SQNR of the logits against FP32. A layer fine on one target and poor on another points at that "
+            "converter, not the model.</p>" + chart + "<h2>Most sensitive layers</h2>" + table)
+    return (f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>{_esc(title)}</title>'
+            f"<style>{CSS}</style></head><body>{body}</body></html>\n")
+
+
 def _charts(reports: list[dict]) -> str:
     many = len(reports) > 1
     top1, latency, size = [], [], []
@@ -166,6 +263,8 @@ def render(reports: list[dict], title: str | None = None, max_drop: float | None
         else:
             body.append("<h2>Details</h2>")
         body.append(_chain_table(report))
+        body.append(_fallback_section(report))
+        body.append(_sensitivity_section(report))
         body.append(_details(report))
     body.append("<h2>report.json</h2><details><summary>raw</summary><pre>"
                 + _esc(json.dumps(reports[0] if single else reports, indent=1)[:200000]) + "</pre></details>")

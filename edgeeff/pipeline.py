@@ -54,6 +54,8 @@ class CompileOptions:
     quiet: bool = False
     latency_runs: int = 50
     max_drop: float | None = None
+    max_float_layers: int | None = None  # fallback limit (default: 10% of the quantizable layers)
+    sensitivity: bool = False            # rank every layer (report.json "sensitivity")
     # Variants (docs/variants.md): surgery on the loaded model, then optional recovery.
     act: str | None = None            # swish | hswish | relu6; None: the model's own
     se: str | None = None             # keep | remove; None: the model's own
@@ -293,6 +295,60 @@ def make_variant_model(opts: CompileOptions, original, spec, calibration, watch)
     return variant, before, info
 
 
+def count_layers(model: torch.nn.Module) -> int:
+    """Quantizable layers (convolutions and the classifier): the same count find_layers gives on
+    the exported ONNX, for backends that never see an ONNX."""
+    return sum(isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)) for m in model.modules())
+
+
+def mixed_precision(backend, workdir: Path, artifacts: list, threads: int, opts: CompileOptions,
+                    calibration: ImageSet, validation: ImageSet, ref_scores, watch) -> dict:
+    """Per-layer sensitivity (--sensitivity) and the --max-drop fallback for one target.
+
+    The fallback evaluates the all-INT8 artifact first and only ranks layers when it is over
+    budget. It then keeps the most sensitive layers in float, one more per step, each step run
+    in the target's runtime on the validation images, until the budget is met or the limit is
+    reached; the artifact file is rewritten with the best step's layers in float.
+    """
+    from .sensitivity import DEFAULT_IMAGES, fallback, float_limit, rank_layers
+
+    with watch.stage("float_variants", "preparing the per-layer float variants"):
+        variants = backend.float_variants(workdir, artifacts, threads)
+    info: dict = {"quantizable_layers": len(variants.layers), "kept_float": []}
+    calib_crops = calibration.crops[:: max(1, len(calibration) // DEFAULT_IMAGES)][:DEFAULT_IMAGES]
+    sensitivity = None
+    if opts.sensitivity:
+        with watch.stage("sensitivity", "per-layer sensitivity"):
+            sensitivity = rank_layers(variants, variants.layers, calib_crops, validation.crops,
+                                      ref_scores.top1_classes, quiet=opts.quiet)
+        info["sensitivity"] = sensitivity.as_dict()
+    if opts.max_drop is None:
+        return info
+    limit = float_limit(len(variants.layers), opts.max_float_layers)
+
+    def rank() -> list[str]:  # only when the all-INT8 artifact misses the budget
+        if sensitivity is not None:
+            return sensitivity.order()
+        return rank_layers(variants, variants.layers, calib_crops, quiet=opts.quiet, checked=0).order()
+
+    all_int8 = {"size_bytes": variants.int8_path.stat().st_size}
+    with watch.stage("fallback", f"--max-drop {opts.max_drop}: evaluating, keeping sensitive layers in float if needed"):
+        steps, met, metric = fallback(variants, rank, validation.crops, validation.labels, ref_scores,
+                                      opts.max_drop, limit, quiet=opts.quiet)
+        # Over budget at the limit: ship the step that came closest (fewest float layers on a tie).
+        best = steps[-1] if met else max(steps, key=lambda s: (s.top1_agreement, -len(s.kept_float)))
+        if best.kept_float:
+            all_int8["latency_ms"] = measure_latency(variants.runner([]), calibration.crops[0], threads,
+                                                     runs=opts.latency_runs)["median"]
+            variants.save(best.kept_float)
+    info["kept_float"] = best.kept_float
+    info["fallback"] = {"max_drop": opts.max_drop, "metric": metric, "limit": limit, "met": met,
+                        "kept_float": best.kept_float, "steps": [s.as_dict() for s in steps],
+                        "order": "most sensitive first (logits SQNR with the layer quantized alone)",
+                        "all_int8": all_int8}
+    return info
+
+
 def compile_model(opts: CompileOptions) -> tuple[Path, dict]:
     watch = Stopwatch()
     target, recipe, backend, final = check_inputs(opts)
@@ -358,6 +414,12 @@ def compile_model(opts: CompileOptions) -> tuple[Path, dict]:
                     stage_scores = score(logits, validation.labels, ref_scores.top1_classes)
                     export_logits = logits
                 chain.append(_variant_stage(stage, stage_model, stage_scores, ref_scores))
+        layer_info = None
+        if validation is not None and hasattr(backend, "float_variants") and (
+                opts.sensitivity or opts.max_drop is not None):
+            layer_info = mixed_precision(backend, workdir, artifacts, threads, opts, calibration, validation,
+                                         ref_scores, watch)
+        quantizable = layer_info["quantizable_layers"] if layer_info else count_layers(model)
         rows = []
         for artifact in artifacts:
             row = {"file": artifact.file, "format": artifact.format, "precision": artifact.precision,
@@ -367,6 +429,9 @@ def compile_model(opts: CompileOptions) -> tuple[Path, dict]:
                 row["size_bytes"] = (workdir / artifact.file).stat().st_size
             if artifact.quantization:
                 row["quantization"] = artifact.quantization
+            if artifact.precision == "int8":
+                row["quantizable_layers"] = quantizable
+                row["kept_float"] = layer_info["kept_float"] if layer_info else []
             if artifact.runnable_here:
                 runner = backend.open_runner(workdir / artifact.file, threads, artifact.spec)
                 row["runtime"] = runner.runtime
@@ -410,6 +475,8 @@ def compile_model(opts: CompileOptions) -> tuple[Path, dict]:
                              if ref_scores else {"top1": None, "top5": None})},
             "artifacts": rows,
             "accuracy_measured": validation is not None,
+            **({"fallback": layer_info["fallback"]} if layer_info and "fallback" in layer_info else {}),
+            **({"sensitivity": layer_info["sensitivity"]} if layer_info and "sensitivity" in layer_info else {}),
             "model": {**model.describe(), "parameters": count_parameters(model),
                       "macs": count_macs(model), "num_classes": num_classes,
                       **({"surgery": variant_info["surgery"]} if "surgery" in variant_info else {}),

@@ -137,6 +137,25 @@ def markdown(report: dict) -> str:
                    f"T {s_['temperature']}, augment {s_['augment']}, BN frozen {s_['freeze_bn']}, seed {s_['seed']}; "
                    f"KD loss {rec['loss_first']} -> {rec['loss_last']}; weights in `{rec['file']}`"
                    + (f"; reproduce with `{rec['reproduce']}`" if rec.get("reproduce") else "")]
+    fb = report.get("fallback")
+    if fb:
+        verdict = "Within budget" if fb["met"] else f"**Not within budget** at the limit of {fb['limit']} layers"
+        md += ["", f"## --max-drop {fb['max_drop']} fallback", "",
+               f"{verdict} (judged by the top-1 {fb['metric']}). Kept in float: "
+               f"{', '.join(f'`{n}`' for n in fb['kept_float']) or 'none'}.", "",
+               "| layers in float | top-1 | drop | agreement % |", "|---|---|---|---|"]
+        md += [f"| {s['kept_float']} | {s['top1']} | {s['top1_drop']} | {s['top1_agreement']} |" for s in fb["steps"]]
+        if fb.get("all_int8", {}).get("latency_ms") is not None:
+            md.append(f"\nAll-INT8 before the fallback: {fb['all_int8']['size_bytes']} bytes, "
+                      f"{fb['all_int8']['latency_ms']} ms median.")
+    sens = report.get("sensitivity")
+    if sens:
+        md += ["", "## Per-layer sensitivity (10 most sensitive)", "",
+               f"Each layer quantized alone in {sens['backend']}; logits SQNR against FP32 on "
+               f"{sens['calibration_images']} calibration images (all quantized: {sens['all_quantized_sqnr_db']} dB).", "",
+               "| rank | layer | kind | SQNR dB | agreement alone % |", "|---|---|---|---|---|"]
+        md += [f"| {r['rank']} | {r['layer']} | {r['kind']} | {r['sqnr_db']} | {r.get('top1_agreement_alone', '-')} |"
+               for r in sens["layers"][:10]]
     md += ["", "Drop = reference top-1 minus artifact top-1 (positive is worse). Agreement = share of "
            "validation images whose top-1 class matches the FP32 reference.", "",
            "## Preprocessing (the same for calibration, validation and the device)", "",

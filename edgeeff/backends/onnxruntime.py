@@ -37,7 +37,9 @@ def version() -> str:
     return f"onnxruntime {onnxruntime.__version__}"
 
 
-def session(path: Path, threads: int):
+def session(path: Path | bytes, threads: int):
+    """An ONNX Runtime CPU session with the settings every edgeeff measurement uses (a model file,
+    or a serialized model for the in-memory variants of the sensitivity analysis)."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -47,7 +49,8 @@ def session(path: Path, threads: int):
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.log_severity_level = 3
     try:
-        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        source = path if isinstance(path, bytes) else str(path)
+        return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
     except Exception as err:  # ORT raises its own Fail/InvalidGraph/InvalidProtobuf types
         raise UserError(f"{path}: ONNX Runtime cannot load it ({type(err).__name__}); "
                         f"is it a complete .onnx model file?") from None
@@ -56,7 +59,7 @@ def session(path: Path, threads: int):
 class OrtRunner:
     """Runs an .onnx classifier in ONNX Runtime on the CPU."""
 
-    def __init__(self, path: Path, threads: int, spec: PreprocessSpec):
+    def __init__(self, path: Path | bytes, threads: int, spec: PreprocessSpec):
         self.session = session(path, threads)
         inp = self.session.get_inputs()[0]
         self.input_name = inp.name
@@ -128,11 +131,12 @@ def quantize(fp32_path: Path, out_path: Path, calib_inputs: np.ndarray, recipe: 
     calibration (edgeeff/calibration.py, cached) and reach ONNX Runtime through its calibration
     cache file; entropy/distribution use ONNX Runtime's calibrators. Returns what was done.
     """
+    import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.calibrate import TensorsData, save_tensors_data
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    from ..calibration import HISTOGRAM_METHODS, OWN_METHODS, cached_stats, tensor_ranges
+    from ..calibration import HISTOGRAM_METHODS, OWN_METHODS, cached_stats, elementwise_readers, tensor_ranges
 
     method = recipe["method"]
     symmetric_activations = bool(quant.get("activation_symmetric", False))
@@ -159,12 +163,16 @@ def quantize(fp32_path: Path, out_path: Path, calib_inputs: np.ndarray, recipe: 
         if method in OWN_METHODS:
             stats, hit = cached_stats(prepared, calib_inputs, int(recipe.get("batch", 10)), quiet=quiet,
                                       histograms=method in HISTOGRAM_METHODS)
+            readers = elementwise_readers(onnx.load(str(prepared)))
             ranges = {name: (np.float32(low), np.float32(high))  # ORT wants float32 scalars
-                      for name, (low, high) in tensor_ranges(stats, recipe, symmetric=symmetric_activations).items()}
+                      for name, (low, high) in tensor_ranges(stats, recipe, symmetric=symmetric_activations,
+                                                             readers=readers).items()}
             cache_file = Path(tmp) / "ranges.json"
             save_tensors_data(TensorsData(CalibrationMethod.MinMax, ranges), cache_file)
             calibrate_method = "MinMax"
             details["calibration_stats_cached"] = hit
+            if recipe.get("activation_aware"):
+                details["activation_aware_tensors"] = sum(1 for name in readers if name in ranges)
         else:
             reader = _BatchReader(_input_name(prepared), calib_inputs, int(recipe.get("batch", 10)))
         # ORT prints a line per calibration batch; the progress we show is our own.
@@ -241,3 +249,53 @@ def build(job) -> list:
         Artifact(file=fp32.name, format="onnx", precision="fp32", spec=spec),
         Artifact(file=int8.name, format="onnx", precision="int8", spec=spec, quantization=details),
     ]
+
+
+class QdqFloatVariants:
+    """The INT8 QDQ model with chosen layers kept in float, in memory (edgeeff/layers.py): what the
+    sensitivity analysis and the --max-drop fallback run. `fp32` is the float graph the QDQ model
+    was made from, with the same node and weight names."""
+
+    def __init__(self, int8_path: Path, fp32, spec: PreprocessSpec, threads: int, backend: str,
+                 needed_by: str = "neighbours"):
+        import onnx
+
+        from ..layers import find_layers
+
+        self.int8_path = int8_path
+        self.int8 = onnx.load(str(int8_path))
+        self.fp32 = fp32
+        self.layers = find_layers(fp32)
+        self.spec, self.threads, self.backend, self.needed_by = spec, threads, backend, needed_by
+        self.artifact = int8_path.name
+
+    def model(self, float_layers: list[str]):
+        from ..layers import keep_float
+
+        return keep_float(self.int8, self.fp32, float_layers, self.needed_by)
+
+    def runner(self, float_layers: list[str]) -> OrtRunner:
+        return OrtRunner(self.model(float_layers).SerializeToString(), self.threads, self.spec)
+
+    def save(self, float_layers: list[str]) -> None:
+        """Rewrite the artifact with these layers in float."""
+        import onnx
+
+        onnx.save(self.model(float_layers), str(self.int8_path))
+
+
+def prepared_fp32(fp32_path: Path):
+    """The float graph ONNX Runtime's quantizer worked on (quant_pre_process is deterministic)."""
+    import onnx
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    with tempfile.TemporaryDirectory(prefix="edgeeff-ort-") as tmp:
+        prepared = Path(tmp) / "prepared.onnx"
+        quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=True)
+        return onnx.load(str(prepared))
+
+
+def float_variants(workdir: Path, artifacts: list, threads: int) -> QdqFloatVariants:
+    int8 = next(a for a in artifacts if a.precision == "int8")
+    return QdqFloatVariants(workdir / int8.file, prepared_fp32(workdir / "model_fp32.onnx"), int8.spec, threads,
+                            "onnxruntime")

@@ -158,7 +158,7 @@ def quantize_for_tensorrt(fp32_path: Path, out_path: Path, calib_inputs: np.ndar
     """Write the QDQ model for TensorRT from a prepared FP32 ONNX, check it, return what was done."""
     import onnx
 
-    from ..calibration import HISTOGRAM_METHODS, OWN_METHODS, cached_stats, tensor_ranges
+    from ..calibration import HISTOGRAM_METHODS, OWN_METHODS, cached_stats, elementwise_readers, tensor_ranges
     from ..qdq import build_qdq, check_tensorrt_rules, plan_placement
 
     method = recipe["method"]
@@ -167,8 +167,8 @@ def quantize_for_tensorrt(fp32_path: Path, out_path: Path, calib_inputs: np.ndar
                         f"({', '.join(OWN_METHODS)}); {method} is ONNX Runtime's calibrator")
     stats, hit = cached_stats(fp32_path, calib_inputs, int(recipe.get("batch", 10)), quiet=quiet,
                               histograms=method in HISTOGRAM_METHODS)
-    ranges = tensor_ranges(stats, recipe, symmetric=True)
     fp32 = onnx.load(str(fp32_path))
+    ranges = tensor_ranges(stats, recipe, symmetric=True, readers=elementwise_readers(fp32))
     plan = plan_placement(fp32, quant.get("placement", "nvidia"))
     qdq = build_qdq(fp32, plan, ranges)
     check_tensorrt_rules(qdq, f"{out_path.name} (before writing)", max_opset=max_opset)
@@ -225,3 +225,15 @@ def build(job) -> list:
                                   verified=False, runnable_here=False, reason=reason,
                                   extra={"build": {**plan, "built_with": f"tensorrt {trt.__version__}"}}))
     return artifacts
+
+
+def float_variants(workdir: Path, artifacts: list, threads: int):
+    """Layers kept in float in the QDQ model: no Q/DQ on their inputs and float weights, which
+    TensorRT runs in FP16 (checked here in ONNX Runtime, like the QDQ model itself)."""
+    import onnx
+
+    from .onnxruntime import QdqFloatVariants
+
+    int8 = next(a for a in artifacts if a.precision == "int8")
+    return QdqFloatVariants(workdir / int8.file, onnx.load(str(workdir / "model_fp32.onnx")), int8.spec, threads,
+                            "tensorrt", needed_by="consumers")

@@ -1,0 +1,187 @@
+"""Quantizable layers of an ONNX classifier, and keeping some of them in float in a QDQ model.
+
+A *layer* is what the sensitivity analysis ranks and the --max-drop fallback keeps in float: one
+weighted node (Conv, Gemm, MatMul) together with the activation right after it (ReLU6's Clip,
+Relu, HardSwish, swish's Sigmoid + Mul, or the Sigmoid of a squeeze-excitation gate). The
+activation goes with its layer because keeping a Conv float while its activation stays quantized
+still rounds the conv's unbounded output (measured on Lite0: keeping block 0's depthwise conv
+float that way lowered agreement from 98.15% to 92.77%).
+
+Layer names are the ONNX names of their weighted nodes. Every backend that starts from edgeeff's
+FP32 ONNX keeps them (ONNX Runtime, OpenVINO's converter), so one name means the same layer in
+every table.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+WEIGHTED_OPS = ("Conv", "Gemm", "MatMul")
+SINGLE_ACTIVATIONS = ("Clip", "Relu", "HardSwish", "Sigmoid")
+
+
+@dataclass(frozen=True)
+class Layer:
+    name: str  # the weighted node's name
+    op: str  # Conv | Gemm | MatMul
+    kind: str  # depthwise | pointwise | conv | fc
+    nodes: tuple[str, ...]  # the weighted node, then its activation's nodes
+    weight: str | None  # the weight initializer's name in the FP32 model
+    shape: tuple[int, ...]  # the weight's shape
+
+    def as_dict(self) -> dict:
+        return {"layer": self.name, "op": self.op, "kind": self.kind, "weight_shape": list(self.shape)}
+
+
+def consumers_of(graph) -> dict[str, list]:
+    out = defaultdict(list)
+    for node in graph.node:
+        for name in node.input:
+            out[name].append(node)
+    return out
+
+
+def _activation_nodes(node, consumers) -> list[str]:
+    after = consumers.get(node.output[0], [])
+    if len(after) == 1 and after[0].op_type in SINGLE_ACTIVATIONS:
+        return [after[0].name]
+    if len(after) == 2 and {n.op_type for n in after} == {"Sigmoid", "Mul"}:
+        sigmoid = next(n for n in after if n.op_type == "Sigmoid")
+        mul = next(n for n in after if n.op_type == "Mul")
+        if sigmoid.output[0] in mul.input:  # x * sigmoid(x): swish
+            return [sigmoid.name, mul.name]
+    return []
+
+
+def _kind(node, shape) -> str:
+    if node.op_type != "Conv":
+        return "fc"
+    group = next((a.i for a in node.attribute if a.name == "group"), 1)
+    if group > 1 and group == shape[0]:
+        return "depthwise"
+    return "pointwise" if len(shape) == 4 and shape[2:] == (1, 1) else "conv"
+
+
+def find_layers(model: onnx.ModelProto) -> list[Layer]:
+    """The model's quantizable layers in graph order."""
+    graph = model.graph
+    consumers = consumers_of(graph)
+    shapes = {i.name: tuple(i.dims) for i in graph.initializer}
+    layers = []
+    for node in graph.node:
+        if node.op_type not in WEIGHTED_OPS or len(node.input) < 2 or node.input[1] not in shapes:
+            continue
+        shape = shapes[node.input[1]]
+        layers.append(Layer(node.name, node.op_type, _kind(node, shape),
+                            (node.name, *_activation_nodes(node, consumers)), node.input[1], shape))
+    return layers
+
+
+# ---------------------------------------------------------------------------------------------
+# Keeping layers in float in a QDQ model (ONNX Runtime's, or edgeeff's TensorRT writer's)
+
+
+def _qdq_pairs(graph, initializers: set[str]):
+    """activation tensor -> (its QuantizeLinear, [the DequantizeLinear nodes reading it])."""
+    consumers = consumers_of(graph)
+    pairs = {}
+    for node in graph.node:
+        if node.op_type == "QuantizeLinear" and node.input[0] not in initializers:
+            dqs = [c for c in consumers.get(node.output[0], []) if c.op_type == "DequantizeLinear"]
+            pairs[node.input[0]] = (node, dqs)
+    return pairs
+
+
+def keep_float(int8: onnx.ModelProto, fp32: onnx.ModelProto, float_layers: list[str],
+               needed_by: str = "neighbours") -> onnx.ModelProto:
+    """A copy of a QDQ model in which `float_layers` (names from find_layers) run in float.
+
+    `fp32` is the float model the QDQ model was quantized from (same node and weight names): a
+    float layer gets its original weights back, not the INT8 ones dequantized. An activation
+    tensor next to a float layer loses its Q/DQ pair unless a still-quantized layer needs it:
+      needed_by="neighbours"  a quantized layer produces or reads it (ONNX Runtime: its INT8
+                              kernels take and give quantized tensors)
+      needed_by="consumers"   a quantized layer reads it (TensorRT: Q/DQ marks a layer's input;
+                              a producer's output is quantized only for its readers)
+    """
+    if not float_layers:
+        return int8
+    model = onnx.ModelProto()
+    model.CopyFrom(int8)
+    graph = model.graph
+    layers = {layer.name: layer for layer in find_layers(fp32)}
+    unknown = [name for name in float_layers if name not in layers]
+    if unknown:
+        raise ValueError(f"not layers of this model: {', '.join(unknown)}")
+    float_nodes = {n for name in float_layers for n in layers[name].nodes}
+    quantized_nodes = {n for layer in layers.values() if layer.name not in float_layers for n in layer.nodes}
+    initializers = {i.name: i for i in graph.initializer}
+    fp32_weights = {i.name: i for i in fp32.graph.initializer}
+    producers = {out: node for node in graph.node for out in node.output}
+
+    drop, rename = set(), {}
+    for tensor, (q, dqs) in _qdq_pairs(graph, set(initializers)).items():
+        producer = {producers[tensor].name} if tensor in producers else set()
+        readers = {c.name for dq in dqs for c in graph.node if dq.output[0] in c.input}
+        touching = producer | readers
+        needing = touching if needed_by == "neighbours" else readers
+        if needing & quantized_nodes or not touching & float_nodes:
+            continue
+        drop.add(q.name)
+        for dq in dqs:
+            drop.add(dq.name)
+            rename[dq.output[0]] = tensor
+    # Weights: the float layer reads its FP32 initializer instead of DequantizeLinear(int8).
+    weight_dqs = {}
+    for name in float_layers:
+        node = next(n for n in graph.node if n.name == name)
+        dq = producers.get(node.input[1])
+        if dq is not None and dq.op_type == "DequantizeLinear" and dq.input[0] in initializers:
+            weight = layers[name].weight
+            float_name = f"{weight}__float"
+            if float_name not in weight_dqs.values():
+                tensor = numpy_helper.to_array(fp32_weights[weight])
+                graph.initializer.append(numpy_helper.from_array(tensor, float_name))
+            weight_dqs[dq.output[0]] = float_name
+            node.input[1] = float_name
+    kept = [n for n in graph.node if n.name not in drop]
+    for node in kept:
+        for i, name in enumerate(node.input):
+            if name in rename:
+                node.input[i] = rename[name]
+    del graph.node[:]
+    graph.node.extend(kept)
+    remove_dead(graph)
+    return model
+
+
+def remove_dead(graph) -> None:
+    """Drop nodes whose outputs nobody reads (an orphaned weight DequantizeLinear), then
+    initializers no node reads."""
+    outputs = {o.name for o in graph.output}
+    while True:
+        used = {name for node in graph.node for name in node.input} | outputs
+        dead = [n for n in graph.node if not any(o in used for o in n.output)]
+        if not dead:
+            break
+        for node in dead:
+            graph.node.remove(node)
+    used = {name for node in graph.node for name in node.input}
+    for init in [i for i in graph.initializer if i.name not in used]:
+        graph.initializer.remove(init)
+
+
+def weight_bytes(model: onnx.ModelProto) -> int:
+    return sum(numpy_helper.to_array(i).nbytes for i in model.graph.initializer)
+
+
+def sqnr_db(reference: np.ndarray, test: np.ndarray) -> float:
+    """Signal-to-quantization-noise ratio of `test` against `reference`, in dB (higher: closer)."""
+    noise = float(((reference.astype(np.float64) - test) ** 2).sum())
+    signal = float((reference.astype(np.float64) ** 2).sum())
+    return float("inf") if noise == 0 else 10 * np.log10(signal / noise)
