@@ -102,12 +102,13 @@ def keep_float(int8: onnx.ModelProto, fp32: onnx.ModelProto, float_layers: list[
     """A copy of a QDQ model in which `float_layers` (names from find_layers) run in float.
 
     `fp32` is the float model the QDQ model was quantized from (same node and weight names): a
-    float layer gets its original weights back, not the INT8 ones dequantized. An activation
-    tensor next to a float layer loses its Q/DQ pair unless a still-quantized layer needs it:
-      needed_by="neighbours"  a quantized layer produces or reads it (ONNX Runtime: its INT8
-                              kernels take and give quantized tensors)
-      needed_by="consumers"   a quantized layer reads it (TensorRT: Q/DQ marks a layer's input;
-                              a producer's output is quantized only for its readers)
+    float layer gets its original weights back, not the INT8 ones dequantized. Ops between
+    layers (pooling, residual Add, SE multiply) run in float when all their inputs come from float
+    ops. An activation tensor loses its Q/DQ pair when every op that needs it quantized is float:
+      needed_by="neighbours"  the ops producing and reading it (ONNX Runtime: its INT8 kernels
+                              take and give quantized tensors)
+      needed_by="consumers"   the ops reading it (TensorRT: Q/DQ marks a layer's input; a
+                              producer's output is quantized only for its readers)
     """
     if not float_layers:
         return int8
@@ -118,20 +119,25 @@ def keep_float(int8: onnx.ModelProto, fp32: onnx.ModelProto, float_layers: list[
     unknown = [name for name in float_layers if name not in layers]
     if unknown:
         raise ValueError(f"not layers of this model: {', '.join(unknown)}")
-    float_nodes = {n for name in float_layers for n in layers[name].nodes}
-    quantized_nodes = {n for layer in layers.values() if layer.name not in float_layers for n in layer.nodes}
     initializers = {i.name: i for i in graph.initializer}
     fp32_weights = {i.name: i for i in fp32.graph.initializer}
     producers = {out: node for node in graph.node for out in node.output}
+    float_nodes = _float_nodes(graph, {n for name in float_layers for n in layers[name].nodes},
+                               {n for layer in layers.values() for n in layer.nodes}, producers, set(initializers))
 
     drop, rename = set(), {}
     for tensor, (q, dqs) in _qdq_pairs(graph, set(initializers)).items():
         producer = {producers[tensor].name} if tensor in producers else set()
         readers = {c.name for dq in dqs for c in graph.node if dq.output[0] in c.input}
-        touching = producer | readers
-        needing = touching if needed_by == "neighbours" else readers
-        if needing & quantized_nodes or not touching & float_nodes:
-            continue
+        needing = producer | readers if needed_by == "neighbours" else readers
+        if not needing or not needing <= float_nodes:
+            if needed_by == "consumers":  # float readers take the tensor before the pair
+                for reader in (c for dq in dqs for c in graph.node if dq.output[0] in c.input):
+                    if reader.name in float_nodes:
+                        for i, name in enumerate(reader.input):
+                            if name in {dq.output[0] for dq in dqs}:
+                                reader.input[i] = tensor
+            continue  # a quantized op still takes or gives this tensor quantized
         drop.add(q.name)
         for dq in dqs:
             drop.add(dq.name)
@@ -158,6 +164,26 @@ def keep_float(int8: onnx.ModelProto, fp32: onnx.ModelProto, float_layers: list[
     graph.node.extend(kept)
     remove_dead(graph)
     return model
+
+
+def _float_nodes(graph, float_layer_nodes: set[str], layer_nodes: set[str], producers, initializers) -> set[str]:
+    """The float layers' nodes, plus the ops between layers (pooling, residual Add, the SE
+    multiply) whose every input comes, through Q/DQ, from float nodes: those run in float too."""
+    floats = set(float_layer_nodes)
+    for node in graph.node:  # graph order is topological
+        if node.name in layer_nodes or node.op_type in ("QuantizeLinear", "DequantizeLinear"):
+            continue
+        sources = []
+        for name in node.input:
+            if not name or name in initializers:
+                continue
+            source = producers.get(name)
+            while source is not None and source.op_type in ("QuantizeLinear", "DequantizeLinear"):
+                source = producers.get(source.input[0])
+            sources.append(source)
+        if sources and all(src is not None and src.name in floats for src in sources):
+            floats.add(node.name)
+    return floats
 
 
 def remove_dead(graph) -> None:

@@ -327,11 +327,13 @@ def _topological_sort(graph) -> None:
 
 
 def tensorrt_rule_violations(model: onnx.ModelProto, max_opset: int | None = None,
-                             allow_activation_qdq: bool = False) -> list[str]:
+                             allow_activation_qdq: bool = False, float_layers: tuple[str, ...] = ()) -> list[str]:
     """Every way `model` breaks TensorRT's explicit-quantization rules (empty: it follows them).
 
     allow_activation_qdq: accept Q/DQ between a weighted op and its activation and inside swish
     (only for measuring that placement; TensorRT then cannot fuse Conv+activation).
+    float_layers: weighted nodes the --max-drop fallback keeps in float: they must read float
+    weights and an unquantized input (TensorRT then runs them in FP16).
     """
     graph = model.graph
     problems: list[str] = []
@@ -391,6 +393,12 @@ def tensorrt_rule_violations(model: onnx.ModelProto, max_opset: int | None = Non
             continue
         what = f"{n.op_type} {n.name}"
         data = producer.get(n.input[0])
+        if n.name in float_layers:
+            wsrc = producer.get(n.input[1]) if len(n.input) > 1 else None
+            if (data is not None and data.op_type == "DequantizeLinear") or \
+                    (wsrc is not None and wsrc.op_type == "DequantizeLinear"):
+                problems.append(f"{what}: kept in float, but its input or weights are still quantized")
+            continue
         if data is None or data.op_type != "DequantizeLinear" or n.input[0] in inits:
             problems.append(f"{what}: data input {n.input[0]} has no Q/DQ (runs in float)")
         wdq = producer.get(n.input[1]) if len(n.input) > 1 else None
@@ -454,4 +462,5 @@ RULES = [
     "no Q/DQ between a Conv/Gemm and its activation, none inside swish",
     "each QuantizeLinear feeds only DequantizeLinear nodes with its own scale and zero point",
     "logits leave in float; opset >= 13 and within the target TensorRT's parser",
+    "layers the --max-drop fallback kept in float read float weights and an unquantized input",
 ]

@@ -27,7 +27,8 @@ from .layers import Layer, sqnr_db
 from .progress import progress, say
 
 DEFAULT_IMAGES = 32  # calibration images per SQNR measurement: enough to rank, cheap to repeat
-DEFAULT_CHECKED = 3  # worst and best layers also scored by agreement on validation images
+DEFAULT_CHECKED = 3  # worst and best layers also scored by agreement on validation images...
+DEFAULT_VAL_IMAGES = 200  # ...on at most this many of them (spread over the set)
 DEFAULT_FLOAT_FRACTION = 0.10  # fallback limit: at most this share of layers in float
 
 
@@ -91,7 +92,9 @@ def rank_layers(variants, layers: list[Layer], calib_crops: np.ndarray, val_crop
     scores.sort(key=lambda s: (s.sqnr_db, s.layer.name))
     val_images = 0
     if val_crops is not None and ref_val_top1 is not None and checked > 0:
-        val_inputs = variants.spec.to_model_input(val_crops)
+        pick = slice(None, None, max(1, len(val_crops) // DEFAULT_VAL_IMAGES))
+        val_inputs = variants.spec.to_model_input(val_crops[pick][:DEFAULT_VAL_IMAGES])
+        ref_val_top1 = ref_val_top1[pick][:DEFAULT_VAL_IMAGES]
         val_images = len(val_inputs)
         picked = scores[:checked] + [s for s in scores[-checked:] if s not in scores[:checked]]
         for s in progress(picked, "sensitivity: agreement of the worst and best layers", "layer", quiet):

@@ -26,47 +26,10 @@ from edgeeff.qdq import (QDQRuleError, build_qdq, check_tensorrt_rules, plan_pla
                          tensorrt_rule_violations)
 
 from .conftest import B0_TEST_WEIGHTS, REPO, needs_b0_weights, needs_shared
+from .graphs import tiny_efficientnet
 
 # ---------------------------------------------------------------------------------------------
-# A tiny EfficientNet-shaped graph: stem conv + swish, a block with SE and a residual Add, head.
-
-
-def _tiny_model(opset: int = 18) -> onnx.ModelProto:
-    rng = np.random.default_rng(0)
-    inits, nodes = [], []
-
-    def w(name, *shape):
-        inits.append(numpy_helper.from_array(rng.normal(0, 0.3, shape).astype(np.float32), name))
-        return name
-
-    def conv(x, out, cin, cout, k=1, group=1):
-        nodes.append(helper.make_node("Conv", [x, w(out + "_w", cout, cin // group, k, k), w(out + "_b", cout)], [out],
-                                      pads=[k // 2] * 4, group=group, name=out))
-        return out
-
-    def swish(x, out):
-        nodes.append(helper.make_node("Sigmoid", [x], [out + "_sig"], name=out + "_sig"))
-        nodes.append(helper.make_node("Mul", [x, out + "_sig"], [out], name=out))
-        return out
-
-    axes = numpy_helper.from_array(np.array([2, 3], np.int64), "axes")
-    inits.append(axes)
-    x = swish(conv("input", "stem", 3, 8, 3), "stem_act")
-    h = swish(conv(x, "dw", 8, 8, 3, group=8), "dw_act")
-    nodes.append(helper.make_node("ReduceMean", [h, "axes"], ["se_pool"], keepdims=1, name="se_pool"))
-    s = swish(conv("se_pool", "se_reduce", 8, 4), "se_act")
-    conv(s, "se_expand", 4, 8)
-    nodes.append(helper.make_node("Sigmoid", ["se_expand"], ["se_gate"], name="se_gate"))
-    nodes.append(helper.make_node("Mul", [h, "se_gate"], ["se_out"], name="se_mul"))
-    conv("se_out", "project", 8, 8)
-    nodes.append(helper.make_node("Add", ["project", x], ["block_out"], name="residual"))
-    nodes.append(helper.make_node("ReduceMean", ["block_out", "axes"], ["pooled"], keepdims=0, name="head_pool"))
-    nodes.append(helper.make_node("Gemm", ["pooled", w("fc_w", 10, 8), w("fc_b", 10)], ["logits"], transB=1,
-                                  name="fc"))
-    graph = helper.make_graph(nodes, "tiny", [helper.make_tensor_value_info("input", TensorProto.FLOAT,
-                                                                              ["batch", 3, 16, 16])],
-                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 10])], inits)
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+# A tiny EfficientNet-shaped graph (tests/graphs.py).
 
 
 def _ranges(model):
@@ -75,7 +38,7 @@ def _ranges(model):
 
 @pytest.fixture(scope="module")
 def tiny_qdq():
-    fp32 = prepare_for_tensorrt(_tiny_model(), 13)
+    fp32 = prepare_for_tensorrt(tiny_efficientnet(), 13)
     return fp32, build_qdq(fp32, plan_placement(fp32, "nvidia"), _ranges(fp32))
 
 
@@ -87,7 +50,7 @@ def _run(model, x):
 
 
 def test_prepare_rewrites_reducemean_and_lowers_the_opset():
-    raw = _tiny_model()
+    raw = tiny_efficientnet()
     prepared = prepare_for_tensorrt(raw, 13)
     ops = [n.op_type for n in prepared.graph.node]
     assert "ReduceMean" not in ops and ops.count("GlobalAveragePool") == 2 and "Flatten" in ops
@@ -158,9 +121,9 @@ def _broken(qdq, how):
     elif how == "unquantized skip":
         _node(m, "residual").input[1] = "stem_act"
     elif how == "Q/DQ before swish":
-        return build_qdq(prepare_for_tensorrt(_tiny_model(), 13),
-                         plan_placement(prepare_for_tensorrt(_tiny_model(), 13), "inside_swish"),
-                         _ranges(prepare_for_tensorrt(_tiny_model(), 13)))
+        return build_qdq(prepare_for_tensorrt(tiny_efficientnet(), 13),
+                         plan_placement(prepare_for_tensorrt(tiny_efficientnet(), 13), "inside_swish"),
+                         _ranges(prepare_for_tensorrt(tiny_efficientnet(), 13)))
     elif how == "quantized bias":
         conv = _node(m, "stem")
         b = numpy_helper.to_array(_init(m, "stem_b"))
@@ -191,7 +154,7 @@ def test_a_broken_model_fails_the_check(tiny_qdq, how):
 
 def test_an_unquantized_model_fails_the_check():
     with pytest.raises(QDQRuleError, match="not an explicitly quantized model"):
-        check_tensorrt_rules(prepare_for_tensorrt(_tiny_model(), 13))
+        check_tensorrt_rules(prepare_for_tensorrt(tiny_efficientnet(), 13))
 
 
 # ---------------------------------------------------------------------------------------------

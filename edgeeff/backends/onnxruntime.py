@@ -257,7 +257,7 @@ class QdqFloatVariants:
     was made from, with the same node and weight names."""
 
     def __init__(self, int8_path: Path, fp32, spec: PreprocessSpec, threads: int, backend: str,
-                 needed_by: str = "neighbours"):
+                 needed_by: str = "neighbours", check=None):
         import onnx
 
         from ..layers import find_layers
@@ -268,6 +268,7 @@ class QdqFloatVariants:
         self.layers = find_layers(fp32)
         self.spec, self.threads, self.backend, self.needed_by = spec, threads, backend, needed_by
         self.artifact = int8_path.name
+        self.check = check  # called on the model save() writes (TensorRT: its Q/DQ rules)
 
     def model(self, float_layers: list[str]):
         from ..layers import keep_float
@@ -281,7 +282,10 @@ class QdqFloatVariants:
         """Rewrite the artifact with these layers in float."""
         import onnx
 
-        onnx.save(self.model(float_layers), str(self.int8_path))
+        model = self.model(float_layers)
+        if self.check is not None:
+            self.check(model, float_layers)
+        onnx.save(model, str(self.int8_path))
 
 
 def prepared_fp32(fp32_path: Path):

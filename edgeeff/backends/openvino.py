@@ -74,10 +74,10 @@ def read_model(path: Path):
 class OvRunner:
     """Runs an OpenVINO IR classifier on the CPU plugin: fixed threads, f32 inference precision."""
 
-    def __init__(self, path: Path, threads: int, spec: PreprocessSpec):
+    def __init__(self, path: Path, threads: int, spec: PreprocessSpec, model=None):
         import openvino as ov
 
-        model = read_model(path)
+        model = model if model is not None else read_model(path)
         inp = model.inputs[0]
         shape = inp.get_partial_shape()
         # A static batch dimension means feeding that many images (1 for our IRs) per call.
@@ -265,3 +265,107 @@ def build(job) -> list:
         artifacts.append(Artifact(file=xml.name, format="openvino", precision=precision, spec=u8_spec,
                                   quantization=details if precision == "int8" else None, extra=extra))
     return artifacts
+
+
+# ---------------------------------------------------------------------------------------------
+# Layers kept in float (sensitivity analysis, --max-drop fallback)
+
+WEIGHTED_TYPES = ("Convolution", "GroupConvolution", "MatMul")
+
+
+def _layer_name(op) -> str:
+    """The ONNX node name of a weighted op: OpenVINO's converter names a Conv with a bias
+    `<onnx name>/WithoutBiases` (the bias becomes a separate Add named `<onnx name>`)."""
+    return op.get_friendly_name().removesuffix("/WithoutBiases")
+
+
+def _quantized_input(op):
+    source = op.input_value(0).get_node()
+    return source if source.get_type_name() == "FakeQuantize" else None
+
+
+ELEMENTWISE_TYPES = ("Add", "Swish", "Sigmoid", "Multiply", "Clamp", "HSwish", "Relu", "Convert")
+
+
+def _producing_layer(fq) -> str | None:
+    """The layer whose output this FakeQuantize rounds (through its bias Add and activation)."""
+    node = fq.input_value(0).get_node()
+    for _ in range(4):
+        if node.get_type_name() in WEIGHTED_TYPES:
+            return _layer_name(node)
+        if node.get_type_name() not in ELEMENTWISE_TYPES:
+            return None
+        node = node.input_value(0).get_node()
+    return None
+
+
+class OvFloatVariants:
+    """The NNCF INT8 IR with chosen layers in float: the FakeQuantize on a float layer's input
+    goes when no quantized layer reads it, and the layer gets its FP32 weights back (the same op
+    in the FP32 IR) in place of the INT8 decompression subgraph. Layers are the weighted ops NNCF
+    quantized (it leaves the squeeze-excitation convs float by design)."""
+
+    backend = "openvino"
+
+    def __init__(self, int8_xml: Path, fp32_xml: Path, spec: PreprocessSpec, threads: int):
+        from ..layers import Layer
+
+        self.int8_path, self.spec, self.threads = int8_xml, spec, threads
+        self.artifact = int8_xml.name
+        self.int8 = read_model(int8_xml)
+        fp32 = read_model(fp32_xml)
+        self.fp32_weights = {_layer_name(op): op.input_value(1).get_node() for op in fp32.get_ordered_ops()
+                             if op.get_type_name() in WEIGHTED_TYPES}
+        self.fp32_biases = {op.get_friendly_name(): op.input_value(1).get_node() for op in fp32.get_ordered_ops()
+                            if op.get_type_name() == "Add" and op.get_friendly_name() in self.fp32_weights
+                            and op.input_value(1).get_node().get_type_name() == "Constant"}
+        self.layers = []
+        for op in self.int8.get_ordered_ops():
+            if op.get_type_name() in WEIGHTED_TYPES and _quantized_input(op) is not None:
+                name = _layer_name(op)
+                shape = tuple(self.fp32_weights[name].get_output_shape(0)) if name in self.fp32_weights else ()
+                kind = {"GroupConvolution": "depthwise", "MatMul": "fc"}.get(op.get_type_name(), "conv")
+                if kind == "conv" and len(shape) == 4 and shape[2:] == (1, 1):
+                    kind = "pointwise"
+                self.layers.append(Layer(name, op.get_type_name(), kind, (name,), None, shape))
+
+    def model(self, float_layers: list[str]):
+        import openvino as ov
+
+        if not float_layers:
+            return self.int8
+        model = self.int8.clone()
+        floats = set(float_layers)
+        weighted = {_layer_name(op): op for op in model.get_ordered_ops() if op.get_type_name() in WEIGHTED_TYPES}
+        quantized = {name for name in weighted if name not in floats and _quantized_input(weighted[name]) is not None}
+        for fq in [op for op in model.get_ordered_ops() if op.get_type_name() == "FakeQuantize"]:
+            readers = [t.get_node() for t in fq.output(0).get_target_inputs()]
+            read_by = {_layer_name(r) for r in readers if r.get_type_name() in WEIGHTED_TYPES}
+            if read_by & quantized:
+                continue
+            if read_by & floats or _producing_layer(fq) in floats:
+                fq.output(0).replace(fq.input_value(0))  # every reader now takes the float tensor
+        ops = {op.get_friendly_name(): op for op in model.get_ordered_ops()}
+        for name in float_layers:
+            # FP32 weights, and the FP32 bias: NNCF's bias correction tuned the bias for INT8.
+            original = self.fp32_weights[name]
+            weighted[name].input(1).replace_source_output(ov.op.Constant(original.get_data().copy()).output(0))
+            if name in ops and name in self.fp32_biases and ops[name].get_type_name() == "Add":
+                bias = self.fp32_biases[name]
+                ops[name].input(1).replace_source_output(ov.op.Constant(bias.get_data().copy()).output(0))
+        model.validate_nodes_and_infer_types()
+        return model
+
+    def runner(self, float_layers: list[str]) -> OvRunner:
+        return OvRunner(self.int8_path, self.threads, self.spec, model=self.model(float_layers))
+
+    def save(self, float_layers: list[str]) -> None:
+        import openvino as ov
+
+        ov.save_model(stable_names(self.model(float_layers)), str(self.int8_path), compress_to_fp16=False)
+
+
+def float_variants(workdir: Path, artifacts: list, threads: int) -> OvFloatVariants:
+    int8 = next(a for a in artifacts if a.precision == "int8")
+    fp32 = next(a for a in artifacts if a.precision == "fp32")
+    return OvFloatVariants(workdir / int8.file, workdir / fp32.file, int8.spec, threads)

@@ -234,6 +234,14 @@ def float_variants(workdir: Path, artifacts: list, threads: int):
 
     from .onnxruntime import QdqFloatVariants
 
+    from ..qdq import check_tensorrt_rules
+
     int8 = next(a for a in artifacts if a.precision == "int8")
+
+    def check(model, float_layers):
+        summary = check_tensorrt_rules(model, f"{int8.file} with {len(float_layers)} layer(s) in float",
+                                       float_layers=tuple(float_layers))
+        int8.quantization["tensorrt_rules_check"] = summary
+
     return QdqFloatVariants(workdir / int8.file, onnx.load(str(workdir / "model_fp32.onnx")), int8.spec, threads,
-                            "tensorrt", needed_by="consumers")
+                            "tensorrt", needed_by="consumers", check=check)
