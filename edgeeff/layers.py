@@ -142,19 +142,22 @@ def keep_float(int8: onnx.ModelProto, fp32: onnx.ModelProto, float_layers: list[
         for dq in dqs:
             drop.add(dq.name)
             rename[dq.output[0]] = tensor
-    # Weights: the float layer reads its FP32 initializer instead of DequantizeLinear(int8).
-    weight_dqs = {}
+    # Weights and bias: the float layer reads the FP32 initializers (not the INT8 weights
+    # dequantized, nor a bias that bias correction moved to suit them).
+    fp32_nodes = {n.name: n for n in fp32.graph.node}
+    added = set()
     for name in float_layers:
         node = next(n for n in graph.node if n.name == name)
-        dq = producers.get(node.input[1])
-        if dq is not None and dq.op_type == "DequantizeLinear" and dq.input[0] in initializers:
-            weight = layers[name].weight
-            float_name = f"{weight}__float"
-            if float_name not in weight_dqs.values():
-                tensor = numpy_helper.to_array(fp32_weights[weight])
+        original = fp32_nodes[name]
+        for slot in (1, 2):
+            if len(node.input) <= slot or len(original.input) <= slot or original.input[slot] not in fp32_weights:
+                continue
+            float_name = f"{original.input[slot]}__float"
+            if float_name not in added:
+                tensor = numpy_helper.to_array(fp32_weights[original.input[slot]])
                 graph.initializer.append(numpy_helper.from_array(tensor, float_name))
-            weight_dqs[dq.output[0]] = float_name
-            node.input[1] = float_name
+                added.add(float_name)
+            node.input[slot] = float_name
     kept = [n for n in graph.node if n.name not in drop]
     for node in kept:
         for i, name in enumerate(node.input):

@@ -188,10 +188,22 @@ def quantize(fp32_path: Path, out_path: Path, calib_inputs: np.ndarray, recipe: 
                 extra_options=extra,
                 calibration_cache_path=str(cache_file) if cache_file else None,
             )
+        if recipe.get("bias_correction"):
+            from ..bias_correction import correct_biases
+
+            qdq = onnx.load(str(out_path))
+            details["bias_correction"] = correct_biases(qdq, onnx.load(str(prepared)), _spread(calib_inputs, 128),
+                                                        quiet=quiet)
+            onnx.save(qdq, str(out_path))
     if quant.get("float_output", True):
         details["float_output"] = dequantize_outputs(out_path)
     details["extra_options"] = {k: v for k, v in extra.items() if k != "CalibStridedMinMax"}
     return details
+
+
+def _spread(inputs: np.ndarray, count: int) -> np.ndarray:
+    """At most `count` inputs, evenly spread over the set (deterministic)."""
+    return inputs[:: max(1, len(inputs) // count)][:count]
 
 
 def dequantize_outputs(path: Path) -> list[str]:
