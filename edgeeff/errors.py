@@ -17,3 +17,7 @@ class AccuracyGateError(Exception):
     """--max-drop was exceeded. Raised after the report is written, so CI can still read it."""
 
     exit_code = 4
+
+    def __init__(self, message: str, report: dict | None = None):
+        super().__init__(message)
+        self.report = report  # the report that was written

@@ -158,6 +158,7 @@ def keep_float(int8: onnx.ModelProto, fp32: onnx.ModelProto, float_layers: list[
                 graph.initializer.append(numpy_helper.from_array(tensor, float_name))
                 added.add(float_name)
             node.input[slot] = float_name
+    _restore_folded_activations(graph, fp32, [layers[name] for name in float_layers])
     kept = [n for n in graph.node if n.name not in drop]
     for node in kept:
         for i, name in enumerate(node.input):
@@ -167,6 +168,29 @@ def keep_float(int8: onnx.ModelProto, fp32: onnx.ModelProto, float_layers: list[
     graph.node.extend(kept)
     remove_dead(graph)
     return model
+
+
+def _restore_folded_activations(graph, fp32: onnx.ModelProto, float_layers: list[Layer]) -> None:
+    """ONNX Runtime's quantizer folds a ReLU6 Clip (or Relu) into the Q range after the conv and
+    drops the node, giving the conv the Clip's output name. A float layer needs it back."""
+    present = {n.name for n in graph.node}
+    fp32_nodes = {n.name: n for n in fp32.graph.node}
+    fp32_inits = {i.name: i for i in fp32.graph.initializer}
+    inits = {i.name for i in graph.initializer}
+    for layer in float_layers:
+        missing = [fp32_nodes[n] for n in layer.nodes[1:] if n not in present]
+        if not missing:
+            continue
+        position, conv = next((i, n) for i, n in enumerate(graph.node) if n.name == layer.name)
+        conv.output[0] = fp32_nodes[layer.name].output[0]
+        for offset, node in enumerate(missing, start=1):
+            copy = onnx.NodeProto()
+            copy.CopyFrom(node)
+            graph.node.insert(position + offset, copy)
+            for name in copy.input:
+                if name in fp32_inits and name not in inits:
+                    graph.initializer.append(fp32_inits[name])
+                    inits.add(name)
 
 
 def _float_nodes(graph, float_layer_nodes: set[str], layer_nodes: set[str], producers, initializers) -> set[str]:

@@ -504,5 +504,6 @@ def compile_model(opts: CompileOptions) -> tuple[Path, dict]:
             raise UserError("--max-drop needs --val: without validation images no drop was measured")
         failures = over_budget(report, opts.max_drop)
         if failures:
-            raise AccuracyGateError(f"--max-drop {opts.max_drop}: {'; '.join(failures)} (report written to {final})")
+            raise AccuracyGateError(f"--max-drop {opts.max_drop}: {'; '.join(failures)} (report written to {final})",
+                                    report)
     return final, report

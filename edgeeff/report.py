@@ -71,15 +71,18 @@ def _fmt(value, digits=2, suffix=""):
 
 def table_rows(report: dict) -> list[list[str]]:
     ref = report["reference"]
-    rows = [["artifact", "precision", "runtime", "top-1", "top-5", "drop", "agree%", "size MB", "ms (b1)"]]
+    # "float layers": INT8 artifacts only, e.g. 6/82 when the --max-drop fallback kept 6 in float.
+    rows = [["artifact", "precision", "runtime", "top-1", "top-5", "drop", "agree%", "size MB", "ms (b1)",
+             "float layers"]]
     rows.append(["reference", ref["precision"], ref["runtime"], _fmt(ref.get("top1")), _fmt(ref.get("top5")),
-                 "", "", "", ""])
+                 "", "", "", "", ""])
     for a in report["artifacts"]:
         latency = a.get("latency_ms", {}).get("median") if a.get("latency_ms") else None
+        floats = f"{len(a['kept_float'])}/{a['quantizable_layers']}" if "kept_float" in a else ""
         rows.append([a["file"], a["precision"], a.get("runtime", "-") if a.get("verified", True) else "not run",
                      _fmt(a.get("top1")), _fmt(a.get("top5")), _fmt(a.get("top1_drop")),
                      _fmt(a.get("top1_agreement")), _fmt(a["size_bytes"] / 1e6 if a.get("size_bytes") is not None else None),
-                     _fmt(latency)])
+                     _fmt(latency), floats])
     return rows
 
 

@@ -208,7 +208,7 @@ def comparison_markdown(variant: str, targets: list[str], rows: list[dict], wors
 
 
 def compare_targets(args, targets: list[str], make_options) -> Path:
-    from .errors import UserError
+    from .errors import AccuracyGateError, UserError
     from .html_report import sensitivity_page
     from .pipeline import compile_model
     from .util import write_json
@@ -217,10 +217,14 @@ def compare_targets(args, targets: list[str], make_options) -> Path:
         raise UserError("edgeeff sensitivity needs --val DIR: the worst layers are also scored on validation images")
     if not targets:
         raise UserError("--targets: name at least one target, e.g. --targets onnx,intel")
-    reports = []
+    reports, gate_failures = [], []
     for target in targets:
         say(f"== {target}")
-        _folder, report = compile_model(make_options(args, target, sensitivity=True))
+        try:
+            _folder, report = compile_model(make_options(args, target, sensitivity=True))
+        except AccuracyGateError as err:  # the report is written: compare it too, fail at the end
+            report = err.report
+            gate_failures.append(str(err))
         reports.append(report)
     names, rows = comparison_rows(reports)
     out = Path(args.out) / f"{args.variant}-sensitivity"
@@ -233,4 +237,6 @@ def compare_targets(args, targets: list[str], make_options) -> Path:
     (out / "sensitivity.html").write_text(sensitivity_page(args.variant, names, rows))
     print(text)
     print(f"wrote {out}/ (sensitivity.json, sensitivity.md, sensitivity.html)")
+    if gate_failures:
+        raise AccuracyGateError("; ".join(gate_failures))
     return out

@@ -7,7 +7,9 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 
-def tiny_efficientnet(opset: int = 18) -> onnx.ModelProto:
+def tiny_efficientnet(opset: int = 18, act: str = "swish") -> onnx.ModelProto:
+    """stem conv + act, a block (depthwise + act, SE, projection, residual Add), pool, classifier.
+    act: swish (Sigmoid + Mul) or relu6 (Clip 0..6)."""
     rng = np.random.default_rng(0)
     inits, nodes = [], []
 
@@ -21,9 +23,15 @@ def tiny_efficientnet(opset: int = 18) -> onnx.ModelProto:
         return out
 
     def swish(x, out):
+        if act == "relu6":
+            nodes.append(helper.make_node("Clip", [x, "six_min", "six_max"], [out], name=out))
+            return out
         nodes.append(helper.make_node("Sigmoid", [x], [out + "_sig"], name=out + "_sig"))
         nodes.append(helper.make_node("Mul", [x, out + "_sig"], [out], name=out))
         return out
+
+    inits.append(numpy_helper.from_array(np.array(0.0, np.float32), "six_min"))
+    inits.append(numpy_helper.from_array(np.array(6.0, np.float32), "six_max"))
 
     axes = numpy_helper.from_array(np.array([2, 3], np.int64), "axes")
     inits.append(axes)

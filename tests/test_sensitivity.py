@@ -75,6 +75,23 @@ def test_tensorrt_rules_accept_declared_float_layers_only(tiny):
         check_tensorrt_rules(qdq, float_layers=("dw",))  # declared float but still quantized
 
 
+def test_ort_float_variant_restores_the_relu6_the_quantizer_folded(tmp_path):
+    """ONNX Runtime folds a ReLU6 Clip into the Q range after its conv and drops the node: a
+    float layer must get it back, or its output is unbounded."""
+    from edgeeff.backends.onnxruntime import prepared_fp32, quantize
+
+    fp32_path, int8_path = tmp_path / "fp32.onnx", tmp_path / "int8.onnx"
+    onnx.save(tiny_efficientnet(act="relu6"), str(fp32_path))
+    quantize(fp32_path, int8_path, SPEC.to_model_input(_crops(20)), {"name": "minmax", "method": "minmax"},
+             {"activations": "uint8", "weights": "int8", "per_channel": True}, quiet=True)
+    assert not any(n.op_type == "Clip" for n in onnx.load(str(int8_path)).graph.node)  # folded
+    variants = QdqFloatVariants(int8_path, prepared_fp32(fp32_path), SPEC, 1, "onnxruntime")
+    names = [layer.name for layer in variants.layers]
+    x = SPEC.to_model_input(_crops(8, seed=2))
+    np.testing.assert_allclose(variants.runner(names).predict(x), _run(variants.fp32, x), atol=1e-4)
+    assert sum(n.op_type == "Clip" for n in variants.model(["stem"]).graph.node) == 1
+
+
 def test_ort_float_variant_keeps_quantized_neighbours_quantized(tmp_path):
     """ONNX Runtime's INT8 kernels take and give quantized tensors: a float layer's output stays
     quantized where a quantized layer reads it, and its input where a quantized layer made it."""
