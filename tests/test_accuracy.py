@@ -15,7 +15,8 @@ pytestmark = [needs_shared, pytest.mark.slow]
 def lite0_onnx(tmp_path_factory, sample):
     out = tmp_path_factory.mktemp("out")
     assert main(["compile", "--variant", "lite0", "--target", "onnx", "--calib", str(sample / "calib"),
-                 "--val", str(sample / "val"), "--out", str(out), "--latency-runs", "5", "--quiet"]) == 0
+                 "--val", str(sample / "val"), "--out", str(out), "--latency-runs", "5", "--quiet",
+                 "--sensitivity"]) == 0
     folder = out / "lite0-onnx"
     return folder, json.loads((folder / "report.json").read_text())
 
@@ -58,3 +59,18 @@ def test_eval_command_reproduces_the_report(lite0_onnx, sample, tmp_path):
     int8 = next(a for a in report["artifacts"] if a["precision"] == "int8")
     result = json.loads(out.read_text())
     assert (result["top1"], result["top5"]) == (int8["top1"], int8["top5"])
+
+
+def test_sensitivity_ranking_is_real(lite0_onnx):
+    """The ranking's worst layer, quantized alone, costs more agreement than its best layer."""
+    folder, report = lite0_onnx
+    sens = report["sensitivity"]
+    layers = sens["layers"]
+    int8 = next(a for a in report["artifacts"] if a["precision"] == "int8")
+    assert sens["quantizable_layers"] == len(layers) == int8["quantizable_layers"] == 50
+    assert int8["kept_float"] == [] and "fallback" not in report
+    worst, best = layers[0], layers[-1]
+    assert worst["sqnr_db"] < best["sqnr_db"]
+    assert worst["top1_agreement_alone"] < best["top1_agreement_alone"], (worst, best)
+    html = (folder / "report.html").read_text()
+    assert "Per-layer sensitivity" in html and "<polyline" in html

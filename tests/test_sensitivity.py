@@ -220,19 +220,25 @@ def test_elementwise_readers_find_swish_sigmoid_and_hardswish():
 
 
 @needs_shared
-def test_lite0_sensitivity_ranking_is_real(sample, tmp_path):
-    """The ranking's worst layer, quantized alone, costs more agreement than its best layer."""
+def test_lite0_fallback_keeps_layers_float_in_the_shipped_file(sample, tmp_path):
+    """--max-drop below what all-INT8 Lite0 reaches: the fallback moves layers to float, each step
+    measured in ONNX Runtime, and the file written is the step the report shows."""
     code = main(["compile", "--variant", "lite0", "--target", "onnx", "--calib", str(sample / "calib"),
                  "--calib-count", "100", "--val", str(sample / "val"), "--out", str(tmp_path), "--quiet",
-                 "--sensitivity", "--latency-runs", "5", "--max-drop", "100"])
-    assert code == 0
-    report = json.loads((tmp_path / "lite0-onnx" / "report.json").read_text())
-    sens = report["sensitivity"]
-    layers = sens["layers"]
-    assert sens["quantizable_layers"] == len(layers) == report["artifacts"][1]["quantizable_layers"]
-    worst, best = layers[0], layers[-1]
-    assert worst["sqnr_db"] < best["sqnr_db"]
-    assert worst["top1_agreement_alone"] < best["top1_agreement_alone"]
-    assert report["artifacts"][1]["kept_float"] == [] and report["fallback"]["met"]
-    html = (tmp_path / "lite0-onnx" / "report.html").read_text()
-    assert "Per-layer sensitivity" in html and "<polyline" in html
+                 "--latency-runs", "5", "--max-drop", "0.1", "--max-float-layers", "2"])
+    assert code == 4  # 0.1 point of disagreement is out of reach with 2 float layers: the gate fails
+    folder = tmp_path / "lite0-onnx"
+    report = json.loads((folder / "report.json").read_text())
+    fb, int8 = report["fallback"], report["artifacts"][1]
+    assert fb["metric"] == "disagreement" and not fb["met"] and fb["limit"] == 2
+    assert [s["kept_float"] for s in fb["steps"]] == [0, 1, 2]
+    assert int8["kept_float"] == fb["kept_float"] and len(int8["kept_float"]) <= 2
+    shipped = next(s for s in fb["steps"] if s["kept_float"] == len(int8["kept_float"]))
+    assert int8["top1_agreement"] == shipped["top1_agreement"]  # the file is the step that was measured
+    model = onnx.load(str(folder / "model_int8.onnx"))
+    producers = {o: n for n in model.graph.node for o in n.output}
+    for name in int8["kept_float"]:
+        node = next(n for n in model.graph.node if n.name == name)
+        assert node.input[1] in {i.name for i in model.graph.initializer}  # float weights, no DequantizeLinear
+        assert producers.get(node.input[1]) is None
+    assert "fallback" in (folder / "report.md").read_text()

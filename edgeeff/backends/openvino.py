@@ -367,9 +367,15 @@ class OvFloatVariants:
         return OvRunner(self.int8_path, self.threads, self.spec, model=self.model(float_layers))
 
     def save(self, float_layers: list[str]) -> None:
+        """Rewrite the IR with these layers in float. Written beside it and renamed over it: the
+        loaded model maps the old .bin into memory, and overwriting a mapped file in place
+        crashes the process (SIGBUS)."""
         import openvino as ov
 
-        ov.save_model(stable_names(self.model(float_layers)), str(self.int8_path), compress_to_fp16=False)
+        tmp = self.int8_path.with_name(f".{self.int8_path.stem}.tmp.xml")
+        ov.save_model(stable_names(self.model(float_layers)), str(tmp), compress_to_fp16=False)
+        tmp.with_suffix(".bin").replace(self.int8_path.with_suffix(".bin"))
+        tmp.replace(self.int8_path)
 
 
 def float_variants(workdir: Path, artifacts: list, threads: int) -> OvFloatVariants:
