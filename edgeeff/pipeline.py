@@ -340,7 +340,10 @@ def mixed_precision(backend, workdir: Path, artifacts: list, threads: int, opts:
             return sensitivity.order()
         return rank_layers(variants, variants.layers, calib_crops, quiet=opts.quiet, checked=0).order()
 
-    all_int8 = {"size_bytes": variants.int8_path.stat().st_size}
+    # An OpenVINO IR is the .xml with its .bin: its size is the pair, as in the artifact's row.
+    weights_file = variants.int8_path.with_suffix(".bin")
+    all_int8 = {"size_bytes": variants.int8_path.stat().st_size
+                + (weights_file.stat().st_size if variants.int8_path.suffix == ".xml" and weights_file.is_file() else 0)}
     with watch.stage("fallback", f"--max-drop {opts.max_drop}: evaluating, keeping sensitive layers in float if needed"):
         steps, met, metric = fallback(variants, rank, validation.crops, validation.labels, ref_scores,
                                       opts.max_drop, limit, quiet=opts.quiet)
