@@ -22,8 +22,7 @@ import contextlib
 import importlib.util
 import io
 import json
-import os
-import platform
+import statistics
 import sys
 import tempfile
 import time
@@ -36,14 +35,22 @@ sys.path.insert(0, str(REPO))
 
 from edgeeff.backends import backend as load_backend  # noqa: E402
 from edgeeff.data import imagenet_labels, load_calibration, load_validation  # noqa: E402
-from edgeeff.evaluate import TorchRunner, align_classes, measure_latency, predict_all, score  # noqa: E402
+from edgeeff.evaluate import TorchRunner, align_classes, predict_all, score  # noqa: E402
 from edgeeff.export import export_onnx  # noqa: E402
 from edgeeff.pipeline import CompileOptions, compile_model  # noqa: E402
 from edgeeff.preprocess import spec_for_variant  # noqa: E402
-from edgeeff.report import format_table  # noqa: E402
+from edgeeff.cache import cached_array, content_key  # noqa: E402
+from edgeeff.report import format_table, machine_info, machine_line, markdown_table, replace_section, report_row  # noqa: E402
 from edgeeff.weights import load_model  # noqa: E402
 
 TARGET_FOR = {"onnxruntime": "onnx", "openvino": "intel", "litert": "rpi"}
+T0 = time.perf_counter()
+
+
+def log(message: str) -> None:
+    """Progress on stderr, with the time since the start: a run takes minutes per backend."""
+    elapsed = int(time.perf_counter() - T0)
+    print(f"[{elapsed // 60:2d}:{elapsed % 60:02d}] {message}", file=sys.stderr, flush=True)
 NEEDS = {"onnxruntime": "onnxruntime", "openvino": "nncf", "litert": "ai_edge_quantizer"}
 
 
@@ -59,12 +66,14 @@ class _Reader:
         self.it = iter(self.items)
 
 
-def ort_defaults(fp32_onnx: Path, work: Path, calib_nchw: np.ndarray) -> list[tuple[str, Path]]:
+def ort_defaults(fp32_onnx: Path, work: Path, calib_nchw: np.ndarray) -> list[tuple[str, Path, float]]:
     from onnxruntime.quantization import QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     prepared = work / "ort_prepared.onnx"
+    start = time.perf_counter()
     quant_pre_process(str(fp32_onnx), str(prepared), skip_symbolic_shape=True)
+    prepare_seconds = time.perf_counter() - start  # ORT's documented first step, counted in each row
     name = "input"
     made = []
     for method, kwargs in (("ort-defaults", {}),
@@ -74,11 +83,11 @@ def ort_defaults(fp32_onnx: Path, work: Path, calib_nchw: np.ndarray) -> list[tu
         start = time.perf_counter()
         with contextlib.redirect_stdout(io.StringIO()):
             quantize_static(str(prepared), str(out), _Reader(name, calib_nchw), **kwargs)
-        made.append((method, out, time.perf_counter() - start))
+        made.append((method, out, time.perf_counter() - start + prepare_seconds))
     return made
 
 
-def nncf_defaults(fp32_onnx: Path, work: Path, calib_nchw: np.ndarray) -> list[tuple[str, Path]]:
+def nncf_defaults(fp32_onnx: Path, work: Path, calib_nchw: np.ndarray) -> list[tuple[str, Path, float]]:
     import nncf
     import openvino as ov
 
@@ -90,7 +99,7 @@ def nncf_defaults(fp32_onnx: Path, work: Path, calib_nchw: np.ndarray) -> list[t
     return [("nncf-defaults", out, time.perf_counter() - start)]
 
 
-def aeq_defaults(float_tflite: Path, work: Path, calib_nhwc: np.ndarray) -> list[tuple[str, Path]]:
+def aeq_defaults(float_tflite: Path, work: Path, calib_nhwc: np.ndarray) -> list[tuple[str, Path, float]]:
     from ai_edge_litert.interpreter import Interpreter
     from ai_edge_quantizer import quantizer, recipe
 
@@ -107,6 +116,24 @@ def aeq_defaults(float_tflite: Path, work: Path, calib_nhwc: np.ndarray) -> list
     return [("aeq-static-wi8-ai8", out, time.perf_counter() - start)]
 
 
+def interleaved_latency(runners: dict, crop: np.ndarray, rounds: int, runs: int) -> dict[str, float]:
+    """Median batch-1 latency (ms) of each runner, timed in alternating blocks of `runs` calls, so
+    every runner of a backend sees the same load on a shared machine: the ratios are what count."""
+    inputs = {}
+    for name, runner in runners.items():
+        inputs[name] = runner.spec.to_model_input(crop[None])
+        for _ in range(10):
+            runner.predict(inputs[name])
+    times = {name: [] for name in runners}
+    for _ in range(rounds):
+        for name, runner in runners.items():
+            for _ in range(runs):
+                start = time.perf_counter()
+                runner.predict(inputs[name])
+                times[name].append((time.perf_counter() - start) * 1000)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--variant", default="lite0")
@@ -115,40 +142,55 @@ def main() -> int:
     parser.add_argument("--val", type=Path, required=True)
     parser.add_argument("--calib-count", type=int, default=300)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--latency-runs", type=int, default=100)
+    parser.add_argument("--latency-rounds", type=int, default=5,
+                        help="rounds of --latency-runs calls per artifact, alternating between artifacts")
+    parser.add_argument("--latency-runs", type=int, default=20)
     parser.add_argument("--backends", nargs="+", default=list(TARGET_FOR))
-    parser.add_argument("--json", type=Path)
+    parser.add_argument("--json", type=Path, help="default docs/results/bench_vs_defaults_<variant>.json")
+    parser.add_argument("--no-doc", action="store_true", help="do not rewrite this model's section of docs/benchmarks.md")
     args = parser.parse_args()
     model_name = args.variant if args.weights is None else f"{args.variant} ({args.weights.name})"
     out_json = args.json or REPO / "docs" / "results" / f"bench_vs_defaults_{args.variant}.json"
+    machine_start = machine_info()
+    timings: dict[str, float] = {}
 
-    model, _ = load_model(args.variant, args.weights)
+    log(f"{model_name}: loading the model, {args.calib_count} calibration and the validation images")
+    model, weights_info = load_model(args.variant, args.weights)
     spec = spec_for_variant(args.variant)
     labels = imagenet_labels()
     val = load_validation(args.val, labels, spec, quiet=True)
     calib = load_calibration(args.calib, args.calib_count, spec, quiet=True)
-    reference = predict_all(TorchRunner(model, spec, args.threads), val.crops, quiet=True)
+    reference_runner = TorchRunner(model, spec, args.threads)
+    # The same cache key as `edgeeff compile`: either one's FP32 reference logits serve the other.
+    key = content_key(weights_info.sha256 or weights_info.source, model.describe(), model.state_dict_digest(),
+                      val.crops, reference_runner.runtime)
+    reference, _ = cached_array("reference_logits", key, lambda: predict_all(reference_runner, val.crops, quiet=True))
     ref = score(reference, val.labels)
+    timings["load_and_reference"] = round(time.perf_counter() - T0, 1)
+    log(f"FP32 reference top-1 {ref.top1:.2f} on {len(val)} images; {len(calib)} calibration images")
     rows = []
     with tempfile.TemporaryDirectory(prefix="edgeeff-vs-defaults-") as tmp:
         work = Path(tmp)
         fp32_onnx = export_onnx(model, spec.resolution, work / "fp32.onnx")
         for name in args.backends:
             if importlib.util.find_spec(NEEDS[name]) is None:
-                print(f"skipping {name}: not installed", file=sys.stderr)
+                log(f"skipping {name}: {NEEDS[name]} is not installed")
                 continue
+            backend_start = time.perf_counter()
             module = load_backend(name)
             target = TARGET_FOR[name]
-            print(f"== {name}: edgeeff --target {target}", file=sys.stderr)
+            log(f"{name}: edgeeff compile --target {target}")
+            # No --val: compile would evaluate its FP32 and INT8 files on every validation image, and
+            # this script evaluates the INT8 one again beside the defaults. The build does not read --val.
             _, report = compile_model(CompileOptions(
                 variant=args.variant, target=target, out=work / "edgeeff", calib=args.calib,
-                calib_count=args.calib_count, val=args.val, weights=args.weights, quiet=True,
-                latency_runs=5, threads=args.threads))
+                calib_count=args.calib_count, weights=args.weights, quiet=True, latency_runs=3,
+                threads=args.threads))
             folder = work / "edgeeff" / f"{args.variant}-{target}"
             by_precision = {a["precision"]: a for a in report["artifacts"] if a.get("verified", True)}
             fp32_art, int8_art = by_precision["fp32"], by_precision["int8"]
             candidates = [("edgeeff", folder / int8_art["file"], report["timings_s"]["quantize"])]
-            print(f"== {name}: toolchain defaults", file=sys.stderr)
+            log(f"{name}: edgeeff built in {report['timings_s']['quantize']:.0f} s; toolchain defaults")
             if name == "onnxruntime":
                 candidates += ort_defaults(fp32_onnx, work, spec.to_model_input(calib.crops))
             elif name == "openvino":
@@ -157,67 +199,73 @@ def main() -> int:
                 float_tflite = folder / fp32_art["file"]
                 candidates += aeq_defaults(float_tflite, work, spec.with_layout("NHWC").to_model_input(calib.crops))
             fp32_spec = spec.with_layout(fp32_art["input"]["layout"], fp32_art["input"]["dtype"])
-            fp32_runner = module.open_runner(folder / fp32_art["file"], args.threads, fp32_spec)
-            fp32_latency = measure_latency(fp32_runner, val.crops[0], args.threads, runs=args.latency_runs)["median"]
+            runners = {"fp32": module.open_runner(folder / fp32_art["file"], args.threads, fp32_spec)}
+            backend_rows = []
             for method, path, seconds in candidates:
                 art_spec = (spec.with_layout(int8_art["input"]["layout"], int8_art["input"]["dtype"])
                             if method == "edgeeff" else spec.with_layout("NHWC" if name == "litert" else "NCHW"))
-                runner = module.open_runner(path, args.threads, art_spec)
+                runner = runners[method] = module.open_runner(path, args.threads, art_spec)
+                log(f"{name}: {method} built in {seconds:.0f} s; evaluating on {len(val)} images")
                 logits = align_classes(predict_all(runner, val.crops, quiet=True), len(labels.synsets))
                 s = score(logits, val.labels, ref.top1_classes)
-                latency = measure_latency(runner, val.crops[0], args.threads, runs=args.latency_runs)["median"]
                 size = path.stat().st_size + (path.with_suffix(".bin").stat().st_size if path.suffix == ".xml" else 0)
-                rows.append({"model": model_name, "backend": name, "method": method,
-                             "top1": round(s.top1, 2), "top5": round(s.top5, 2),
-                             "top1_drop": round(ref.top1 - s.top1, 2), "top1_agreement": round(s.top1_agreement, 2),
-                             "latency_ms": round(latency, 3), "fp32_latency_ms": round(fp32_latency, 3),
-                             "latency_ratio": round(latency / fp32_latency, 3), "size_bytes": size,
-                             "quantize_seconds": round(seconds, 1)})
-                print(f"   {method}: agreement {s.top1_agreement:.2f}", file=sys.stderr)
+                backend_rows.append(report_row(s, ref.top1, model=model_name, backend=name, method=method,
+                                               size_bytes=size, quantize_seconds=round(seconds, 1)))
+                log(f"{name}: {method} top-1 {s.top1:.2f}, agreement {s.top1_agreement:.2f}%")
+            log(f"{name}: latency, {args.latency_rounds} rounds of {args.latency_runs} runs per file, alternating")
+            medians = interleaved_latency(runners, val.crops[0], args.latency_rounds, args.latency_runs)
+            for row in backend_rows:
+                latency = medians[row["method"]]
+                row.update({"latency_ms": round(latency, 3), "fp32_latency_ms": round(medians["fp32"], 3),
+                            "latency_ratio": round(latency / medians["fp32"], 3), "threads": args.threads})
+                log(f"{name}: {row['method']} {latency:.2f} ms, x{latency / medians['fp32']:.2f} of FP32")
+            rows += backend_rows
+            timings[name] = round(time.perf_counter() - backend_start, 1)
+            log(f"{name}: done in {timings[name]:.0f} s")
+    timings["total"] = round(time.perf_counter() - T0, 1)
+    machine = machine_info()
+    machine["load_average_at_start"] = machine_start["load_average"]
 
-    table = [["model", "backend", "method", "top-1", "drop", "agree%", "ms", "x FP32", "MB", "quant s"]]
+    table = [["model", "backend", "method", "top-1", "top-5", "drop", "agree%", "ms", "x FP32", "MB", "quant s"]]
     for r in rows:
-        table.append([r["model"], r["backend"], r["method"], f"{r['top1']:.2f}", f"{r['top1_drop']:.2f}",
-                      f"{r['top1_agreement']:.2f}", f"{r['latency_ms']:.2f}", f"{r['latency_ratio']:.2f}",
-                      f"{r['size_bytes'] / 1e6:.2f}", f"{r['quantize_seconds']:.0f}"])
+        table.append([r["model"], r["backend"], r["method"], f"{r['top1']:.2f}", f"{r['top5']:.2f}",
+                      f"{r['top1_drop']:.2f}", f"{r['top1_agreement']:.2f}", f"{r['latency_ms']:.2f}",
+                      f"{r['latency_ratio']:.2f}", f"{r['size_bytes'] / 1e6:.2f}", f"{r['quantize_seconds']:.0f}"])
     print(format_table(table))
     out_json.parent.mkdir(parents=True, exist_ok=True)
     out_json.write_text(json.dumps(rows, indent=2) + "\n")
-    meta = out_json.with_suffix(".machine.json")
-    meta.write_text(json.dumps({"host": platform.machine(), "cpus": os.cpu_count(), "threads": args.threads,
-                                "reference_top1": round(ref.top1, 2), "val_images": len(val),
-                                "calib_images": len(calib), "load_average_at_end": os.getloadavg()}, indent=2) + "\n")
-    markdown_section(REPO / "docs" / "benchmarks.md", f"vs-defaults-{args.variant}", model_name, rows,
-                     {"host": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
-                      "threads": args.threads, "load": round(os.getloadavg()[0], 1),
-                      "reference_top1": round(ref.top1, 2), "val": len(val), "calib": len(calib)})
-    print(f"\nwrote {out_json} and docs/benchmarks.md")
+    run = {"model": model_name, "variant": args.variant, "weights": str(args.weights) if args.weights else None,
+           "calib": str(args.calib), "calib_images": len(calib), "val": str(args.val), "val_images": len(val),
+           "reference_top1": round(ref.top1, 2), "reference_top5": round(ref.top5, 2), "threads": args.threads,
+           "latency": f"median of {args.latency_rounds} x {args.latency_runs} batch-1 runs, alternating",
+           "wall_seconds": timings, "machine": machine}
+    out_json.with_suffix(".run.json").write_text(json.dumps(run, indent=2) + "\n")
+    if not args.no_doc:
+        doc = REPO / "docs" / "benchmarks.md"
+        doc.write_text(replace_section(doc.read_text(), f"vs-defaults-{args.variant}", markdown_section(rows, run)))
+    log(f"wrote {out_json}, {out_json.with_suffix('.run.json').name}" + ("" if args.no_doc else " and docs/benchmarks.md")
+        + f"; total {timings['total']:.0f} s")
     return 0
 
 
-def markdown_section(path: Path, key: str, model_name: str, rows: list[dict], machine: dict) -> None:
-    """Replace (or append) this model's section of docs/benchmarks.md, between markers."""
-    lines = [f"<!-- begin:{key} -->", f"### {model_name}", "",
-             f"FP32 reference top-1 {machine['reference_top1']}; {machine['calib']} calibration and "
-             f"{machine['val']} validation images; {machine['threads']} threads, batch 1, on "
-             f"{machine['cpus']} CPUs ({machine['host']}), 1-minute load average {machine['load']} at the end "
-             "(other jobs shared the CPU when it is above ~2: compare latency ratios, not milliseconds).", "",
-             "| backend | method | top-1 | drop | agreement % | latency ms | x FP32 | size MB | quantize s |",
-             "|---|---|---|---|---|---|---|---|---|"]
+def markdown_section(rows: list[dict], run: dict) -> str:
+    """This model's part of docs/benchmarks.md: how it was run, then the table."""
+    m = run["machine"]
+    start = "/".join(f"{x:.1f}" for x in m["load_average_at_start"])
+    lines = [f"### {run['model']}", "",
+             f"FP32 reference (PyTorch) top-1 {run['reference_top1']}, top-5 {run['reference_top5']}; "
+             f"{run['calib_images']} calibration and {run['val_images']} validation images; latency: "
+             f"{run['latency']}, {run['threads']} threads. Machine: {machine_line(m)} at the end "
+             f"({start} at the start); the run took {run['wall_seconds']['total'] / 60:.1f} min. "
+             "Other jobs share these CPUs: compare latency ratios, not milliseconds.", ""]
+    table = [["backend", "method", "top-1", "top-5", "drop", "agreement %", "latency ms", "x FP32", "size MB",
+              "quantize s"]]
     for r in rows:
         bold = "**" if r["method"] == "edgeeff" else ""
-        lines.append(f"| {r['backend']} | {bold}{r['method']}{bold} | {r['top1']:.2f} | {r['top1_drop']:.2f} | "
-                     f"{bold}{r['top1_agreement']:.2f}{bold} | {r['latency_ms']:.2f} | {r['latency_ratio']:.2f} | "
-                     f"{r['size_bytes'] / 1e6:.2f} | {r['quantize_seconds']:.0f} |")
-    lines.append(f"<!-- end:{key} -->")
-    block = "\n".join(lines)
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    begin, end = f"<!-- begin:{key} -->", f"<!-- end:{key} -->"
-    if begin in text and end in text:
-        text = text[:text.index(begin)] + block + text[text.index(end) + len(end):]
-    else:
-        text = text.rstrip() + "\n\n" + block + "\n"
-    path.write_text(text)
+        table.append([r["backend"], f"{bold}{r['method']}{bold}", f"{r['top1']:.2f}", f"{r['top5']:.2f}",
+                      f"{r['top1_drop']:.2f}", f"{bold}{r['top1_agreement']:.2f}{bold}", f"{r['latency_ms']:.2f}",
+                      f"{r['latency_ratio']:.2f}", f"{r['size_bytes'] / 1e6:.2f}", f"{r['quantize_seconds']:.0f}"])
+    return "\n".join(lines + markdown_table(table))
 
 
 if __name__ == "__main__":
