@@ -3,8 +3,11 @@
 
 For every backend installed: the toolchain's default quantizer(s) and edgeeff's artifact for the
 matching target, all from the same FP32 model, the same calibration images and the same
-validation images, each run in its own runtime. Latencies are measured here, back to back,
-with a fixed thread count at batch 1.
+validation images, each run in its own runtime. Latencies are measured here at batch 1 with a
+fixed thread count, the backend's FP32 file and every INT8 file timed alternately in rounds (a
+shared machine's load then weighs on all of them alike); the ratio to FP32 is what to compare.
+Progress goes to stderr with the elapsed time. The FP32 reference logits are cached like
+`edgeeff compile`'s (EDGEEFF_CACHE).
 
   onnxruntime: quantize_static with its defaults; and its best documented per-channel setting
                (per_channel=True, U8 activations, S8 weights)       vs edgeeff --target onnx
@@ -116,22 +119,25 @@ def aeq_defaults(float_tflite: Path, work: Path, calib_nhwc: np.ndarray) -> list
     return [("aeq-static-wi8-ai8", out, time.perf_counter() - start)]
 
 
-def interleaved_latency(runners: dict, crop: np.ndarray, rounds: int, runs: int) -> dict[str, float]:
-    """Median batch-1 latency (ms) of each runner, timed in alternating blocks of `runs` calls, so
-    every runner of a backend sees the same load on a shared machine: the ratios are what count."""
+def interleaved_latency(runners: dict, crop: np.ndarray, rounds: int, runs: int) -> dict[str, list[float]]:
+    """Per-round median batch-1 latency (ms) of each runner, timed in alternating blocks of `runs`
+    calls, so every runner of a backend sees the same load on a shared machine: the ratios are
+    what count, and their spread over the rounds says how far to trust them."""
     inputs = {}
     for name, runner in runners.items():
         inputs[name] = runner.spec.to_model_input(crop[None])
         for _ in range(10):
             runner.predict(inputs[name])
-    times = {name: [] for name in runners}
+    per_round = {name: [] for name in runners}
     for _ in range(rounds):
         for name, runner in runners.items():
+            times = []
             for _ in range(runs):
                 start = time.perf_counter()
                 runner.predict(inputs[name])
-                times[name].append((time.perf_counter() - start) * 1000)
-    return {name: statistics.median(t) for name, t in times.items()}
+                times.append((time.perf_counter() - start) * 1000)
+            per_round[name].append(statistics.median(times))
+    return per_round
 
 
 def main() -> int:
@@ -142,7 +148,7 @@ def main() -> int:
     parser.add_argument("--val", type=Path, required=True)
     parser.add_argument("--calib-count", type=int, default=300)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--latency-rounds", type=int, default=5,
+    parser.add_argument("--latency-rounds", type=int, default=10,
                         help="rounds of --latency-runs calls per artifact, alternating between artifacts")
     parser.add_argument("--latency-runs", type=int, default=20)
     parser.add_argument("--backends", nargs="+", default=list(TARGET_FOR))
@@ -213,12 +219,17 @@ def main() -> int:
                                                size_bytes=size, quantize_seconds=round(seconds, 1)))
                 log(f"{name}: {method} top-1 {s.top1:.2f}, agreement {s.top1_agreement:.2f}%")
             log(f"{name}: latency, {args.latency_rounds} rounds of {args.latency_runs} runs per file, alternating")
-            medians = interleaved_latency(runners, val.crops[0], args.latency_rounds, args.latency_runs)
+            per_round = interleaved_latency(runners, val.crops[0], args.latency_rounds, args.latency_runs)
+            fp32_ms = statistics.median(per_round["fp32"])
             for row in backend_rows:
-                latency = medians[row["method"]]
-                row.update({"latency_ms": round(latency, 3), "fp32_latency_ms": round(medians["fp32"], 3),
-                            "latency_ratio": round(latency / medians["fp32"], 3), "threads": args.threads})
-                log(f"{name}: {row['method']} {latency:.2f} ms, x{latency / medians['fp32']:.2f} of FP32")
+                latency = statistics.median(per_round[row["method"]])
+                ratios = [a / b for a, b in zip(per_round[row["method"]], per_round["fp32"])]
+                row.update({"latency_ms": round(latency, 3), "fp32_latency_ms": round(fp32_ms, 3),
+                            "latency_ratio": round(latency / fp32_ms, 3),
+                            "latency_ratio_range": [round(min(ratios), 3), round(max(ratios), 3)],
+                            "threads": args.threads})
+                log(f"{name}: {row['method']} {latency:.2f} ms, x{latency / fp32_ms:.2f} of FP32 "
+                    f"(x{min(ratios):.2f}-{max(ratios):.2f} over the rounds)")
             rows += backend_rows
             timings[name] = round(time.perf_counter() - backend_start, 1)
             log(f"{name}: done in {timings[name]:.0f} s")
@@ -237,7 +248,8 @@ def main() -> int:
     run = {"model": model_name, "variant": args.variant, "weights": str(args.weights) if args.weights else None,
            "calib": str(args.calib), "calib_images": len(calib), "val": str(args.val), "val_images": len(val),
            "reference_top1": round(ref.top1, 2), "reference_top5": round(ref.top5, 2), "threads": args.threads,
-           "latency": f"median of {args.latency_rounds} x {args.latency_runs} batch-1 runs, alternating",
+           "latency": f"median of {args.latency_rounds} rounds x {args.latency_runs} batch-1 runs, the backend's "
+                      "FP32 and INT8 files alternating round by round",
            "wall_seconds": timings, "machine": machine}
     out_json.with_suffix(".run.json").write_text(json.dumps(run, indent=2) + "\n")
     if not args.no_doc:
@@ -257,14 +269,16 @@ def markdown_section(rows: list[dict], run: dict) -> str:
              f"{run['calib_images']} calibration and {run['val_images']} validation images; latency: "
              f"{run['latency']}, {run['threads']} threads. Machine: {machine_line(m)} at the end "
              f"({start} at the start); the run took {run['wall_seconds']['total'] / 60:.1f} min. "
-             "Other jobs share these CPUs: compare latency ratios, not milliseconds.", ""]
-    table = [["backend", "method", "top-1", "top-5", "drop", "agreement %", "latency ms", "x FP32", "size MB",
+             "Other jobs share these CPUs: compare latency ratios, not milliseconds; the ratio's range is its "
+             "lowest and highest over the rounds.", ""]
+    table = [["backend", "method", "top-1", "top-5", "drop", "agreement %", "latency ms", "x FP32", "x FP32 range", "size MB",
               "quantize s"]]
     for r in rows:
         bold = "**" if r["method"] == "edgeeff" else ""
         table.append([r["backend"], f"{bold}{r['method']}{bold}", f"{r['top1']:.2f}", f"{r['top5']:.2f}",
                       f"{r['top1_drop']:.2f}", f"{bold}{r['top1_agreement']:.2f}{bold}", f"{r['latency_ms']:.2f}",
-                      f"{r['latency_ratio']:.2f}", f"{r['size_bytes'] / 1e6:.2f}", f"{r['quantize_seconds']:.0f}"])
+                      f"{r['latency_ratio']:.2f}", "{:.2f}-{:.2f}".format(*r["latency_ratio_range"]),
+                      f"{r['size_bytes'] / 1e6:.2f}", f"{r['quantize_seconds']:.0f}"])
     return "\n".join(lines + markdown_table(table))
 
 
