@@ -7,7 +7,8 @@ validation images, each run in its own runtime. Latencies are measured here at b
 fixed thread count, the backend's FP32 file and every INT8 file timed alternately in rounds (a
 shared machine's load then weighs on all of them alike); the ratio to FP32 is what to compare.
 Progress goes to stderr with the elapsed time. The FP32 reference logits are cached like
-`edgeeff compile`'s (EDGEEFF_CACHE).
+`edgeeff compile`'s (EDGEEFF_CACHE); edgeeff's own build runs with the cache off, so its
+quantization time is the full calibration, as the defaults' is.
 
   onnxruntime: quantize_static with its defaults; and its best documented per-channel setting
                (per_channel=True, U8 activations, S8 weights)       vs edgeeff --target onnx
@@ -25,6 +26,7 @@ import contextlib
 import importlib.util
 import io
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -119,6 +121,19 @@ def aeq_defaults(float_tflite: Path, work: Path, calib_nhwc: np.ndarray) -> list
     return [("aeq-static-wi8-ai8", out, time.perf_counter() - start)]
 
 
+@contextlib.contextmanager
+def cache_off():
+    previous = os.environ.get("EDGEEFF_CACHE")
+    os.environ["EDGEEFF_CACHE"] = "off"
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop("EDGEEFF_CACHE")
+        else:
+            os.environ["EDGEEFF_CACHE"] = previous
+
+
 def interleaved_latency(runners: dict, crop: np.ndarray, rounds: int, runs: int) -> dict[str, list[float]]:
     """Per-round median batch-1 latency (ms) of each runner, timed in alternating blocks of `runs`
     calls, so every runner of a backend sees the same load on a shared machine: the ratios are
@@ -188,10 +203,13 @@ def main() -> int:
             log(f"{name}: edgeeff compile --target {target}")
             # No --val: compile would evaluate its FP32 and INT8 files on every validation image, and
             # this script evaluates the INT8 one again beside the defaults. The build does not read --val.
-            _, report = compile_model(CompileOptions(
-                variant=args.variant, target=target, out=work / "edgeeff", calib=args.calib,
-                calib_count=args.calib_count, weights=args.weights, quiet=True, latency_runs=3,
-                threads=args.threads))
+            # The cache off: edgeeff's calibration statistics are cached by content, and a hit
+            # would time a lookup against the defaults' full calibration.
+            with cache_off():
+                _, report = compile_model(CompileOptions(
+                    variant=args.variant, target=target, out=work / "edgeeff", calib=args.calib,
+                    calib_count=args.calib_count, weights=args.weights, quiet=True, latency_runs=3,
+                    threads=args.threads))
             folder = work / "edgeeff" / f"{args.variant}-{target}"
             by_precision = {a["precision"]: a for a in report["artifacts"] if a.get("verified", True)}
             fp32_art, int8_art = by_precision["fp32"], by_precision["int8"]
