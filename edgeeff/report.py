@@ -39,7 +39,7 @@ def artifact_row(artifact) -> dict:
     return row
 
 
-def report_row(scores, reference_top1: float, **fields) -> dict:
+def report_row(scores, reference_top1: float, /, **fields) -> dict:
     """One result row as every benchmark writes it: `fields` first (model, backend, method...), then
     the contract's accuracy fields from an evaluate.Scores, rounded to 2 decimals, 0-100, drop =
     reference minus artifact. Values passed in `fields` for those keys win (the caller knows better)."""

@@ -16,6 +16,7 @@ def test_report_row_has_the_contract_fields_rounded_with_drop_as_reference_minus
     assert row["top5"] == 100.0 and row["size_bytes"] == 7
     assert report_row(score(logits, labels), 80.0).keys() == {"top1", "top5", "top1_drop"}  # no reference: no agreement
     assert report_row(s, 1 / 3, top1_drop=0.0)["top1_drop"] == 0.0  # an explicit field wins
+    assert report_row(s, 80.0, reference_top1=80.0)["reference_top1"] == 80.0  # a row may carry the reference
 
 
 def test_markdown_table_has_header_separator_and_rows():
