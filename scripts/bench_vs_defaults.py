@@ -4,7 +4,7 @@
 For every backend installed: the toolchain's default quantizer(s) and edgeeff's artifact for the
 matching target, all from the same FP32 model, the same calibration images and the same
 validation images, each run in its own runtime. Latencies are measured here at batch 1 with a
-fixed thread count, the backend's FP32 file and every INT8 file timed alternately in rounds (a
+fixed thread count, the backend's FP32 file and every INT8 file taking turns every few runs (a
 shared machine's load then weighs on all of them alike); the ratio to FP32 is what to compare.
 Progress goes to stderr with the elapsed time. The FP32 reference logits are cached like
 `edgeeff compile`'s (EDGEEFF_CACHE); edgeeff's own build runs with the cache off, so its
@@ -135,24 +135,30 @@ def cache_off():
 
 
 def interleaved_latency(runners: dict, crop: np.ndarray, rounds: int, runs: int) -> dict[str, list[float]]:
-    """Per-round median batch-1 latency (ms) of each runner, timed in alternating blocks of `runs`
-    calls, so every runner of a backend sees the same load on a shared machine: the ratios are
-    what count, and their spread over the rounds says how far to trust them."""
+    """Batch-1 latencies (ms) of each runner, `rounds` times `runs` calls, the runners taking turns
+    every `runs` calls: on a shared machine the load then weighs on all of them alike."""
     inputs = {}
     for name, runner in runners.items():
         inputs[name] = runner.spec.to_model_input(crop[None])
         for _ in range(10):
             runner.predict(inputs[name])
-    per_round = {name: [] for name in runners}
+    times = {name: [] for name in runners}
     for _ in range(rounds):
         for name, runner in runners.items():
-            times = []
             for _ in range(runs):
                 start = time.perf_counter()
                 runner.predict(inputs[name])
-                times.append((time.perf_counter() - start) * 1000)
-            per_round[name].append(statistics.median(times))
-    return per_round
+                times[name].append((time.perf_counter() - start) * 1000)
+    return times
+
+
+def ratio_range(times: list[float], fp32_times: list[float], groups: int = 5) -> list[float]:
+    """Lowest and highest median-over-median ratio over `groups` consecutive stretches of the run:
+    how much the ratio moved while it was measured."""
+    size = max(1, len(times) // groups)
+    ratios = [statistics.median(times[i:i + size]) / statistics.median(fp32_times[i:i + size])
+              for i in range(0, size * groups, size) if times[i:i + size]]
+    return [round(min(ratios), 3), round(max(ratios), 3)]
 
 
 def main() -> int:
@@ -163,9 +169,9 @@ def main() -> int:
     parser.add_argument("--val", type=Path, required=True)
     parser.add_argument("--calib-count", type=int, default=300)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--latency-rounds", type=int, default=10,
-                        help="rounds of --latency-runs calls per artifact, alternating between artifacts")
-    parser.add_argument("--latency-runs", type=int, default=20)
+    parser.add_argument("--latency-rounds", type=int, default=40,
+                        help="rounds of --latency-runs timed calls per file, the files taking turns each round")
+    parser.add_argument("--latency-runs", type=int, default=5)
     parser.add_argument("--backends", nargs="+", default=list(TARGET_FOR))
     parser.add_argument("--json", type=Path, help="default docs/results/bench_vs_defaults_<variant>.json")
     parser.add_argument("--no-doc", action="store_true", help="do not rewrite this model's section of docs/benchmarks.md")
@@ -237,17 +243,16 @@ def main() -> int:
                                                size_bytes=size, quantize_seconds=round(seconds, 1)))
                 log(f"{name}: {method} top-1 {s.top1:.2f}, agreement {s.top1_agreement:.2f}%")
             log(f"{name}: latency, {args.latency_rounds} rounds of {args.latency_runs} runs per file, alternating")
-            per_round = interleaved_latency(runners, val.crops[0], args.latency_rounds, args.latency_runs)
-            fp32_ms = statistics.median(per_round["fp32"])
+            times = interleaved_latency(runners, val.crops[0], args.latency_rounds, args.latency_runs)
+            fp32_ms = statistics.median(times["fp32"])
             for row in backend_rows:
-                latency = statistics.median(per_round[row["method"]])
-                ratios = [a / b for a, b in zip(per_round[row["method"]], per_round["fp32"])]
+                latency = statistics.median(times[row["method"]])
+                low, high = ratio_range(times[row["method"]], times["fp32"])
                 row.update({"latency_ms": round(latency, 3), "fp32_latency_ms": round(fp32_ms, 3),
-                            "latency_ratio": round(latency / fp32_ms, 3),
-                            "latency_ratio_range": [round(min(ratios), 3), round(max(ratios), 3)],
+                            "latency_ratio": round(latency / fp32_ms, 3), "latency_ratio_range": [low, high],
                             "threads": args.threads})
                 log(f"{name}: {row['method']} {latency:.2f} ms, x{latency / fp32_ms:.2f} of FP32 "
-                    f"(x{min(ratios):.2f}-{max(ratios):.2f} over the rounds)")
+                    f"(x{low:.2f}-{high:.2f} over five stretches of the run)")
             rows += backend_rows
             timings[name] = round(time.perf_counter() - backend_start, 1)
             log(f"{name}: done in {timings[name]:.0f} s")
@@ -266,8 +271,8 @@ def main() -> int:
     run = {"model": model_name, "variant": args.variant, "weights": str(args.weights) if args.weights else None,
            "calib": str(args.calib), "calib_images": len(calib), "val": str(args.val), "val_images": len(val),
            "reference_top1": round(ref.top1, 2), "reference_top5": round(ref.top5, 2), "threads": args.threads,
-           "latency": f"median of {args.latency_rounds} rounds x {args.latency_runs} batch-1 runs, the backend's "
-                      "FP32 and INT8 files alternating round by round",
+           "latency": f"median of {args.latency_rounds * args.latency_runs} batch-1 runs per file, the backend's "
+                      f"FP32 and INT8 files taking turns every {args.latency_runs} runs",
            "wall_seconds": timings, "machine": machine}
     out_json.with_suffix(".run.json").write_text(json.dumps(run, indent=2) + "\n")
     if not args.no_doc:
@@ -288,7 +293,7 @@ def markdown_section(rows: list[dict], run: dict) -> str:
              f"{run['latency']}, {run['threads']} threads. Machine: {machine_line(m)} at the end "
              f"({start} at the start); the run took {run['wall_seconds']['total'] / 60:.1f} min. "
              "Other jobs share these CPUs: compare latency ratios, not milliseconds; the ratio's range is its "
-             "lowest and highest over the rounds.", ""]
+             "lowest and highest over five consecutive stretches of the timing.", ""]
     table = [["backend", "method", "top-1", "top-5", "drop", "agreement %", "latency ms", "x FP32", "x FP32 range", "size MB",
               "quantize s"]]
     for r in rows:
