@@ -191,7 +191,8 @@ def main() -> int:
     # The same cache key as `edgeeff compile`: either one's FP32 reference logits serve the other.
     key = content_key(weights_info.sha256 or weights_info.source, model.describe(), model.state_dict_digest(),
                       val.crops, reference_runner.runtime)
-    reference, _ = cached_array("reference_logits", key, lambda: predict_all(reference_runner, val.crops, quiet=True))
+    reference, reference_cached = cached_array("reference_logits", key,
+                                               lambda: predict_all(reference_runner, val.crops, quiet=True))
     ref = score(reference, val.labels)
     timings["load_and_reference"] = round(time.perf_counter() - T0, 1)
     log(f"FP32 reference top-1 {ref.top1:.2f} on {len(val)} images; {len(calib)} calibration images")
@@ -270,7 +271,8 @@ def main() -> int:
     out_json.write_text(json.dumps(rows, indent=2) + "\n")
     run = {"model": model_name, "variant": args.variant, "weights": str(args.weights) if args.weights else None,
            "calib": str(args.calib), "calib_images": len(calib), "val": str(args.val), "val_images": len(val),
-           "reference_top1": round(ref.top1, 2), "reference_top5": round(ref.top5, 2), "threads": args.threads,
+           "reference_top1": round(ref.top1, 2), "reference_top5": round(ref.top5, 2),
+           "reference_cached": reference_cached, "threads": args.threads,
            "latency": f"median of {args.latency_rounds * args.latency_runs} batch-1 runs per file, the backend's "
                       f"FP32 and INT8 files taking turns every {args.latency_runs} runs",
            "wall_seconds": timings, "machine": machine}
@@ -291,7 +293,8 @@ def markdown_section(rows: list[dict], run: dict) -> str:
              f"FP32 reference (PyTorch) top-1 {run['reference_top1']}, top-5 {run['reference_top5']}; "
              f"{run['calib_images']} calibration and {run['val_images']} validation images; latency: "
              f"{run['latency']}, {run['threads']} threads. Machine: {machine_line(m)} at the end "
-             f"({start} at the start); the run took {run['wall_seconds']['total'] / 60:.1f} min. "
+             f"({start} at the start); the run took {run['wall_seconds']['total'] / 60:.1f} min"
+             f"{' (FP32 reference logits from the cache)' if run.get('reference_cached') else ''}. "
              "Other jobs share these CPUs: compare latency ratios, not milliseconds; the ratio's range is its "
              "lowest and highest over five consecutive stretches of the timing.", ""]
     table = [["backend", "method", "top-1", "top-5", "drop", "agreement %", "latency ms", "x FP32", "x FP32 range", "size MB",
