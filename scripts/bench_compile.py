@@ -176,27 +176,34 @@ def main() -> int:
         log(f"no B0 test weights at {args.b0_weights}: the model sweep skips B0 (pass --b0-weights)")
 
     rows = []
+    args.out.mkdir(parents=True, exist_ok=True)
+    partial = args.out / "bench_compile.partial.json"  # rows so far: a failure late in a long sweep keeps them
+
+    def keep(row: dict) -> None:
+        rows.append(row)
+        partial.write_text(json.dumps(rows, indent=2) + "\n")
+        if row["sweep"] == "calibration" or row["variant"] != "lite0":
+            log(f"  {row['process_s']:.0f} s, peak {row['peak_rss_mb']:.0f} MB")
+
     with tempfile.TemporaryDirectory(prefix="edgeeff-bench-calib-") as scratch:
         for target in args.targets:
             for count in args.calib_counts:
                 folder, distinct = calibration_folder(args.calib, count, Path(scratch))
                 log(f"lite0 -> {target}, {count} calibration images ({distinct} distinct)")
                 row = run_compile("lite0", target, folder, args.val, count, [])
-                rows.append({"sweep": "calibration", "model": "lite0", "distinct_calib_images": distinct, **row})
-                log(f"  {row['process_s']:.0f} s, peak {row['peak_rss_mb']:.0f} MB")
+                keep({"sweep": "calibration", "model": "lite0", "distinct_calib_images": distinct, **row})
             for variant, label, extra in models:
                 same = next((r for r in rows if r["sweep"] == "calibration" and r["target"] == target
                              and r["variant"] == variant and r["calib_images"] == 300 and not extra), None)
                 if same:  # Lite0 with 300 images was just measured in the calibration sweep
-                    rows.append({**same, "sweep": "model"})
+                    keep({**same, "sweep": "model"})
                     continue
                 log(f"{label} -> {target}, 300 calibration images")
                 row = run_compile(variant, target, args.calib, args.val, 300, extra)
-                rows.append({"sweep": "model", "model": label, "distinct_calib_images": min(300, available), **row})
-                log(f"  {row['process_s']:.0f} s, peak {row['peak_rss_mb']:.0f} MB")
+                keep({"sweep": "model", "model": label, "distinct_calib_images": min(300, available), **row})
 
     print(format_table(table(rows)))
-    args.out.mkdir(parents=True, exist_ok=True)
+    partial.unlink(missing_ok=True)
     machine = {**machine_info(), "load_average_at_start": machine_start["load_average"]}
     run = {"calib": str(args.calib), "calib_folder_images": available, "val": str(args.val),
            "targets": args.targets, "wall_seconds": round(time.perf_counter() - T0, 1), "machine": machine}
