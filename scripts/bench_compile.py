@@ -104,6 +104,7 @@ def run_compile(variant: str, target: str, calib: Path, val: Path, count: int, e
             peak_stage, rise = stage, mb - previous
         previous = max(previous, mb)
     return {"variant": variant, "target": target, "calib_images": report["calibration"]["images"],
+            "calib_requested": count,
             "weights": report["model"]["weights"]["source"] or "random",
             "resolution": report["preprocess"]["resolution"], "parameters": report["model"]["parameters"],
             "stages_total_s": round(sum(timings.values()), 1), "process_s": round(wall, 1),
@@ -194,7 +195,7 @@ def main() -> int:
                 keep({"sweep": "calibration", "model": "lite0", "distinct_calib_images": distinct, **row})
             for variant, label, extra in models:
                 same = next((r for r in rows if r["sweep"] == "calibration" and r["target"] == target
-                             and r["variant"] == variant and r["calib_images"] == 300 and not extra), None)
+                             and r["variant"] == variant and r["calib_requested"] == 300 and not extra), None)
                 if same:  # Lite0 with 300 images was just measured in the calibration sweep
                     keep({**same, "sweep": "model"})
                     continue
