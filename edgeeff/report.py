@@ -6,6 +6,7 @@ Percentages are 0-100; a drop is reference minus artifact (positive is worse).
 
 from __future__ import annotations
 
+import os
 import platform
 import sys
 from importlib import metadata
@@ -35,6 +36,20 @@ def artifact_row(artifact) -> dict:
         if key in artifact:
             row[key] = artifact[key]
     row.update({k: v for k, v in artifact.items() if k not in row})
+    return row
+
+
+def report_row(scores, reference_top1: float, /, **fields) -> dict:
+    """One result row as every benchmark writes it: `fields` first (model, backend, method...), then
+    the contract's accuracy fields from an evaluate.Scores, rounded to 2 decimals, 0-100, drop =
+    reference minus artifact. Values passed in `fields` for those keys win (the caller knows better)."""
+    row = dict(fields)
+    accuracy = {"top1": round(scores.top1, 2), "top5": round(scores.top5, 2),
+                "top1_drop": round(reference_top1 - scores.top1, 2)}
+    if scores.top1_agreement is not None:
+        accuracy["top1_agreement"] = round(scores.top1_agreement, 2)
+    for key, value in accuracy.items():
+        row.setdefault(key, value)
     return row
 
 
@@ -109,14 +124,18 @@ def format_table(rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
+def markdown_table(rows: list[list[str]]) -> list[str]:
+    """A header row and its data rows as Markdown table lines."""
+    return ["| " + " | ".join(rows[0]) + " |", "|" + "---|" * len(rows[0])] + ["| " + " | ".join(r) + " |" for r in rows[1:]]
+
+
 def markdown(report: dict) -> str:
     rows = table_rows(report)
     md = [f"# edgeeff report: {report['variant']} for {report['target']} ({report['backend']})", ""]
     if not report.get("accuracy_measured", True):
         md += ["**Accuracy was not measured**: no `--val` folder was given. Only size and latency "
                "below are measurements.", ""]
-    md += ["| " + " | ".join(rows[0]) + " |", "|" + "---|" * len(rows[0])]
-    md += ["| " + " | ".join(r) + " |" for r in rows[1:]]
+    md += markdown_table(rows)
     pre, cal, data = report["preprocess"], report["calibration"], report["dataset"]
     chain = chain_rows(report)
     if chain:
@@ -125,8 +144,7 @@ def markdown(report: dict) -> str:
                f"The reference is the original model ({surgery.get('from', {}).get('act')}, SE "
                f"{surgery.get('from', {}).get('se')}); the artifacts are the variant "
                f"({surgery.get('act')}, SE {surgery.get('se')}). Every drop and agreement is against the original.", ""]
-        md += ["| " + " | ".join(chain[0]) + " |", "|" + "---|" * len(chain[0])]
-        md += ["| " + " | ".join(r) + " |" for r in chain[1:]]
+        md += markdown_table(chain)
         if surgery.get("se_blocks"):
             md += ["", f"- SE blocks: {', '.join(f'{n} {k}' for k, n in surgery['se_blocks'].items())} "
                        f"(largest per-channel gate std over the calibration images: {surgery.get('se_gate_std_max')})"]
@@ -179,6 +197,40 @@ def markdown(report: dict) -> str:
             md.append(f"- `{a['file']}`: " + (a.get("verified_by") or a.get("reason", "")))
     md += ["", "## Stage timings (s)", ""] + [f"- {k}: {v}" for k, v in report.get("timings_s", {}).items()]
     return "\n".join(md) + "\n"
+
+
+def replace_section(text: str, key: str, block: str) -> str:
+    """`text` with the part between `<!-- begin:KEY -->` and `<!-- end:KEY -->` replaced by `block`
+    (markers kept), or the block appended with its markers: how scripts regenerate doc tables."""
+    begin, end = f"<!-- begin:{key} -->", f"<!-- end:{key} -->"
+    block = f"{begin}\n{block.strip()}\n{end}"
+    if begin in text and end in text[text.index(begin):]:
+        start = text.index(begin)
+        return text[:start] + block + text[text.index(end, start) + len(end):]
+    return text.rstrip() + "\n\n" + block + "\n"
+
+
+def machine_info() -> dict:
+    """What a benchmark figure depends on: CPU model, cores, the SIMD flags the INT8 kernels use, load."""
+    cpu, flags = platform.processor() or platform.machine(), []
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+        cpu = next((l.split(":", 1)[1].strip() for l in info.splitlines() if l.startswith("model name")), cpu)
+        present = set(next((l.split(":", 1)[1].split() for l in info.splitlines() if l.startswith("flags")), []))
+        flags = [f for f in ("avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "avx512_bf16",
+                             "amx_int8", "amx_bf16") if f in present]
+    except OSError:
+        pass
+    load = os.getloadavg() if hasattr(os, "getloadavg") else (None, None, None)
+    return {"machine": platform.machine(), "cpu": cpu, "cpus": os.cpu_count(), "simd": flags,
+            "python": platform.python_version(), "load_average": [round(x, 2) for x in load if x is not None]}
+
+
+def machine_line(machine: dict) -> str:
+    """One sentence for a doc: `2 x AMD EPYC (x86_64; avx2, avx512_vnni), load average 0.3/0.9/1.8`."""
+    load = "/".join(f"{x:.1f}" for x in machine.get("load_average", []))
+    return (f"{machine['cpus']} x {machine['cpu']} ({machine['machine']}; {', '.join(machine['simd']) or 'no AVX'}), "
+            f"Python {machine['python']}, 1/5/15-minute load average {load}")
 
 
 def python_info() -> str:

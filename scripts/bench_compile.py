@@ -2,27 +2,80 @@
 """Wall time and peak memory of each `compile` stage, and how they grow.
 
 Each run is a fresh `edgeeff compile` process with the cache off, so every stage does its real
-work. Two sweeps: calibration images (--calib-counts, Lite0) and model size (Lite0, the B0 test
-model, B3 with random weights). Writes JSON and a plot, prints a table.
+work (the FP32 reference included). Two sweeps per target:
 
-    python scripts/bench_compile.py --calib CALIB --val VAL [--targets onnx] [--b0-weights FILE]
+  calibration images  Lite0 with --calib-counts images (default 100, 300, 1000)
+  model size          Lite0, the B0 swish+SE test model (--b0-weights), B3 with random weights,
+                      each with 300 calibration images
+
+A count larger than the --calib folder holds is reached by linking every image of the folder
+again (in a temporary folder, never in the repo) until there are enough: the images' sizes, and
+so the decoding cost, stay those of real calibration photos, and the validation images are never
+calibrated on. Such rows say how many distinct images they had.
+
+Writes JSON (docs/results/bench_compile.json), a plot (bench_compile.png, needs the `plot` extra),
+prints a table, and regenerates its section of docs/benchmarks.md.
+
+    python scripts/bench_compile.py --calib CALIB --val VAL [--targets onnx intel rpi] [--b0-weights FILE]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
-import platform
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from edgeeff.report import format_table  # noqa: E402
+from edgeeff.data import find_images  # noqa: E402
+from edgeeff.report import format_table, machine_info, machine_line, markdown_table, replace_section  # noqa: E402
+
+# Stages grouped for the table and the plot (the JSON keeps every stage as compile reported it).
+GROUPS = ("load", "export", "quantize", "reference", "evaluate", "latency", "other")
+T0 = time.perf_counter()
+
+
+def log(message: str) -> None:
+    elapsed = int(time.perf_counter() - T0)
+    print(f"[{elapsed // 60:2d}:{elapsed % 60:02d}] {message}", file=sys.stderr, flush=True)
+
+
+def stage_group(stage: str) -> str:
+    if stage.startswith("load"):
+        return "load"
+    if stage == "export_onnx":
+        return "export"
+    if stage == "quantize":
+        return "quantize"
+    if stage == "evaluate_reference":
+        return "reference"
+    if stage.startswith("evaluate"):
+        return "evaluate"
+    if stage.startswith("latency"):
+        return "latency"
+    return "other"
+
+
+def calibration_folder(calib: Path, count: int, scratch: Path) -> tuple[Path, int]:
+    """(folder holding at least `count` images, distinct images in it)."""
+    images = find_images(calib)
+    if count <= len(images):
+        return calib, count
+    folder = scratch / f"calib-{count}"
+    if not folder.is_dir():
+        for copy in range(math.ceil(count / len(images))):
+            for image in images:
+                link = folder / f"copy{copy}" / image.relative_to(calib)
+                link.parent.mkdir(parents=True, exist_ok=True)
+                link.symlink_to(image.resolve())
+    return folder, len(images)
 
 
 def run_compile(variant: str, target: str, calib: Path, val: Path, count: int, extra: list[str]) -> dict:
@@ -31,13 +84,32 @@ def run_compile(variant: str, target: str, calib: Path, val: Path, count: int, e
         cmd = [sys.executable, "-m", "edgeeff", "compile", "--variant", variant, "--target", target,
                "--calib", str(calib), "--calib-count", str(count), "--val", str(val), "--out", tmp,
                "--quiet", "--latency-runs", "20", *extra]
-        subprocess.run(cmd, check=True, env=env, cwd=REPO, stdout=subprocess.DEVNULL)
+        start = time.perf_counter()
+        proc = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.DEVNULL)
+        _, status, usage = os.wait4(proc.pid, 0)  # this child's own rusage: its peak RSS, not a running max
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        wall = time.perf_counter() - start
+        if proc.returncode:
+            raise subprocess.CalledProcessError(proc.returncode, cmd)
         folder = next(Path(tmp).glob(f"{variant}*-{target}"))
         report = json.loads((folder / "report.json").read_text())
     timings, peaks = report["timings_s"], report["peak_rss_mb"]
+    groups = {g: 0.0 for g in GROUPS}
+    for stage, seconds in timings.items():
+        groups[stage_group(stage)] += seconds
+    # Peak RSS is a running maximum: the stage that raised it most is where memory goes.
+    previous, peak_stage, rise = 0.0, None, -1.0
+    for stage, mb in peaks.items():
+        if mb - previous > rise:
+            peak_stage, rise = stage, mb - previous
+        previous = max(previous, mb)
     return {"variant": variant, "target": target, "calib_images": report["calibration"]["images"],
-            "calib_requested": count, "weights": report["model"]["weights"]["source"],
-            "total_s": round(sum(timings.values()), 1), "peak_rss_mb": max(peaks.values()),
+            "calib_requested": count,
+            "weights": report["model"]["weights"]["source"] or "random",
+            "resolution": report["preprocess"]["resolution"], "parameters": report["model"]["parameters"],
+            "stages_total_s": round(sum(timings.values()), 1), "process_s": round(wall, 1),
+            "peak_rss_mb": round(usage.ru_maxrss / 1024, 1), "largest_rise_stage": peak_stage,
+            "groups_s": {g: round(v, 2) for g, v in groups.items()},
             "stages_s": timings, "stage_peak_rss_mb": peaks}
 
 
@@ -47,24 +119,42 @@ def plot(rows: list[dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
-    for ax, sweep, key in ((axes[0], "calibration", "calib_images"), (axes[1], "model", "variant")):
+    fig, axes = plt.subplots(1, 2, figsize=(13, 4.8))
+    colours = dict(zip(GROUPS, plt.get_cmap("tab10").colors))
+    for ax, sweep in zip(axes, ("calibration", "model")):
         subset = [r for r in rows if r["sweep"] == sweep]
-        labels = [str(r[key]) + ("" if sweep == "calibration" else f"\n({r['target']})") for r in subset]
-        stages = sorted({s for r in subset for s in r["stages_s"]}, key=lambda s: -max(r["stages_s"].get(s, 0) for r in subset))
+        labels = [f"{r['target']}\n{r['calib_images']} img" if sweep == "calibration" else f"{r['target']}\n{r['variant']}"
+                  for r in subset]
+        x = list(range(len(subset)))
         bottom = [0.0] * len(subset)
-        for stage in stages:
-            values = [r["stages_s"].get(stage, 0.0) for r in subset]
-            ax.bar(labels, values, bottom=bottom, label=stage)
-            bottom = [b + v for b, v in zip(bottom, values)]
-        ax.set_ylabel("seconds")
-        ax.set_title(f"compile wall time by stage ({sweep} sweep)")
+        for group in GROUPS:
+            values = [r["groups_s"][group] for r in subset]
+            if any(values):
+                ax.bar(x, values, bottom=bottom, label=group, color=colours[group])
+                bottom = [b + v for b, v in zip(bottom, values)]
+        ax.set_xticks(x, labels, fontsize=8)
+        ax.set_ylabel("seconds (stage wall time)")
+        ax.set_title("compile stages vs calibration images (Lite0)" if sweep == "calibration"
+                     else "compile stages vs model (300 calibration images)", fontsize=10)
         twin = ax.twinx()
-        twin.plot(labels, [r["peak_rss_mb"] for r in subset], "k--o", label="peak RSS")
-        twin.set_ylabel("peak RSS (MB)")
-    axes[1].legend(fontsize=7, loc="upper left")
+        twin.plot(x, [r["peak_rss_mb"] for r in subset], "k--o", label="peak RSS")
+        twin.set_ylabel("process peak RSS (MB)")
+        twin.set_ylim(bottom=0)
+    axes[0].legend(fontsize=7, loc="upper left")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
+
+
+def table(rows: list[dict]) -> list[list[str]]:
+    out = [["sweep", "target", "model", "calib images", *[f"{g} s" for g in GROUPS[:-1]], "total s", "process s",
+            "peak RSS MB", "largest RSS rise"]]
+    for r in rows:
+        calib = f"{r['calib_images']}" + (f" ({r['distinct_calib_images']} distinct)"
+                                           if r["distinct_calib_images"] < r["calib_images"] else "")
+        out.append([r["sweep"], r["target"], r["model"], calib, *[f"{r['groups_s'][g]:.1f}" for g in GROUPS[:-1]],
+                    f"{r['stages_total_s']:.1f}", f"{r['process_s']:.1f}", f"{r['peak_rss_mb']:.0f}",
+                    r["largest_rise_stage"]])
+    return out
 
 
 def main() -> int:
@@ -73,35 +163,80 @@ def main() -> int:
     parser.add_argument("--val", type=Path, required=True)
     parser.add_argument("--targets", nargs="+", default=["onnx"])
     parser.add_argument("--calib-counts", type=int, nargs="+", default=[100, 300, 1000])
-    parser.add_argument("--b0-weights", type=Path, default=REPO.parent / "shared/data/weights/efficientnet-b0-swish-se-test.pth")
+    parser.add_argument("--b0-weights", type=Path,
+                        default=REPO.parent / "shared/data/weights/efficientnet-b0-swish-se-test.pth")
     parser.add_argument("--out", type=Path, default=REPO / "docs" / "results")
+    parser.add_argument("--no-doc", action="store_true", help="do not rewrite its section of docs/benchmarks.md")
     args = parser.parse_args()
+    machine_start = machine_info()
+    available = len(find_images(args.calib))
+    models = [("lite0", "lite0", []), ("b3", "b3 (random weights)", ["--random-weights"])]
+    if args.b0_weights.is_file():
+        models.insert(1, ("b0", f"b0 ({args.b0_weights.name})", ["--weights", str(args.b0_weights)]))
+    else:
+        log(f"no B0 test weights at {args.b0_weights}: the model sweep skips B0 (pass --b0-weights)")
 
     rows = []
-    for target in args.targets:
-        for count in args.calib_counts:
-            print(f"== lite0 -> {target}, {count} calibration images", file=sys.stderr)
-            rows.append({"sweep": "calibration", **run_compile("lite0", target, args.calib, args.val, count, [])})
-        models = [("lite0", []), ("b3", ["--random-weights"])]
-        if args.b0_weights.is_file():
-            models.insert(1, ("b0", ["--weights", str(args.b0_weights)]))
-        for variant, extra in models:
-            print(f"== {variant} -> {target}", file=sys.stderr)
-            rows.append({"sweep": "model", **run_compile(variant, target, args.calib, args.val, 300, extra)})
-
-    table = [["sweep", "variant", "target", "calib imgs", "total s", "peak MB", "slowest stages"]]
-    for r in rows:
-        slow = sorted(r["stages_s"].items(), key=lambda kv: -kv[1])[:3]
-        table.append([r["sweep"], r["variant"], r["target"], str(r["calib_images"]), f"{r['total_s']:.1f}",
-                      f"{r['peak_rss_mb']:.0f}", ", ".join(f"{k} {v:.1f}" for k, v in slow)])
-    print(format_table(table))
     args.out.mkdir(parents=True, exist_ok=True)
-    machine = {"host": platform.machine(), "cpus": os.cpu_count(), "python": platform.python_version(),
-               "load_average_at_end": os.getloadavg()}
-    (args.out / "bench_compile.json").write_text(json.dumps({"machine": machine, "rows": rows}, indent=2) + "\n")
+    partial = args.out / "bench_compile.partial.json"  # rows so far: a failure late in a long sweep keeps them
+
+    def keep(row: dict) -> None:
+        rows.append(row)
+        partial.write_text(json.dumps(rows, indent=2) + "\n")
+        if row["sweep"] == "calibration" or row["variant"] != "lite0":
+            log(f"  {row['process_s']:.0f} s, peak {row['peak_rss_mb']:.0f} MB")
+
+    with tempfile.TemporaryDirectory(prefix="edgeeff-bench-calib-") as scratch:
+        for target in args.targets:
+            for count in args.calib_counts:
+                folder, distinct = calibration_folder(args.calib, count, Path(scratch))
+                log(f"lite0 -> {target}, {count} calibration images ({distinct} distinct)")
+                row = run_compile("lite0", target, folder, args.val, count, [])
+                keep({"sweep": "calibration", "model": "lite0", "distinct_calib_images": distinct, **row})
+            for variant, label, extra in models:
+                same = next((r for r in rows if r["sweep"] == "calibration" and r["target"] == target
+                             and r["variant"] == variant and r["calib_requested"] == 300 and not extra), None)
+                if same:  # Lite0 with 300 images was just measured in the calibration sweep
+                    keep({**same, "sweep": "model"})
+                    continue
+                log(f"{label} -> {target}, 300 calibration images")
+                row = run_compile(variant, target, args.calib, args.val, 300, extra)
+                keep({"sweep": "model", "model": label, "distinct_calib_images": min(300, available), **row})
+
+    print(format_table(table(rows)))
+    partial.unlink(missing_ok=True)
+    machine = {**machine_info(), "load_average_at_start": machine_start["load_average"]}
+    run = {"calib": str(args.calib), "calib_folder_images": available, "val": str(args.val),
+           "targets": args.targets, "wall_seconds": round(time.perf_counter() - T0, 1), "machine": machine}
+    (args.out / "bench_compile.json").write_text(json.dumps({**run, "rows": rows}, indent=2) + "\n")
     plot(rows, args.out / "bench_compile.png")
-    print(f"\nwrote {args.out / 'bench_compile.json'} and bench_compile.png")
+    if not args.no_doc:
+        doc = REPO / "docs" / "benchmarks.md"
+        doc.write_text(replace_section(doc.read_text(), "bench-compile", markdown_section(rows, run, args.out)))
+    log(f"wrote {args.out / 'bench_compile.json'}, bench_compile.png"
+        + ("" if args.no_doc else " and docs/benchmarks.md") + f"; total {run['wall_seconds'] / 60:.1f} min")
     return 0
+
+
+def markdown_section(rows: list[dict], run: dict, out: Path) -> str:
+    m = run["machine"]
+    start = "/".join(f"{x:.1f}" for x in m["load_average_at_start"])
+    topped_up = sorted({r["calib_images"] for r in rows if r["distinct_calib_images"] < r["calib_images"]})
+    lines = [f"Targets {', '.join(run['targets'])}; {len(rows)} rows, the whole sweep took "
+             f"{run['wall_seconds'] / 60:.1f} min. Machine: {machine_line(m)} at the end ({start} at the start).", ""]
+    if topped_up:
+        lines += [f"The calibration folder holds {run['calib_folder_images']} images: the "
+                  f"{', '.join(map(str, topped_up))}-image rows link each of them again until there are "
+                  "enough (same photo sizes, so the same decoding cost per image; no validation image is "
+                  "calibrated on).", ""]
+    lines += ["Seconds per stage group as `compile` reports them (load: weights and images; reference: the "
+              "PyTorch FP32 pass over the validation images; evaluate: the FP32 and INT8 artifacts in their "
+              "runtime; latency: 20 timed runs each). Total = the stages; process = the whole command, "
+              "Python start-up and report writing included. Peak RSS is the process's; the last column is "
+              "the stage that raised it most.", "",
+              *markdown_table(table(rows)), "",
+              f"![compile stages]({os.path.relpath(out / 'bench_compile.png', REPO / 'docs')})"]
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

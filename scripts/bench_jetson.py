@@ -30,7 +30,7 @@ from edgeeff.preprocess import spec_for_variant  # noqa: E402
 from edgeeff.profiles import get_recipe  # noqa: E402
 from edgeeff.qdq import (PLACEMENTS, build_qdq, plan_placement, prepare_for_tensorrt,  # noqa: E402
                          tensorrt_rule_violations)
-from edgeeff.report import format_table  # noqa: E402
+from edgeeff.report import format_table, report_row  # noqa: E402
 from edgeeff.weights import load_model  # noqa: E402
 
 
@@ -73,12 +73,11 @@ def main() -> int:
                 onnx.save(qdq, str(path))
                 violations = tensorrt_rule_violations(qdq)
                 s = score(predict_all(OrtRunner(path, 2, spec), val.crops, quiet=True), val.labels, ref.top1_classes)
-                row = {"variant": args.variant, "placement": placement, "method": method,
-                       "percentile": recipe.get("percentile") if method == "percentile" else None,
-                       "reference_top1": round(ref.top1, 2), "top1": round(s.top1, 2), "top5": round(s.top5, 2),
-                       "top1_drop": round(ref.top1 - s.top1, 2), "top1_agreement": round(s.top1_agreement, 2),
-                       "qdq_pairs": plan.counts(), "size_bytes": path.stat().st_size,
-                       "tensorrt_rules": "pass" if not violations else f"{len(violations)} violations"}
+                row = report_row(s, ref.top1, variant=args.variant, placement=placement, method=method,
+                                 percentile=recipe.get("percentile") if method == "percentile" else None,
+                                 reference_top1=round(ref.top1, 2))
+                row.update({"qdq_pairs": plan.counts(), "size_bytes": path.stat().st_size,
+                            "tensorrt_rules": "pass" if not violations else f"{len(violations)} violations"})
                 print(json.dumps(row), file=sys.stderr, flush=True)
                 rows.append(row)
     table = [["placement", "method", "top-1", "drop", "agree%", "Q/DQ pairs", "MB", "rules"]]
