@@ -61,3 +61,25 @@ def test_symmetric_ranges_for_zero_point_zero_targets(tmp_path):
     stats = collect_stats(_tiny_model(tmp_path / "m.onnx"), x, histograms=False)
     for low, high in tensor_ranges(stats, {"method": "minmax"}, symmetric=True).values():
         assert low == -high
+
+
+def test_histogram_sample_sees_every_column_of_a_7_wide_map(tmp_path):
+    """A flat stride of 7 over (N, C, 7, 7) maps sampled only column 0: a map whose large values
+    sit off the left edge must still reach its true percentile."""
+    from edgeeff.calibration import histogram_stride
+
+    for shape in [(10, 1152, 7, 7), (10, 1280, 7, 7), (10, 96, 56, 56), (10, 32, 112, 112), (10, 1280)]:
+        per_sample = int(np.prod(shape[1:]))
+        assert np.gcd(histogram_stride(shape), per_sample) == 1 and histogram_stride(shape) >= 7
+    graph = helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["y"])], "map",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4, 7, 7])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4, 7, 7])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 9
+    onnx.save(model, str(tmp_path / "map.onnx"))
+    x = np.zeros((40, 4, 7, 7), np.float32)
+    x[:, :, :, 1:] = np.random.default_rng(0).uniform(0.5, 1.0, (40, 4, 7, 6))  # column 0 stays 0
+    stats = collect_stats(tmp_path / "map.onnx", x, batch=10, histograms=True)
+    low, high = tensor_ranges(stats, {"method": "percentile", "percentile": 99.0})["y"]
+    assert high > 0.9  # column 0 alone would give 0
