@@ -203,9 +203,49 @@ def mse_range(hist, lo, hi, bits: int = 8, symmetric: bool = False, steps: int =
     return float(low), float(high)
 
 
-def tensor_ranges(stats: ActivationStats, recipe: dict, symmetric: bool = False) -> dict[str, tuple[float, float]]:
-    """Per-tensor (low, high) for a recipe. `symmetric`: the target uses zero point 0 (TensorRT)."""
+def activation_floors(model: onnx.ModelProto) -> dict[str, float]:
+    """Tensors read only by a hard-swish, with the value below which it outputs exactly 0.
+
+    hardswish(x) = x * hardsigmoid(x) is 0 for every x <= -3 (-beta/alpha of its HardSigmoid),
+    so its input's quantization range needs nothing below -3: clipping there is exact. A
+    calibration range that follows the raw tensor (as for swish, whose negative tail matters)
+    spends most of the 8-bit grid on values the activation maps to 0: on the hard-swish B0
+    variant the low end reached -30 to -250, and flooring it at -3 took the INT8 model's top-1
+    agreement with FP32 from 87.4% to 93.1% (docs/variants.md). Recognises the HardSwish op and
+    its decomposed form (HardSigmoid + Mul on the same input, what ONNX Runtime's pre-processing
+    inlines it to).
+    """
+    consumers: dict[str, list] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    graph_outputs = {o.name for o in model.graph.output}
+    floors = {}
+    for name, nodes in consumers.items():
+        if name in graph_outputs:
+            continue
+        if all(n.op_type == "HardSwish" for n in nodes):
+            floors[name] = -3.0
+            continue
+        sigmoids = [n for n in nodes if n.op_type == "HardSigmoid"]
+        if len(sigmoids) != 1:
+            continue
+        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in sigmoids[0].attribute}
+        alpha, beta = float(attrs.get("alpha", 0.2)), float(attrs.get("beta", 0.5))
+        gate = sigmoids[0].output[0]
+        rest = [n for n in nodes if n is not sigmoids[0]]
+        if alpha > 0 and rest and all(n.op_type == "Mul" and set(n.input) == {name, gate} for n in rest) \
+                and all(c.op_type == "Mul" and set(c.input) == {name, gate} for c in consumers.get(gate, [])):
+            floors[name] = -beta / alpha
+    return floors
+
+
+def tensor_ranges(stats: ActivationStats, recipe: dict, symmetric: bool = False,
+                  floors: dict[str, float] | None = None) -> dict[str, tuple[float, float]]:
+    """Per-tensor (low, high) for a recipe. `symmetric`: the target uses zero point 0 (TensorRT).
+    `floors`: per tensor, a value below which nothing needs representing (activation_floors)."""
     method = recipe["method"]
+    floors = floors or {}
     ranges = {}
     for t, name in enumerate(stats.names):
         lo, hi = float(stats.minimum[t]), float(stats.maximum[t])
@@ -218,6 +258,8 @@ def tensor_ranges(stats: ActivationStats, recipe: dict, symmetric: bool = False)
             low, high = mse_range(hist, lo, hi, symmetric=symmetric)
         else:
             raise ValueError(f"calibration method {method!r} is not edgeeff's own ({', '.join(OWN_METHODS)})")
+        if name in floors and low < floors[name] < high:
+            low = floors[name]
         if symmetric:
             bound = max(abs(low), abs(high))
             low, high = -bound, bound

@@ -132,7 +132,9 @@ def quantize(fp32_path: Path, out_path: Path, calib_inputs: np.ndarray, recipe: 
     from onnxruntime.quantization.calibrate import TensorsData, save_tensors_data
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    from ..calibration import HISTOGRAM_METHODS, OWN_METHODS, cached_stats, tensor_ranges
+    import onnx
+
+    from ..calibration import HISTOGRAM_METHODS, OWN_METHODS, activation_floors, cached_stats, tensor_ranges
 
     method = recipe["method"]
     symmetric_activations = bool(quant.get("activation_symmetric", False))
@@ -159,8 +161,12 @@ def quantize(fp32_path: Path, out_path: Path, calib_inputs: np.ndarray, recipe: 
         if method in OWN_METHODS:
             stats, hit = cached_stats(prepared, calib_inputs, int(recipe.get("batch", 10)), quiet=quiet,
                                       histograms=method in HISTOGRAM_METHODS)
+            floors = activation_floors(onnx.load(str(prepared), load_external_data=False))  # hard-swish inputs
             ranges = {name: (np.float32(low), np.float32(high))  # ORT wants float32 scalars
-                      for name, (low, high) in tensor_ranges(stats, recipe, symmetric=symmetric_activations).items()}
+                      for name, (low, high) in tensor_ranges(stats, recipe, symmetric=symmetric_activations,
+                                                             floors=floors).items()}
+            if floors:
+                details["range_floors"] = {"tensors": len(floors), "why": "hard-swish inputs: exact below -3"}
             cache_file = Path(tmp) / "ranges.json"
             save_tensors_data(TensorsData(CalibrationMethod.MinMax, ranges), cache_file)
             calibrate_method = "MinMax"
