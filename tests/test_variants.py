@@ -254,3 +254,43 @@ def test_compile_with_surgery_and_recovery_end_to_end(tmp_path):
     assert "Variant chain" in (folder / "report.html").read_text()
     reloaded, _ = load_model("b0", weights=folder / "recovered.pth", act="hswish", se=False)
     assert reloaded.describe()["act"] == "hswish" and not reloaded.se_enabled
+
+
+class _ConvHswish(nn.Module):
+    """conv -> hard-swish -> conv: the smallest graph with a hard-swish input to quantize."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.c1, self.act, self.c2 = nn.Conv2d(3, 8, 3, padding=1), nn.Hardswish(), nn.Conv2d(8, 4, 1)
+
+    def forward(self, x):
+        return self.c2(self.act(self.c1(x))).mean((2, 3))
+
+
+def test_tflite_hard_swish_input_range_is_floored_at_minus_3(tmp_path, monkeypatch):
+    """The INT8 .tflite spends no grid on values below -3 before a HARD_SWISH (it maps them all to 0)."""
+    pytest.importorskip("ai_edge_litert", reason="the tflite extra is not installed")
+    pytest.importorskip("litert_torch", reason="the tflite extra is not installed")
+    from ai_edge_litert import schema_py_generated as schema
+
+    from edgeeff.backends import litert
+
+    float_path = litert.convert_float(_ConvHswish().eval(), 16, tmp_path / "f.tflite")
+    assert len(litert.hard_swish_inputs(float_path)) == 1
+    calib = np.random.default_rng(0).normal(0, 8, (6, 16, 16, 3)).astype(np.float32)  # conv out reaches << -3
+
+    def hswish_input_low(path):
+        model = schema.ModelT.InitFromPackedBuf(path.read_bytes(), 0)
+        graph = model.subgraphs[0]
+        op = next(o for o in graph.operators if litert._builtin(model.operatorCodes[o.opcodeIndex])
+                  == schema.BuiltinOperator.HARD_SWISH)
+        q = graph.tensors[op.inputs[0]].quantization
+        return (-128 - q.zeroPoint[0]) * q.scale[0]
+
+    recipe = {"method": "minmax", "name": "minmax"}
+    litert.quantize_int8(float_path, tmp_path / "floored.tflite", calib, recipe, quiet=True)
+    monkeypatch.setattr(litert, "floor_hard_swish_inputs", lambda ranges, _path: ranges)
+    litert.quantize_int8(float_path, tmp_path / "raw.tflite", calib, recipe, quiet=True)
+    assert hswish_input_low(tmp_path / "raw.tflite") < -10
+    assert -3.1 < hswish_input_low(tmp_path / "floored.tflite") <= -2.9

@@ -161,6 +161,38 @@ def reduce_ranges(qsvs: dict, percentile: float) -> dict:
     return ranges
 
 
+HARD_SWISH_FLOOR = -3.0  # hardswish(x) == 0 for every x <= -3
+
+
+def hard_swish_inputs(float_path: Path) -> set[str]:
+    """Names of the tensors read only by HARD_SWISH ops."""
+    schema = _schema()
+    model = schema.ModelT.InitFromPackedBuf(Path(float_path).read_bytes(), 0)
+    readers: dict[int, set[int]] = collections.defaultdict(set)
+    for graph in model.subgraphs:
+        for op in graph.operators:
+            code = _builtin(model.operatorCodes[op.opcodeIndex])
+            for index in op.inputs if op.inputs is not None else []:
+                readers[index].add(code)
+        graph_outputs = set(graph.outputs if graph.outputs is not None else [])
+        return {graph.tensors[i].name.decode() for i, codes in readers.items()
+                if codes == {schema.BuiltinOperator.HARD_SWISH} and i not in graph_outputs}
+    return set()
+
+
+def floor_hard_swish_inputs(ranges: dict, float_path: Path) -> dict:
+    """Raise the low end of every hard-swish input's range to -3, below which it outputs exactly 0.
+
+    A range that follows the raw tensor spends most of the 8-bit grid on values hard-swish maps
+    to 0 (-300 to -30 on the hard-swish B0 variant): see calibration.activation_floors, its ONNX
+    twin, and docs/variants.md for the measurement.
+    """
+    for name in hard_swish_inputs(float_path) & set(ranges):
+        low = np.asarray(ranges[name]["min"])
+        ranges[name] = {**ranges[name], "min": np.maximum(low, HARD_SWISH_FLOOR).astype(low.dtype)}
+    return ranges
+
+
 def quantize_int8(float_path: Path, out_path: Path, calib_inputs: np.ndarray, recipe: dict,
                   threads: int = 2, quiet: bool = False, batch: int = 25) -> dict:
     """Static full-integer INT8 with ai-edge-quantizer. `calib_inputs`: float NHWC, preprocessed.
@@ -196,7 +228,8 @@ def quantize_int8(float_path: Path, out_path: Path, calib_inputs: np.ndarray, re
     with _captured_output(), warnings.catch_warnings():
         # "invalid value encountered in cast": the int32 bias overflow repaired just below
         warnings.simplefilter("ignore", RuntimeWarning)
-        result = quantizer.quantize(reduce_ranges(cal.get_model_qsvs(), percentile), enable_progress_report=False)
+        ranges = floor_hard_swish_inputs(reduce_ranges(cal.get_model_qsvs(), percentile), float_path)
+        result = quantizer.quantize(ranges, enable_progress_report=False)
         result.export_model(str(out_path), overwrite=True)
     repaired = repair_bias_overflow(out_path, float_path)
     from importlib import metadata
