@@ -43,6 +43,10 @@ class RecoverySettings:
     augment: str = "rrc-flip"         # "rrc-flip", "flip" or "none"
     min_area: float = 0.35
     freeze_bn: bool = True
+    align: bool = True                # match the teacher's per-channel BN statistics before training
+    align_images: int = 64
+    feature_weight: float = 0.0       # weight of the block-output (feature) loss beside the KD loss
+    train: str = "all"                # "all" parameters, or "bn": BatchNorm affine + biases only
     seed: int = 0
 
     def to_dict(self) -> dict:
@@ -109,6 +113,85 @@ def _lr_at(step: int, total: int, base: float) -> float:
     return base * 0.5 * (1 + math.cos(math.pi * min(1.0, (step - WARMUP_STEPS) / span)))
 
 
+@torch.no_grad()
+def align_statistics(student: torch.nn.Module, teacher: torch.nn.Module, inputs: torch.Tensor) -> int:
+    """Give every BatchNorm output of the student the teacher's per-channel mean and std.
+
+    Surgery shifts each layer's input distribution (hard-swish is not swish; a folded mean gate
+    is not the gate), and the shift compounds with depth. One forward pass of the teacher
+    records, per BatchNorm, the mean and std of its output over `inputs`; one forward pass of
+    the student then corrects each BatchNorm in order (gamma, beta rescaled so its output has
+    the teacher's statistics), every layer seeing the already-corrected layers before it. Only
+    the BN affine parameters change; the architecture is paired by module name. Returns the
+    number of BatchNorms aligned.
+    """
+    wanted: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+    hooks = []
+    for name, module in teacher.named_modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            hooks.append(module.register_forward_hook(
+                lambda _m, _i, out, name=name: wanted.__setitem__(name, (out.mean((0, 2, 3)), out.std((0, 2, 3))))))
+    was = teacher.training, student.training
+    teacher.eval()
+    student.eval()
+    try:
+        teacher(inputs)
+    finally:
+        for h in hooks:
+            h.remove()
+    hooks, aligned = [], []
+
+    def correct(module, _inputs, out, name):
+        if name not in wanted:
+            return None
+        mean_t, std_t = wanted[name]
+        mean_s, std_s = out.mean((0, 2, 3)), out.std((0, 2, 3))
+        gain = std_t / std_s.clamp_min(1e-6)
+        module.weight.mul_(gain)
+        module.bias.copy_(gain * (module.bias - mean_s) + mean_t)
+        aligned.append(name)
+        return (out - mean_s.view(1, -1, 1, 1)) * gain.view(1, -1, 1, 1) + mean_t.view(1, -1, 1, 1)
+
+    for name, module in student.named_modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            hooks.append(module.register_forward_hook(lambda m, i, o, name=name: correct(m, i, o, name)))
+    try:
+        student(inputs)
+    finally:
+        for h in hooks:
+            h.remove()
+        teacher.train(was[0])
+        student.train(was[1])
+    return len(aligned)
+
+
+def _block_outputs(model, store: list) -> list:
+    """Forward hooks appending each MBConv block's output to `store` (cleared by the caller)."""
+    return [block.register_forward_hook(lambda _m, _i, out: store.append(out)) for block in model.blocks]
+
+
+def feature_loss(student_feats: list, teacher_feats: list) -> torch.Tensor:
+    """Mean over blocks of the squared error, each normalised by the teacher's mean square."""
+    terms = [F.mse_loss(s, t) / t.pow(2).mean().clamp_min(1e-8) for s, t in zip(student_feats, teacher_feats)]
+    return torch.stack(terms).mean()
+
+
+def trainable_parameters(model: torch.nn.Module, which: str) -> list:
+    """"all", or "bn": BatchNorm weight/bias and every bias (the rest frozen)."""
+    if which == "all":
+        return [p for p in model.parameters() if p.requires_grad]
+    if which != "bn":
+        raise ValueError(f"unknown recovery parameter set {which!r}; choose all or bn")
+    chosen = []
+    for module in model.modules():
+        for name, p in module.named_parameters(recurse=False):
+            keep = isinstance(module, torch.nn.BatchNorm2d) or name == "bias"
+            p.requires_grad_(keep)
+            if keep:
+                chosen.append(p)
+    return chosen
+
+
 def distill(student: torch.nn.Module, teacher: torch.nn.Module, crops: np.ndarray, spec: PreprocessSpec,
             settings: RecoverySettings, quiet: bool = False) -> RecoveryResult:
     """Fine-tune `student` in place towards `teacher` on uint8 crops (N, H, W, 3)."""
@@ -125,7 +208,19 @@ def distill(student: torch.nn.Module, teacher: torch.nn.Module, crops: np.ndarra
     student.train(not settings.freeze_bn)
     if not settings.freeze_bn:
         student.dropout.eval()  # only BN statistics move; dropout stays off
-    params = [p for p in student.parameters() if p.requires_grad]
+    if settings.align:
+        count = min(len(crops), settings.align_images)
+        pick = torch.randperm(len(crops), generator=gen)[:count].sort().values.numpy()
+        align_statistics(student, teacher, torch.from_numpy(spec.to_model_input(crops[pick])))
+        student.train(not settings.freeze_bn)
+        if not settings.freeze_bn:
+            student.dropout.eval()
+    params = trainable_parameters(student, settings.train)
+    t_feats: list = []
+    s_feats: list = []
+    hooks = []
+    if settings.feature_weight > 0:
+        hooks = _block_outputs(teacher, t_feats) + _block_outputs(student, s_feats)
     optimizer = torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay)
 
     budget_s = settings.minutes * 60 if settings.minutes else math.inf
@@ -152,11 +247,15 @@ def distill(student: torch.nn.Module, teacher: torch.nn.Module, crops: np.ndarra
             cursor += settings.batch
             x = torch.from_numpy(spec.to_model_input(crops[np.sort(idx)]))
             x = augment_batch(x, settings.augment, gen, settings.min_area)
+            t_feats.clear()
+            s_feats.clear()
             with torch.no_grad():
                 target = teacher(x)
             for group in optimizer.param_groups:
                 group["lr"] = _lr_at(step, total_for_schedule, settings.lr)
             loss = kd_loss(student(x), target, settings.temperature)
+            if settings.feature_weight > 0:
+                loss = loss + settings.feature_weight * feature_loss(s_feats, t_feats)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -181,6 +280,10 @@ def distill(student: torch.nn.Module, teacher: torch.nn.Module, crops: np.ndarra
                     f"({time.perf_counter() - start:.0f} s)")
     finally:
         bar.close()
+        for h in hooks:
+            h.remove()
+        for p in student.parameters():
+            p.requires_grad_(True)
         student.eval()
     if stopped_by_time:
         say(f"recovery: time budget reached after {step} of {planned or '?'} steps")

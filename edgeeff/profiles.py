@@ -90,3 +90,14 @@ def get_recipe(name: str) -> dict:
             raise UserError(f"--calib-method {path}: not valid TOML ({err})") from None
     raise UserError(f"--calib-method {name}: unknown{nearest_names(name, recipes)}; "
                     f"known: {', '.join(recipes)} (or a path to a recipe .toml)")
+
+
+def recipe_for_model(target: TargetProfile, recipe: dict, model) -> dict:
+    """The target's default recipe refined for the model's activation (`calibration_by_activation`
+    in the target file, chosen by measurement). A recipe the user chose with --calib-method other
+    than the target's default is used as given."""
+    act = model.describe().get("act") if hasattr(model, "describe") else None
+    by_act = dict(target.raw.get("calibration_by_activation", {}))
+    if act in by_act and recipe["name"] == target.calibration:
+        return get_recipe(by_act[act])
+    return recipe

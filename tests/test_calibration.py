@@ -61,3 +61,61 @@ def test_symmetric_ranges_for_zero_point_zero_targets(tmp_path):
     stats = collect_stats(_tiny_model(tmp_path / "m.onnx"), x, histograms=False)
     for low, high in tensor_ranges(stats, {"method": "minmax"}, symmetric=True).values():
         assert low == -high
+
+
+def test_histogram_sample_sees_every_column_of_a_7_wide_map(tmp_path):
+    """A flat stride of 7 over (N, C, 7, 7) maps sampled only column 0: a map whose large values
+    sit off the left edge must still reach its true percentile."""
+    from edgeeff.calibration import histogram_stride
+
+    for shape in [(10, 1152, 7, 7), (10, 1280, 7, 7), (10, 96, 56, 56), (10, 32, 112, 112), (10, 1280)]:
+        per_sample = int(np.prod(shape[1:]))
+        assert np.gcd(histogram_stride(shape), per_sample) == 1 and histogram_stride(shape) >= 7
+    graph = helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["y"])], "map",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4, 7, 7])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4, 7, 7])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 9
+    onnx.save(model, str(tmp_path / "map.onnx"))
+    x = np.zeros((40, 4, 7, 7), np.float32)
+    x[:, :, :, 1:] = np.random.default_rng(0).uniform(0.5, 1.0, (40, 4, 7, 6))  # column 0 stays 0
+    stats = collect_stats(tmp_path / "map.onnx", x, batch=10, histograms=True)
+    low, high = tensor_ranges(stats, {"method": "percentile", "percentile": 99.0})["y"]
+    assert high > 0.9  # column 0 alone would give 0
+
+
+def _hswish_model(path, decomposed: bool, extra_consumer: bool = False):
+    """x -> [HardSwish | HardSigmoid + Mul] -> y (and, optionally, x also -> Relu -> r)."""
+    if decomposed:
+        nodes = [helper.make_node("HardSigmoid", ["x"], ["g"], alpha=1 / 6, beta=0.5),
+                 helper.make_node("Mul", ["x", "g"], ["y"])]
+    else:
+        nodes = [helper.make_node("HardSwish", ["x"], ["y"])]
+    outputs = [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])]
+    if extra_consumer:
+        nodes.append(helper.make_node("Relu", ["x"], ["r"]))
+        outputs.append(helper.make_tensor_value_info("r", TensorProto.FLOAT, ["N", 4]))
+    graph = helper.make_graph(nodes, "hs", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+                              outputs)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 9
+    onnx.save(model, str(path))
+    return model
+
+
+def test_hard_swish_inputs_are_floored_at_minus_3(tmp_path):
+    from edgeeff.calibration import activation_floors
+
+    for decomposed in (True, False):
+        model = _hswish_model(tmp_path / "hs.onnx", decomposed)
+        floors = activation_floors(model)
+        assert floors.keys() == {"x"} and np.isclose(floors["x"], -3.0)
+        x = np.random.default_rng(0).normal(0, 10, (200, 4)).astype(np.float32)  # reaches about -30
+        stats = collect_stats(tmp_path / "hs.onnx", x, batch=50, histograms=False)
+        plain = tensor_ranges(stats, {"method": "minmax"})
+        floored = tensor_ranges(stats, {"method": "minmax"}, floors=floors)
+        assert plain["x"][0] < -20 and np.isclose(floored["x"][0], -3.0)
+        assert floored["x"][1] == plain["x"][1] and floored["y"] == plain["y"]
+    # A tensor something else reads too keeps its full range: below -3 matters there.
+    assert activation_floors(_hswish_model(tmp_path / "hs2.onnx", True, extra_consumer=True)) == {}

@@ -254,3 +254,167 @@ def test_compile_with_surgery_and_recovery_end_to_end(tmp_path):
     assert "Variant chain" in (folder / "report.html").read_text()
     reloaded, _ = load_model("b0", weights=folder / "recovered.pth", act="hswish", se=False)
     assert reloaded.describe()["act"] == "hswish" and not reloaded.se_enabled
+
+
+class _ConvHswish(nn.Module):
+    """conv -> hard-swish -> conv: the smallest graph with a hard-swish input to quantize."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.c1, self.act, self.c2 = nn.Conv2d(3, 8, 3, padding=1), nn.Hardswish(), nn.Conv2d(8, 4, 1)
+
+    def forward(self, x):
+        return self.c2(self.act(self.c1(x))).mean((2, 3))
+
+
+def test_tflite_hard_swish_input_range_is_floored_at_minus_3(tmp_path, monkeypatch):
+    """The INT8 .tflite spends no grid on values below -3 before a HARD_SWISH (it maps them all to 0)."""
+    pytest.importorskip("ai_edge_litert", reason="the tflite extra is not installed")
+    pytest.importorskip("litert_torch", reason="the tflite extra is not installed")
+    from ai_edge_litert import schema_py_generated as schema
+
+    from edgeeff.backends import litert
+
+    float_path = litert.convert_float(_ConvHswish().eval(), 16, tmp_path / "f.tflite")
+    assert len(litert.hard_swish_inputs(float_path)) == 1
+    calib = np.random.default_rng(0).normal(0, 8, (6, 16, 16, 3)).astype(np.float32)  # conv out reaches << -3
+
+    def hswish_input_low(path):
+        model = schema.ModelT.InitFromPackedBuf(path.read_bytes(), 0)
+        graph = model.subgraphs[0]
+        op = next(o for o in graph.operators if litert._builtin(model.operatorCodes[o.opcodeIndex])
+                  == schema.BuiltinOperator.HARD_SWISH)
+        q = graph.tensors[op.inputs[0]].quantization
+        return (-128 - q.zeroPoint[0]) * q.scale[0]
+
+    recipe = {"method": "minmax", "name": "minmax"}
+    litert.quantize_int8(float_path, tmp_path / "floored.tflite", calib, recipe, quiet=True)
+    monkeypatch.setattr(litert, "floor_hard_swish_inputs", lambda ranges, _path: ranges)
+    litert.quantize_int8(float_path, tmp_path / "raw.tflite", calib, recipe, quiet=True)
+    assert hswish_input_low(tmp_path / "raw.tflite") < -10
+    assert -3.1 < hswish_input_low(tmp_path / "floored.tflite") <= -2.9
+
+
+def _bn_output_stats(model, x):
+    stats, hooks = {}, []
+    for name, m in model.named_modules():
+        if isinstance(m, nn.BatchNorm2d):
+            hooks.append(m.register_forward_hook(
+                lambda _m, _i, o, name=name: stats.__setitem__(name, (o.mean((0, 2, 3)), o.std((0, 2, 3))))))
+    with torch.no_grad():
+        model(x)
+    for h in hooks:
+        h.remove()
+    return stats
+
+
+def test_alignment_gives_every_batchnorm_the_teachers_statistics():
+    from edgeeff.distill import align_statistics
+
+    teacher = _model(seed=1)
+    student = copy.deepcopy(teacher)
+    make_variant(student, act="hswish", se="remove", crops=_crops(8), spec=_spec())
+    x = _input(_crops(8, seed=4))
+    want = _bn_output_stats(teacher, x)
+    before = _bn_output_stats(student, x)
+    assert max(float((before[k][0] - want[k][0]).abs().max()) for k in want) > 1e-2  # surgery moved them
+    assert align_statistics(student, teacher, x) == len(want)
+    after = _bn_output_stats(student, x)  # a fresh pass with the new parameters
+    for k in want:
+        torch.testing.assert_close(after[k][0], want[k][0], atol=2e-4, rtol=1e-3)
+        torch.testing.assert_close(after[k][1], want[k][1], atol=2e-4, rtol=1e-3)
+    conv_weights = [k for k in student.state_dict() if k.endswith("conv.weight")]
+    reference = copy.deepcopy(teacher)
+    make_variant(reference, act="hswish", se="remove", crops=_crops(8), spec=_spec())
+    for k in conv_weights:  # only BatchNorm affine parameters change
+        assert torch.equal(student.state_dict()[k], reference.state_dict()[k]), k
+
+
+def test_training_only_batchnorm_and_biases_leaves_the_rest():
+    teacher = _model(seed=1)
+    student = copy.deepcopy(teacher)
+    make_variant(student, act="hswish", se="remove", crops=_crops(8), spec=_spec())
+    start = copy.deepcopy(student.state_dict())
+    settings = RecoverySettings(steps=4, minutes=None, lr=1e-3, batch=4, train="bn", align=False)
+    distill(student, teacher, _crops(8, seed=2), _spec(), settings, quiet=True)
+    moved = {k for k, v in student.state_dict().items() if not torch.equal(v, start[k])}
+    assert moved and all(".bn." in k or k.endswith("bias") for k in moved), sorted(moved)[:5]
+    assert any(".bn.weight" in k for k in moved)
+    assert all(p.requires_grad for p in student.parameters())  # handed back trainable
+
+
+def test_feature_distillation_pulls_block_outputs_towards_the_teacher():
+    from edgeeff.distill import _block_outputs, feature_loss
+
+    teacher = _model(seed=1)
+    crops = _crops(8, seed=2)
+    x = _input(crops)
+
+    def block_error(student):
+        s, t = [], []
+        hooks = _block_outputs(student, s) + _block_outputs(teacher, t)
+        with torch.no_grad():
+            student(x)
+            teacher(x)
+        for h in hooks:
+            h.remove()
+        return float(feature_loss(s, t))
+
+    start = copy.deepcopy(teacher)
+    make_variant(start, act="hswish", se="remove", crops=_crops(8), spec=_spec())
+    errors = {}
+    for weight in (0.0, 1.0):
+        student = copy.deepcopy(start)
+        settings = RecoverySettings(steps=8, minutes=None, lr=1e-4, batch=4, feature_weight=weight,
+                                    align=False, augment="none")
+        distill(student, teacher, crops, _spec(), settings, quiet=True)
+        errors[weight] = block_error(student)
+    # Logits alone barely move the blocks of this random model; the feature term does.
+    assert errors[1.0] < 0.85 * block_error(start) and errors[1.0] < 0.85 * errors[0.0], errors
+
+
+def test_tflite_percentile_clips_a_rare_activation_outlier_but_not_the_logits(tmp_path):
+    """rpi's recipe for hard-swish models: edgeeff's histogram percentile on the .tflite's tensors."""
+    pytest.importorskip("ai_edge_litert", reason="the tflite extra is not installed")
+    pytest.importorskip("litert_torch", reason="the tflite extra is not installed")
+    from ai_edge_litert import schema_py_generated as schema
+
+    from edgeeff.backends import litert
+
+    float_path = litert.convert_float(_ConvHswish().eval(), 16, tmp_path / "f.tflite")
+    calib = np.random.default_rng(0).normal(0, 1, (12, 16, 16, 3)).astype(np.float32)
+    calib[3, 5, 5, :] = 60.0  # one pixel of one image: a rare outlier in every activation after it
+
+    def ranges(path):
+        model = schema.ModelT.InitFromPackedBuf(path.read_bytes(), 0)
+        graph = model.subgraphs[0]
+        op = next(o for o in graph.operators if litert._builtin(model.operatorCodes[o.opcodeIndex])
+                  == schema.BuiltinOperator.HARD_SWISH)
+
+        def high(i):
+            q = graph.tensors[i].quantization
+            return (127 - q.zeroPoint[0]) * q.scale[0]
+        return high(op.outputs[0]), high(graph.outputs[0])
+
+    litert.quantize_int8(float_path, tmp_path / "mm.tflite", calib, {"method": "minmax", "name": "minmax"}, quiet=True)
+    details = litert.quantize_int8(float_path, tmp_path / "p.tflite", calib,
+                                   {"method": "percentile", "name": "percentile", "percentile": 99.9}, quiet=True)
+    act_mm, logits_mm = ranges(tmp_path / "mm.tflite")
+    act_p, logits_p = ranges(tmp_path / "p.tflite")
+    assert act_p < 0.5 * act_mm  # the outlier no longer sets the hard-swish output's range
+    assert logits_p == pytest.approx(logits_mm, rel=1e-3)  # graph output: full range
+    assert details["calibration"] == "percentile" and details["percentile"] == 99.9
+
+
+def test_rpi_picks_the_histogram_percentile_for_hard_swish_models_only():
+    from edgeeff.profiles import get_recipe, get_target, recipe_for_model
+
+    rpi = get_target("rpi")
+    default = get_recipe(rpi.calibration)
+    hswish, swish = _model(), _model()
+    swap_activation(hswish, "hswish")
+    assert recipe_for_model(rpi, default, hswish)["name"] == "percentile"
+    assert recipe_for_model(rpi, default, swish)["name"] == default["name"]
+    chosen = get_recipe("minmax")  # the user's --calib-method stands
+    assert recipe_for_model(rpi, chosen, hswish)["name"] == "minmax"

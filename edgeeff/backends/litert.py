@@ -38,7 +38,7 @@ EXTRA = "tflite"
 SUFFIXES = (".tflite",)
 INSTALL = "pip install 'edgeeff[tflite]'"
 # Calibration methods this backend implements (calib/*.toml `method`).
-RECIPE_METHODS = ("sample_percentile", "minmax")
+RECIPE_METHODS = ("sample_percentile", "minmax", "percentile", "mse")
 IO_DTYPES = ("int8", "uint8")
 NEEDS_ONNX = False  # converts the PyTorch model directly: the pipeline skips its ONNX export
 
@@ -161,6 +161,80 @@ def reduce_ranges(qsvs: dict, percentile: float) -> dict:
     return ranges
 
 
+HARD_SWISH_FLOOR = -3.0  # hardswish(x) == 0 for every x <= -3
+
+
+def hard_swish_inputs(float_path: Path) -> set[str]:
+    """Names of the tensors read only by HARD_SWISH ops."""
+    schema = _schema()
+    model = schema.ModelT.InitFromPackedBuf(Path(float_path).read_bytes(), 0)
+    readers: dict[int, set[int]] = collections.defaultdict(set)
+    for graph in model.subgraphs:
+        for op in graph.operators:
+            code = _builtin(model.operatorCodes[op.opcodeIndex])
+            for index in op.inputs if op.inputs is not None else []:
+                readers[index].add(code)
+        graph_outputs = set(graph.outputs if graph.outputs is not None else [])
+        return {graph.tensors[i].name.decode() for i, codes in readers.items()
+                if codes == {schema.BuiltinOperator.HARD_SWISH} and i not in graph_outputs}
+    return set()
+
+
+def floor_hard_swish_inputs(ranges: dict, float_path: Path) -> dict:
+    """Raise the low end of every hard-swish input's range to -3, below which it outputs exactly 0.
+
+    A range that follows the raw tensor spends most of the 8-bit grid on values hard-swish maps
+    to 0 (-300 to -30 on the hard-swish B0 variant): see calibration.activation_floors, its ONNX
+    twin, and docs/variants.md for the measurement.
+    """
+    for name in hard_swish_inputs(float_path) & set(ranges):
+        low = np.asarray(ranges[name]["min"])
+        ranges[name] = {**ranges[name], "min": np.maximum(low, HARD_SWISH_FLOOR).astype(low.dtype)}
+    return ranges
+
+
+def histogram_ranges(float_path: Path, calib_inputs: np.ndarray, ranges: dict, recipe: dict,
+                     threads: int = 2, quiet: bool = False) -> dict:
+    """edgeeff's own range methods (calibration.py: percentile, mse) for the .tflite's activations.
+
+    `ranges` are the calibrator's global min/max per tensor; a second pass runs the float model
+    in the LiteRT interpreter with every tensor kept and histograms each activation over that
+    span (the same histograms and range rules as the ONNX backends). The graph's inputs and
+    outputs keep their full range: the input's is the preprocessing's, and clipping the logits'
+    top tail would tie the very classes top-1 is about.
+    """
+    from ai_edge_litert.interpreter import Interpreter
+
+    from ..calibration import NUM_BINS, ActivationStats, histogram_stride, tensor_ranges
+
+    with _captured_output():
+        it = Interpreter(model_path=str(float_path), num_threads=threads, experimental_preserve_all_tensors=True)
+    it.allocate_tensors()
+    boundary = {d["name"] for d in it.get_input_details() + it.get_output_details()}
+    index = {d["name"]: d["index"] for d in it.get_tensor_details()}
+    names = [n for n in ranges if n in index and n not in boundary
+             and np.size(ranges[n]["min"]) == 1 and float(np.max(ranges[n]["max"])) > float(np.min(ranges[n]["min"]))]
+    lo = np.array([min(float(np.min(ranges[n]["min"])), 0.0) for n in names])
+    hi = np.array([max(float(np.max(ranges[n]["max"])), 0.0) for n in names])
+    hist = np.zeros((len(names), NUM_BINS), np.int64)
+    feed = it.get_input_details()[0]["index"]
+    for x in progress(list(calib_inputs), "calibration histograms (LiteRT)", "image", quiet):
+        it.set_tensor(feed, x[None].astype(np.float32))
+        it.invoke()
+        for t, name in enumerate(names):
+            value = it.get_tensor(index[name])
+            sample = value.ravel()[::histogram_stride(value.shape)]
+            bins = ((sample - lo[t]) * (NUM_BINS / (hi[t] - lo[t]))).astype(np.int64)
+            hist[t] += np.bincount(np.clip(bins, 0, NUM_BINS - 1), minlength=NUM_BINS)
+    floors = {name: HARD_SWISH_FLOOR for name in hard_swish_inputs(float_path)}
+    chosen = tensor_ranges(ActivationStats(names, lo, hi, hist), recipe, floors=floors)
+    out = dict(ranges)
+    for name, (low, high) in chosen.items():
+        shape = np.shape(ranges[name]["min"])
+        out[name] = {**ranges[name], "min": np.full(shape, low, np.float32), "max": np.full(shape, high, np.float32)}
+    return out
+
+
 def quantize_int8(float_path: Path, out_path: Path, calib_inputs: np.ndarray, recipe: dict,
                   threads: int = 2, quiet: bool = False, batch: int = 25) -> dict:
     """Static full-integer INT8 with ai-edge-quantizer. `calib_inputs`: float NHWC, preprocessed.
@@ -196,17 +270,32 @@ def quantize_int8(float_path: Path, out_path: Path, calib_inputs: np.ndarray, re
     with _captured_output(), warnings.catch_warnings():
         # "invalid value encountered in cast": the int32 bias overflow repaired just below
         warnings.simplefilter("ignore", RuntimeWarning)
-        result = quantizer.quantize(reduce_ranges(cal.get_model_qsvs(), percentile), enable_progress_report=False)
+        ranges = reduce_ranges(cal.get_model_qsvs(), percentile)
+    if recipe["method"] in ("percentile", "mse"):
+        ranges = histogram_ranges(float_path, calib_inputs, ranges, recipe, threads, quiet)
+    ranges = floor_hard_swish_inputs(ranges, float_path)
+    with _captured_output(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        result = quantizer.quantize(ranges, enable_progress_report=False)
         result.export_model(str(out_path), overwrite=True)
     repaired = repair_bias_overflow(out_path, float_path)
     from importlib import metadata
 
-    return {"quantizer": f"ai-edge-quantizer {metadata.version('ai-edge-quantizer')}",
-            "converter": f"litert-torch {metadata.version('litert-torch')}",
-            "weights": "int8", "per_channel": True, "weight_symmetric": True,
-            "activations": "int8", "activation_symmetric": False,
-            "calibration": recipe["method"], "range_percentile_over_images": percentile,
-            "calibration_images": int(len(calib_inputs)), "bias_overflow_channels_repaired": repaired}
+    details = {"quantizer": f"ai-edge-quantizer {metadata.version('ai-edge-quantizer')}",
+               "converter": f"litert-torch {metadata.version('litert-torch')}",
+               "weights": "int8", "per_channel": True, "weight_symmetric": True,
+               "activations": "int8", "activation_symmetric": False, "calibration": recipe["method"],
+               "calibration_images": int(len(calib_inputs)), "bias_overflow_channels_repaired": repaired}
+    if recipe["method"] in ("percentile", "mse"):
+        details["range"] = "histogram over every activation (calibration.py); graph input/output min/max"
+        if recipe["method"] == "percentile":
+            details["percentile"] = float(recipe.get("percentile", 99.999))
+    else:
+        details["range_percentile_over_images"] = percentile
+    floored = len(hard_swish_inputs(float_path))
+    if floored:
+        details["hard_swish_inputs_floored_at"] = {"value": HARD_SWISH_FLOOR, "tensors": floored}
+    return details
 
 
 def quantize_fp16(float_path: Path, out_path: Path) -> dict:
@@ -506,6 +595,7 @@ def build(job) -> list:
     """`--target rpi|android|ios`: float32 reference, full-integer INT8, and FP16 when the profile
     asks for it (GPU delegates)."""
     from ..artifacts import Artifact
+    from ..profiles import recipe_for_model
 
     target = job.target
     io_dtype = target.input_dtype
@@ -515,6 +605,8 @@ def build(job) -> list:
     with _captured_output():
         convert_float(job.model, spec.resolution, fp32)
     calib = spec.to_model_input(job.calibration.crops)
+    # Per activation, the target's measured default (rpi: hard-swish takes the histogram percentile).
+    job.recipe = recipe_for_model(target, job.recipe, job.model)  # the report follows job.recipe
     with tempfile.TemporaryDirectory(prefix="edgeeff-litert-") as tmp:
         native = Path(tmp) / "int8_io.tflite"
         details = quantize_int8(fp32, native, calib, job.recipe, threads=job.threads, quiet=job.quiet)

@@ -136,7 +136,8 @@ def quantize(fp32_path: Path, out_path: Path, calib_inputs: np.ndarray, recipe: 
     from onnxruntime.quantization.calibrate import TensorsData, save_tensors_data
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    from ..calibration import HISTOGRAM_METHODS, OWN_METHODS, cached_stats, elementwise_readers, tensor_ranges
+    from ..calibration import (HISTOGRAM_METHODS, OWN_METHODS, activation_floors, cached_stats, elementwise_readers,
+                               tensor_ranges)
 
     method = recipe["method"]
     symmetric_activations = bool(quant.get("activation_symmetric", False))
@@ -163,10 +164,14 @@ def quantize(fp32_path: Path, out_path: Path, calib_inputs: np.ndarray, recipe: 
         if method in OWN_METHODS:
             stats, hit = cached_stats(prepared, calib_inputs, int(recipe.get("batch", 10)), quiet=quiet,
                                       histograms=method in HISTOGRAM_METHODS)
-            readers = elementwise_readers(onnx.load(str(prepared)))
+            graph = onnx.load(str(prepared), load_external_data=False)
+            readers = elementwise_readers(graph)  # swish / sigmoid / hard-swish inputs (activation_aware)
+            floors = activation_floors(graph)  # hard-swish inputs: exact below -3
             ranges = {name: (np.float32(low), np.float32(high))  # ORT wants float32 scalars
                       for name, (low, high) in tensor_ranges(stats, recipe, symmetric=symmetric_activations,
-                                                             readers=readers).items()}
+                                                             readers=readers, floors=floors).items()}
+            if floors:
+                details["range_floors"] = {"tensors": len(floors), "why": "hard-swish inputs: exact below -3"}
             cache_file = Path(tmp) / "ranges.json"
             save_tensors_data(TensorsData(CalibrationMethod.MinMax, ranges), cache_file)
             calibrate_method = "MinMax"

@@ -191,12 +191,9 @@ def build(job) -> list:
     cfg = dict(job.target.raw.get("tensorrt", {}))
     # The target's default range method, per activation (measured: docs/jetson.md). A method the
     # user chose with --calib-method other than the target's default is used as given.
-    act = job.model.describe().get("act") if hasattr(job.model, "describe") else None
-    by_act = dict(job.target.raw.get("calibration_by_activation", {}))
-    if act in by_act and job.recipe["name"] == job.target.calibration:
-        from ..profiles import get_recipe
+    from ..profiles import recipe_for_model
 
-        job.recipe = get_recipe(by_act[act])  # the report's calibration fields follow job.recipe
+    job.recipe = recipe_for_model(job.target, job.recipe, job.model)  # the report follows job.recipe
     spec = job.spec.with_layout("NCHW", "float32")
     fp32 = job.workdir / "model_fp32.onnx"
     onnx.save(prepare_for_tensorrt(onnx.load(str(job.fp32_onnx)), int(cfg.get("opset", 17))), str(fp32))
