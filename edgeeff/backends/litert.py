@@ -7,8 +7,9 @@ Conversion (measured against the TensorFlow route in docs/quantization.md):
            weights, per-tensor asymmetric INT8 activations, INT8 input and output tensors
            (full-integer: no float op, no QUANTIZE/DEQUANTIZE inside). Calibration keeps
            every image's min/max per tensor and takes a percentile across images
-           (`sample_percentile` recipe), instead of the quantizer's default moving average,
-           which only honours the last ~20 images.
+           (`sample_percentile` recipe: 99.5th; swish models get the median, `sample_median`,
+           via the profile's calibration_by_activation), instead of the quantizer's default
+           moving average, which only honours the last ~20 images.
   uint8 IO when the target profile asks for it: integer QUANTIZE ops (int8 <-> uint8, same
            scale, zero point + 128) at the graph's input and output, what TensorFlow's
            converter does for inference_input_type=uint8.
@@ -502,12 +503,26 @@ def _io_fields(path: Path) -> dict:
     return fields
 
 
+def recipe_for_activation(target, recipe: dict, act: str | None) -> dict:
+    """The target's default recipe refined per activation (`calibration_by_activation` in the
+    profile, measured: docs/quantization.md). A recipe other than the target's default (the user's
+    --calib-method) is used as given."""
+    by_act = dict(target.raw.get("calibration_by_activation", {}))
+    if act in by_act and recipe["name"] == target.calibration:
+        from ..profiles import get_recipe
+
+        return get_recipe(by_act[act])
+    return recipe
+
+
 def build(job) -> list:
     """`--target rpi|android|ios`: float32 reference, full-integer INT8, and FP16 when the profile
     asks for it (GPU delegates)."""
     from ..artifacts import Artifact
 
     target = job.target
+    act = job.model.describe().get("act") if hasattr(job.model, "describe") else None
+    job.recipe = recipe_for_activation(target, job.recipe, act)  # the report follows job.recipe
     io_dtype = target.input_dtype
     spec = job.spec.with_layout("NHWC", "float32")  # the runner quantizes from the normalised float
     fp32 = job.workdir / "model_fp32.tflite"
