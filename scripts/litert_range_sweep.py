@@ -5,6 +5,8 @@
 FP32.tflite: a compile's model_fp32.tflite. Each image's min/max per tensor is kept once; each
 reduction (percentile over images of the per-image max, the mean, the quantizer's own 0.95 moving
 average) is quantized and scored by top-1 agreement with the FP32 .tflite and top-1 on --val.
+Reductions: pN (Nth percentile over images), mean, ema, mixA/B (tensors read by a LOGISTIC op,
+i.e. swish and SE-gate inputs, at the Ath percentile, every other tensor at the Bth).
 """
 from __future__ import annotations
 
@@ -75,7 +77,16 @@ def main() -> None:
     qsvs = cal.get_model_qsvs()
     print(f"calibrated {len(calib)} images in {time.time() - t:.0f}s", flush=True)
 
+    model = litert._load_inlined(args.fp32)
+    graph = model.subgraphs[0]
+    logistic_inputs = {graph.tensors[op.inputs[0]].name.decode() for op in graph.operators
+                       if model.operatorCodes[op.opcodeIndex].builtinCode == 14}  # LOGISTIC
+
     def reduce(name: str) -> dict:
+        if name.startswith("mix"):  # mixA/B: tensors read by a sigmoid (swish, SE gate) at A, others at B
+            a, b = (float(v) for v in name[3:].split("/"))
+            ra, rb = litert.reduce_ranges(qsvs, a), litert.reduce_ranges(qsvs, b)
+            return {t: (ra if t in logistic_inputs else rb)[t] for t in qsvs}
         if name.startswith("p"):
             return litert.reduce_ranges(qsvs, float(name[1:]))
         out = {}
@@ -99,7 +110,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.reductions.split(","):
-            path = Path(tmp) / f"{name}.tflite"
+            path = Path(tmp) / f"{name.replace('/', '_')}.tflite"
             qn = new_quantizer()
             with litert._captured_output():
                 qn.quantize(reduce(name), enable_progress_report=False).export_model(str(path), overwrite=True)
