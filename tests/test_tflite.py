@@ -232,3 +232,28 @@ def test_device_script_does_not_import_edgeeff():
     source = (Path(__file__).resolve().parents[1] / "scripts" / "rpi_classify.py").read_text()
     assert not re.search(r"^\s*(import|from)\s+edgeeff\b", source, re.MULTILINE)
     assert "ai_edge_litert.interpreter" in source and "tflite_runtime.interpreter" in source
+
+
+@pytest.mark.parametrize("name", ["rpi", "android", "ios"])
+def test_swish_models_get_the_swish_recipe_and_relu6_keeps_the_default(name):
+    from edgeeff.profiles import get_recipe
+
+    profile = get_target(name)
+    default = get_recipe(profile.calibration)
+    swish_recipe = profile.raw["calibration_by_activation"]["swish"]
+    from edgeeff.profiles import recipe_for_model
+
+    class Model:  # what recipe_for_model reads: describe()["act"]
+        def __init__(self, act):
+            self.act = act
+
+        def describe(self):
+            return {"act": self.act}
+
+    picked = recipe_for_model(profile, default, Model("swish"))
+    assert picked["name"] == swish_recipe != default["name"]
+    assert picked["method"] in litert.RECIPE_METHODS
+    assert recipe_for_model(profile, default, Model("relu6")) is default
+    assert recipe_for_model(profile, default, Model(None)) is default
+    chosen = get_recipe("minmax") if default["name"] != "minmax" else get_recipe("sample_percentile")
+    assert recipe_for_model(profile, chosen, Model("swish")) is chosen  # --calib-method wins

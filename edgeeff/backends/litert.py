@@ -7,8 +7,9 @@ Conversion (measured against the TensorFlow route in docs/quantization.md):
            weights, per-tensor asymmetric INT8 activations, INT8 input and output tensors
            (full-integer: no float op, no QUANTIZE/DEQUANTIZE inside). Calibration keeps
            every image's min/max per tensor and takes a percentile across images
-           (`sample_percentile` recipe), instead of the quantizer's default moving average,
-           which only honours the last ~20 images.
+           (`sample_percentile` recipe: 99.5th; swish models get the median, `sample_median`,
+           via the profile's calibration_by_activation), instead of the quantizer's default
+           moving average, which only honours the last ~20 images.
   uint8 IO when the target profile asks for it: integer QUANTIZE ops (int8 <-> uint8, same
            scale, zero point + 128) at the graph's input and output, what TensorFlow's
            converter does for inference_input_type=uint8.
