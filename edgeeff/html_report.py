@@ -241,7 +241,8 @@ def _chain_table(report: dict) -> str:
     head = "".join(f"<th>{_esc(c)}</th>" for c in rows[0])
     body = "".join("<tr>" + "".join(f'<td class="l">{_esc(c)}</td>' if i < 4 else f"<td>{_esc(c)}</td>"
                                     for i, c in enumerate(r)) + "</tr>" for r in rows[1:])
-    return ("<h3>Variant chain (every drop and agreement against the original model)</h3>"
+    return ("<h3>Variant chain (drops and agreement against the original model; the last two columns "
+            "against the FP32 variant the artifacts were made from)</h3>"
             f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")
 
 

@@ -457,6 +457,11 @@ def compile_model(opts: CompileOptions) -> tuple[Path, dict]:
                     if artifact.precision == "fp32":
                         # The export check: against the PyTorch model that was exported (the variant's own).
                         row["max_abs_diff_vs_reference"] = float(np.abs(logits - export_logits).max())
+                    if is_variant:  # what quantizing the variant cost, beside the drop from the original
+                        variant_top1 = export_logits.argmax(1)
+                        row["top1_vs_variant"] = {
+                            "drop": round(chain[-1]["top1"] - s.top1, 2),
+                            "agreement": round(100 * float((logits.argmax(1) == variant_top1).mean()), 2)}
                 else:
                     row.update({"top1": None, "top5": None, "top1_drop": None, "top1_agreement": None})
                 with watch.stage(f"latency_{artifact.file}"):

@@ -106,14 +106,18 @@ def chain_rows(report: dict) -> list[list[str]]:
     chain = report.get("variant_chain")
     if not chain:
         return []
-    rows = [["stage", "act", "SE", "precision", "top-1", "top-5", "drop", "agree% (vs original)"]]
+    rows = [["stage", "act", "SE", "precision", "top-1", "top-5", "drop", "agree% (vs original)",
+             f"drop vs {chain[-1]['stage']}", f"agree% vs {chain[-1]['stage']}"]]
     for entry in chain:
         rows.append([entry["stage"], entry["act"], entry["se"], "fp32", _fmt(entry.get("top1")),
-                     _fmt(entry.get("top5")), _fmt(entry.get("top1_drop")), _fmt(entry.get("top1_agreement"))])
+                     _fmt(entry.get("top5")), _fmt(entry.get("top1_drop")), _fmt(entry.get("top1_agreement")),
+                     "", ""])
     last = chain[-1]
     for a in report["artifacts"]:
+        own = a.get("top1_vs_variant") or {}
         rows.append([f"{last['stage']} {a['file']}", last["act"], last["se"], a["precision"], _fmt(a.get("top1")),
-                     _fmt(a.get("top5")), _fmt(a.get("top1_drop")), _fmt(a.get("top1_agreement"))])
+                     _fmt(a.get("top5")), _fmt(a.get("top1_drop")), _fmt(a.get("top1_agreement")),
+                     _fmt(own.get("drop")), _fmt(own.get("agreement"))])
     return rows
 
 
@@ -143,7 +147,8 @@ def markdown(report: dict) -> str:
         md += ["", "## Variant chain", "",
                f"The reference is the original model ({surgery.get('from', {}).get('act')}, SE "
                f"{surgery.get('from', {}).get('se')}); the artifacts are the variant "
-               f"({surgery.get('act')}, SE {surgery.get('se')}). Every drop and agreement is against the original.", ""]
+               f"({surgery.get('act')}, SE {surgery.get('se')}). Drops and agreement are against the original; the "
+               f"last two columns, against the FP32 variant the artifacts were made from.", ""]
         md += markdown_table(chain)
         if surgery.get("se_blocks"):
             md += ["", f"- SE blocks: {', '.join(f'{n} {k}' for k, n in surgery['se_blocks'].items())} "

@@ -250,6 +250,10 @@ def test_compile_with_surgery_and_recovery_end_to_end(tmp_path):
     assert report["recovery"]["steps_done"] == 2
     fp32 = next(a for a in report["artifacts"] if a["precision"] == "fp32")
     assert fp32["max_abs_diff_vs_reference"] < 1e-2  # the export matches the variant it exported
+    # Beside the drop from the original, each artifact's cost against the FP32 variant it was made from.
+    assert fp32["top1_vs_variant"] == {"drop": 0.0, "agreement": 100.0}
+    int8 = next(a for a in report["artifacts"] if a["precision"] == "int8")
+    assert int8["top1_vs_variant"]["drop"] == pytest.approx(report["variant_chain"][-1]["top1"] - int8["top1"], abs=0.02)
     assert "Variant chain" in (folder / "report.md").read_text()
     assert "Variant chain" in (folder / "report.html").read_text()
     reloaded, _ = load_model("b0", weights=folder / "recovered.pth", act="hswish", se=False)
