@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .evaluate import score
+from .evaluate import predict_all, score
 from .layers import Layer, sqnr_db
 from .progress import progress, say
 
@@ -132,13 +132,13 @@ def fallback(variants, rank: Callable[[], list[str]], val_crops: np.ndarray, val
     most sensitive first (`rank()` is called only if a layer has to move), up to `limit` layers.
     Returns every step's scores, whether the budget was met, and the metric it was judged by."""
     metric = budget_metric(len(val_crops))
-    inputs = variants.spec.to_model_input(val_crops)
     steps: list[FallbackStep] = []
     order: list[str] = []
     count = 0
     while True:
         kept = order[:count]
-        s = score(_run(variants.runner(kept), inputs), val_labels, ref_scores.top1_classes)
+        # Exactly how the pipeline then evaluates the shipped file (same batching, same numbers).
+        s = score(predict_all(variants.runner(kept), val_crops, quiet=True), val_labels, ref_scores.top1_classes)
         step = FallbackStep(list(kept), s.top1, ref_scores.top1 - s.top1, s.top1_agreement)
         steps.append(step)
         if not quiet:

@@ -151,6 +151,7 @@ class _FakeVariants:
 
         class R:
             max_batch = 100
+            spec = _FakeVariants.spec
 
             def predict(_, x):
                 logits = np.zeros((len(x), 5))
