@@ -119,13 +119,15 @@ def plot(rows: list[dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(13, 4.8))
+    fig, axes = plt.subplots(1, 2, figsize=(14, 5))
     colours = dict(zip(GROUPS, plt.get_cmap("tab10").colors))
     for ax, sweep in zip(axes, ("calibration", "model")):
         subset = [r for r in rows if r["sweep"] == sweep]
-        labels = [f"{r['target']}\n{r['calib_images']} img" if sweep == "calibration" else f"{r['target']}\n{r['variant']}"
-                  for r in subset]
-        x = list(range(len(subset)))
+        targets = list(dict.fromkeys(r["target"] for r in subset))
+        # one group of bars per target, a gap between groups
+        x = [targets.index(r["target"]) * (1 + max(sum(q["target"] == t for q in subset) for t in targets))
+             + [q for q in subset if q["target"] == r["target"]].index(r) for r in subset]
+        labels = [str(r["calib_images"]) if sweep == "calibration" else r["variant"] for r in subset]
         bottom = [0.0] * len(subset)
         for group in GROUPS:
             values = [r["groups_s"][group] for r in subset]
@@ -133,13 +135,21 @@ def plot(rows: list[dict], path: Path) -> None:
                 ax.bar(x, values, bottom=bottom, label=group, color=colours[group])
                 bottom = [b + v for b, v in zip(bottom, values)]
         ax.set_xticks(x, labels, fontsize=8)
+        for target in targets:
+            xs = [xi for xi, r in zip(x, subset) if r["target"] == target]
+            ax.annotate(f"--target {target}", (sum(xs) / len(xs), 0), xytext=(0, -28), textcoords="offset points",
+                        ha="center", fontsize=9, annotation_clip=False)
         ax.set_ylabel("seconds (stage wall time)")
         ax.set_title("compile stages vs calibration images (Lite0)" if sweep == "calibration"
                      else "compile stages vs model (300 calibration images)", fontsize=10)
         twin = ax.twinx()
-        twin.plot(x, [r["peak_rss_mb"] for r in subset], "k--o", label="peak RSS")
+        for i, target in enumerate(targets):
+            pts = [(xi, r["peak_rss_mb"]) for xi, r in zip(x, subset) if r["target"] == target]
+            twin.plot(*zip(*pts), "k--o", label="process peak RSS" if i == 0 else None)
         twin.set_ylabel("process peak RSS (MB)")
         twin.set_ylim(bottom=0)
+        if sweep == "calibration":
+            twin.legend(fontsize=7, loc="upper right")
     axes[0].legend(fontsize=7, loc="upper left")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -167,7 +177,14 @@ def main() -> int:
                         default=REPO.parent / "shared/data/weights/efficientnet-b0-swish-se-test.pth")
     parser.add_argument("--out", type=Path, default=REPO / "docs" / "results")
     parser.add_argument("--no-doc", action="store_true", help="do not rewrite its section of docs/benchmarks.md")
+    parser.add_argument("--render-only", action="store_true",
+                        help="measure nothing: redraw the plot and rewrite the doc section from the saved JSON")
     args = parser.parse_args()
+    if args.render_only:
+        saved = json.loads((args.out / "bench_compile.json").read_text())
+        plot(saved["rows"], args.out / "bench_compile.png")
+        write_doc(saved["rows"], saved, args.out)
+        return 0
     machine_start = machine_info()
     available = len(find_images(args.calib))
     models = [("lite0", "lite0", []), ("b3", "b3 (random weights)", ["--random-weights"])]
@@ -211,11 +228,41 @@ def main() -> int:
     (args.out / "bench_compile.json").write_text(json.dumps({**run, "rows": rows}, indent=2) + "\n")
     plot(rows, args.out / "bench_compile.png")
     if not args.no_doc:
-        doc = REPO / "docs" / "benchmarks.md"
-        doc.write_text(replace_section(doc.read_text(), "bench-compile", markdown_section(rows, run, args.out)))
+        write_doc(rows, run, args.out)
     log(f"wrote {args.out / 'bench_compile.json'}, bench_compile.png"
         + ("" if args.no_doc else " and docs/benchmarks.md") + f"; total {run['wall_seconds'] / 60:.1f} min")
     return 0
+
+
+def write_doc(rows: list[dict], run: dict, out: Path) -> None:
+    doc = REPO / "docs" / "benchmarks.md"
+    doc.write_text(replace_section(doc.read_text(), "bench-compile", markdown_section(rows, run, out)))
+
+
+def findings(rows: list[dict]) -> list[str]:
+    """What the table says, computed from it: where the time goes and how it grows."""
+    lines = []
+    measured = [r for r in rows if r["stages_total_s"]]
+    if measured:
+        shares = [r["groups_s"]["reference"] / r["stages_total_s"] * 100 for r in measured]
+        largest = sum(max(r["groups_s"], key=r["groups_s"].get) == "reference" for r in measured)
+        lines.append(f"- The PyTorch FP32 reference pass takes {min(shares):.0f}-{max(shares):.0f}% of the stage "
+                     f"time and is the largest stage in {largest} of {len(measured)} rows (a second compile of "
+                     "the same model and images takes it from the cache).")
+    for target in dict.fromkeys(r["target"] for r in rows):
+        sweep = sorted((r for r in rows if r["sweep"] == "calibration" and r["target"] == target),
+                       key=lambda r: r["calib_images"])
+        if len(sweep) >= 2:
+            a, b = sweep[0], sweep[-1]
+            per_image = (b["groups_s"]["quantize"] - a["groups_s"]["quantize"]) / (b["calib_images"] - a["calib_images"])
+            lines.append(f"- {target}: quantize {a['groups_s']['quantize']:.0f} s with {a['calib_images']} images, "
+                         f"{b['groups_s']['quantize']:.0f} s with {b['calib_images']} (about {per_image:.2f} s per "
+                         f"extra image); peak RSS {a['peak_rss_mb']:.0f} -> {b['peak_rss_mb']:.0f} MB.")
+        models = [r for r in rows if r["sweep"] == "model" and r["target"] == target]
+        if models:
+            lines.append(f"- {target}, by model: " + ", ".join(
+                f"{r['variant']} {r['process_s']:.0f} s / {r['peak_rss_mb']:.0f} MB" for r in models) + ".")
+    return lines
 
 
 def markdown_section(rows: list[dict], run: dict, out: Path) -> str:
@@ -231,10 +278,11 @@ def markdown_section(rows: list[dict], run: dict, out: Path) -> str:
                   "calibrated on).", ""]
     lines += ["Seconds per stage group as `compile` reports them (load: weights and images; reference: the "
               "PyTorch FP32 pass over the validation images; evaluate: the FP32 and INT8 artifacts in their "
-              "runtime; latency: 20 timed runs each). Total = the stages; process = the whole command, "
+              "runtime; latency: 20 timed runs each; `rpi` exports no ONNX, its quantize stage converts the PyTorch "
+              "model to `.tflite` first; `intel`'s converts the ONNX to IR). Total = the stages; process = the whole command, "
               "Python start-up and report writing included. Peak RSS is the process's; the last column is "
               "the stage that raised it most.", "",
-              *markdown_table(table(rows)), "",
+              *markdown_table(table(rows)), "", *findings(rows), "",
               f"![compile stages]({os.path.relpath(out / 'bench_compile.png', REPO / 'docs')})"]
     return "\n".join(lines)
 
