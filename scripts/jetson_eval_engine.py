@@ -8,8 +8,8 @@ Copy the edgeeff output folder to the device, build the engine (jetson_build_eng
 
 Needs numpy and Pillow, plus tensorrt and either cuda-python or pycuda for the engine (JetPack
 ships tensorrt; `pip install pycuda` or `cuda-python`), or onnxruntime for --onnx. It does not
-need edgeeff: the preprocessing below is a copy of edgeeff's, and edgeeff's tests check on real
-photos that both produce identical input tensors.
+need edgeeff: the preprocessing is device_preprocess.py, the file edgeeff itself preprocesses
+with, which edgeeff ships beside this script (keep the two together).
 
 VAL: an ImageFolder tree whose folder names are class indices, or synsets (with --synsets, one
 synset per line in model class order), or a list file of `relative/path label` lines.
@@ -19,68 +19,20 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
-INTERPOLATIONS = {"bicubic": Image.BICUBIC, "bilinear": Image.BILINEAR, "nearest": Image.NEAREST}
+# The preprocessing is imported, not copied: device_preprocess.py sits beside this script in the
+# output folder (in the repository: ../edgeeff/). Both folders are added explicitly because
+# `python -I` leaves the script's folder off sys.path; appended so they shadow no installed package.
+_HERE = Path(__file__).resolve().parent
+sys.path += [str(_HERE), str(_HERE.parent / "edgeeff")]
+from device_preprocess import preprocess  # noqa: E402  (one image file -> model input, batch of 1)
+
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif", ".ppm"}
-
-
-# --- preprocessing (the same arithmetic as edgeeff/preprocess.py) ------------------------------
-
-def load_rgb(path) -> Image.Image:
-    with Image.open(path) as img:
-        img.load()
-        if img.mode in ("I;16", "I;16B", "I;16L", "I"):
-            arr = np.asarray(img, dtype=np.float64)
-            peak = 65535.0 if arr.max() > 255 else 255.0
-            img = Image.fromarray((arr * (255.0 / peak)).round().clip(0, 255).astype(np.uint8))
-        if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
-            rgba = img.convert("RGBA")
-            background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-            return Image.alpha_composite(background, rgba).convert("RGB")
-        return img.convert("RGB")
-
-
-def crop(img: Image.Image, spec: dict) -> np.ndarray:
-    """Shorter side to resize_size, centre crop resolution: uint8 (H, W, 3)."""
-    res = int(spec["resolution"])
-    short = int(spec.get("resize_size") or math.floor(res / float(spec["crop_pct"]) + 1e-6))
-    w, h = img.size
-    if w <= h:
-        new_w, new_h = short, max(1, int(short * h / w))
-    else:
-        new_w, new_h = max(1, int(short * w / h)), short
-    img = img.resize((new_w, new_h), INTERPOLATIONS[spec.get("interpolation", "bicubic")])
-    if new_w < res or new_h < res:
-        canvas = Image.new("RGB", (max(new_w, res), max(new_h, res)))
-        canvas.paste(img, ((canvas.width - new_w) // 2, (canvas.height - new_h) // 2))
-        img, new_w, new_h = canvas, canvas.width, canvas.height
-    left, top = int(round((new_w - res) / 2.0)), int(round((new_h - res) / 2.0))
-    return np.asarray(img.crop((left, top, left + res, top + res)), dtype=np.uint8)
-
-
-def to_input(crops: np.ndarray, spec: dict) -> np.ndarray:
-    """uint8 crops (N, H, W, 3) -> normalised float32 NCHW (or NHWC / raw uint8 as the spec says)."""
-    if spec.get("input_dtype", "float32") == "uint8":
-        x = crops
-    else:
-        mean = np.asarray(spec["mean"], np.float32) * 255.0
-        scale = 1.0 / (np.asarray(spec["std"], np.float32) * 255.0)
-        x = (crops.astype(np.float32) - mean) * scale
-    if spec.get("layout", "NCHW") == "NCHW":
-        x = x.transpose(0, 3, 1, 2)
-    return np.ascontiguousarray(x)
-
-
-def preprocess(path, spec: dict) -> np.ndarray:
-    """One image file -> the model input for one image (batch of 1)."""
-    return to_input(crop(load_rgb(path), spec)[None], spec)
 
 
 # --- validation set ------------------------------------------------------------------------------

@@ -6,7 +6,8 @@
 Reads manifest.json and labels.txt from the IR's folder (copy the whole folder to the device).
 The IR takes uint8 RGB NHWC crops: mean/std and the transpose are inside it, so the host only
 decodes, resizes the shorter side and centre-crops, exactly as edgeeff did when it measured the
-accuracy in report.json. Deliberately does not import edgeeff.
+accuracy in report.json: with device_preprocess.py, the file edgeeff itself preprocesses with,
+which edgeeff ships beside this script. Deliberately does not import edgeeff.
 """
 
 from __future__ import annotations
@@ -18,24 +19,19 @@ from pathlib import Path
 
 import numpy as np
 import openvino as ov
-from PIL import Image
 
-FILTERS = {"bicubic": Image.BICUBIC, "bilinear": Image.BILINEAR, "nearest": Image.NEAREST}
+# edgeeff's own preprocessing file, not a copy: beside this script in the output folder, or
+# ../edgeeff/ in the repository (explicit: `python -I` leaves the script's folder off sys.path).
+HERE = Path(__file__).resolve().parent
+sys.path += [str(HERE), str(HERE.parent / "edgeeff")]
+from device_preprocess import load_rgb  # noqa: E402
+from device_preprocess import crop as crop_rgb  # noqa: E402
 
 
 def crop(path: Path, pre: dict) -> np.ndarray:
-    """RGB, shorter side to resize_size (same rounding as edgeeff), centre crop: uint8 (H, W, 3)."""
-    img = Image.open(path).convert("RGB")
-    w, h = img.size
-    short, res = pre["resize_size"], pre["resolution"]
-    new_w, new_h = (short, max(1, int(short * h / w))) if w <= h else (max(1, int(short * w / h)), short)
-    img = img.resize((new_w, new_h), FILTERS[pre["interpolation"]])
-    if new_w < res or new_h < res:  # tiny image: pad with black, as edgeeff does
-        canvas = Image.new("RGB", (max(new_w, res), max(new_h, res)))
-        canvas.paste(img, ((canvas.width - new_w) // 2, (canvas.height - new_h) // 2))
-        img, new_w, new_h = canvas, canvas.width, canvas.height
-    left, top = int(round((new_w - res) / 2.0)), int(round((new_h - res) / 2.0))
-    return np.asarray(img.crop((left, top, left + res, top + res)), dtype=np.uint8)
+    """Decoded as edgeeff does (16-bit, alpha over white...), shorter side to resize_size, centre
+    crop: uint8 (H, W, 3), what the IR takes."""
+    return crop_rgb(load_rgb(path), pre)
 
 
 def main() -> int:

@@ -2,32 +2,36 @@
 """Classify images with an edgeeff .tflite on a Raspberry Pi (or any device with LiteRT).
 
 Needs only numpy, Pillow and a LiteRT interpreter: `pip install ai-edge-litert pillow numpy`
-(or the older `tflite-runtime`). It does not use edgeeff: the preprocessing is read from the
-manifest.json edgeeff wrote beside the model and re-implemented here, step for step.
+(or the older `tflite-runtime`). It does not use edgeeff: the preprocessing settings are read from
+the manifest.json edgeeff wrote beside the model, and the arithmetic is device_preprocess.py,
+the very file edgeeff itself preprocesses with, shipped beside this script.
 
     python3 rpi_classify.py model_int8.tflite photo.jpg
     python3 rpi_classify.py model_int8.tflite photos/ --top 3
     python3 rpi_classify.py model_int8.tflite photo.jpg --time 100 --threads 4
 
-Copy the model, manifest.json and labels.txt from edgeeff's output folder together.
+Copy edgeeff's output folder (or at least the model, manifest.json, labels.txt, this script and
+device_preprocess.py) to the device together.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import math
 import statistics
 import sys
 import time
-import warnings
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+
+# edgeeff's preprocessing, imported (not copied) from device_preprocess.py: beside this script in
+# the output folder, or ../edgeeff/ in the repository. Added explicitly since `python -I` omits the
+# script's folder; appended so that nothing there shadows an installed package.
+sys.path += [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[1] / "edgeeff")]
+from device_preprocess import UNREADABLE_ERRORS, crop, load_rgb, normalise  # noqa: E402
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
-INTERPOLATIONS = {"bicubic": Image.BICUBIC, "bilinear": Image.BILINEAR, "nearest": Image.NEAREST}
 
 
 def make_interpreter(model: Path, threads: int):
@@ -44,43 +48,6 @@ def make_interpreter(model: Path, threads: int):
     return interpreter
 
 
-# ---- preprocessing: the same steps as edgeeff/preprocess.py (load_rgb + crop_image + to_model_input)
-
-def load_rgb(path: Path) -> Image.Image:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        with Image.open(path) as img:
-            img.load()
-            if img.mode in ("I;16", "I;16B", "I;16L", "I"):  # 16-bit: scale to 8 bits, do not clip
-                arr = np.asarray(img, dtype=np.float64)
-                peak = 65535.0 if arr.max() > 255 else 255.0
-                img = Image.fromarray((arr * (255.0 / peak)).round().clip(0, 255).astype(np.uint8))
-            if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
-                rgba = img.convert("RGBA")  # transparent pixels over white
-                background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-                return Image.alpha_composite(background, rgba).convert("RGB")
-            return img.convert("RGB")
-
-
-def crop(img: Image.Image, pre: dict) -> np.ndarray:
-    """Shorter side to resize_size (PIL filter from the manifest), centre crop resolution: uint8 HWC."""
-    res = int(pre["resolution"])
-    short = int(pre.get("resize_size") or math.floor(res / float(pre["crop_pct"]) + 1e-6))
-    w, h = img.size
-    if w <= h:
-        new_w, new_h = short, max(1, int(short * h / w))
-    else:
-        new_w, new_h = max(1, int(short * w / h)), short
-    img = img.resize((new_w, new_h), INTERPOLATIONS[pre.get("interpolation", "bicubic")])
-    if new_w < res or new_h < res:  # tiny image: pad with black
-        canvas = Image.new("RGB", (max(new_w, res), max(new_h, res)))
-        canvas.paste(img, ((canvas.width - new_w) // 2, (canvas.height - new_h) // 2))
-        img, new_w, new_h = canvas, canvas.width, canvas.height
-    left = int(round((new_w - res) / 2.0))
-    top = int(round((new_h - res) / 2.0))
-    return np.asarray(img.crop((left, top, left + res, top + res)), dtype=np.uint8)
-
-
 def model_input(pixels: np.ndarray, pre: dict, detail: dict) -> np.ndarray:
     """uint8 crop (H, W, 3) -> the tensor the model takes (batch of one)."""
     dtype = np.dtype(detail["dtype"])
@@ -89,9 +56,7 @@ def model_input(pixels: np.ndarray, pre: dict, detail: dict) -> np.ndarray:
     if dtype == np.uint8 and not scale:
         tensor = x  # raw 0-255 pixels
     else:
-        mean = np.asarray(pre["mean"], np.float32) * 255.0
-        inv_std = 1.0 / (np.asarray(pre["std"], np.float32) * 255.0)
-        x = (x.astype(np.float32) - mean) * inv_std  # normalised float
+        x = normalise(x, pre["mean"], pre["std"])  # normalised float, as edgeeff's runner feeds it
         if dtype.kind == "f":
             tensor = x.astype(dtype)
         else:  # quantize as the model's input tensor says: q = clip(round(x / scale) + zero_point)
@@ -152,7 +117,7 @@ def main(argv=None) -> int:
     for path in list_images(args.images):
         try:
             tensor = model_input(crop(load_rgb(path), pre), pre, detail)
-        except (OSError, SyntaxError, ValueError) as err:
+        except UNREADABLE_ERRORS as err:
             print(f"{path}: unreadable ({err})", file=sys.stderr)
             continue
         scores = logits(interpreter, tensor)[offset:]

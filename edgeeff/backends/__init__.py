@@ -15,6 +15,7 @@ A backend module provides:
 from __future__ import annotations
 
 import importlib
+import shutil
 from pathlib import Path
 
 from ..errors import MissingBackendError, UserError
@@ -52,4 +53,22 @@ def backend_for_file(path: Path):
                     f"supported: {', '.join(suffixes)}")
 
 
-__all__ = ["backend", "backend_for_file", "MissingBackendError"]
+DEVICE_MODULE = "device_preprocess.py"
+
+
+def ship_device_scripts(workdir: Path, *names: str) -> None:
+    """Copy device scripts (scripts/ in the repository, edgeeff/_data/scripts/ in a wheel) into the
+    output folder, with device_preprocess.py beside them. The scripts run where edgeeff is not
+    installed and import their preprocessing from that file: the device then runs the very
+    arithmetic edgeeff calibrated and measured with, not a hand copy that could drift."""
+    from .. import device_preprocess
+    from ..profiles import data_dir
+
+    scripts = data_dir("scripts")
+    for name in names:
+        shutil.copyfile(scripts / name, workdir / name)
+        (workdir / name).chmod(0o755)
+    shutil.copyfile(device_preprocess.__file__, workdir / DEVICE_MODULE)
+
+
+__all__ = ["backend", "backend_for_file", "ship_device_scripts", "MissingBackendError"]

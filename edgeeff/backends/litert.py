@@ -627,4 +627,9 @@ def build(job) -> list:
         fp16_details = quantize_fp16(fp32, fp16)
         artifacts.append(Artifact(file=fp16.name, format="tflite", precision="fp16", spec=spec,
                                   quantization=fp16_details, extra=_io_fields(fp16)))
+    scripts = target.raw.get("device_scripts", [])  # rpi, android: rpi_classify.py
+    if scripts:
+        from . import ship_device_scripts
+
+        ship_device_scripts(job.workdir, *scripts)  # + the device_preprocess.py they import
     return artifacts

@@ -271,6 +271,9 @@ def build(job) -> list:
                  "preprocessing_in_model": True}
         artifacts.append(Artifact(file=xml.name, format="openvino", precision=precision, spec=u8_spec,
                                   quantization=details if precision == "int8" else None, extra=extra))
+    from . import ship_device_scripts
+
+    ship_device_scripts(job.workdir, *job.target.raw.get("device_scripts", []))  # + device_preprocess.py
     return artifacts
 
 

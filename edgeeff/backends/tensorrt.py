@@ -5,7 +5,8 @@ explicitly quantized ONNX (edgeeff/qdq.py places the Q/DQ nodes and checks Tenso
 every model it writes). The engine itself is specific to the GPU and TensorRT version it is
 built with, so it is built on the device: through the TensorRT Python API when `tensorrt`
 imports here, otherwise edgeeff writes the exact `trtexec` command into manifest.json and ships
-jetson_build_engine.sh / jetson_eval_engine.py beside the models.
+jetson_build_engine.sh / jetson_eval_engine.py (and the device_preprocess.py the latter imports)
+beside the models.
 
 Accuracy of the QDQ model is measured here in ONNX Runtime as a proxy for TensorRT (same Q/DQ
 arithmetic; TensorRT's fused kernels round differently); the report says so.
@@ -13,7 +14,6 @@ arithmetic; TensorRT's fused kernels round differently); the report says so.
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +21,7 @@ import numpy as np
 from ..errors import MissingBackendError, UserError
 from ..preprocess import PreprocessSpec
 from . import onnxruntime as ort_backend
+from . import ship_device_scripts
 
 EXTRA = "jetson"
 SUFFIXES = (".onnx",)  # the QDQ/FP32 ONNX run in ONNX Runtime; a .engine needs the device
@@ -144,15 +145,6 @@ def build_engine_here(trt, onnx_path: Path, out_dir: Path, plan: dict, resolutio
 # build(job)
 
 
-def _copy_device_scripts(workdir: Path) -> None:
-    from ..profiles import data_dir
-
-    scripts = data_dir("scripts")
-    for name in (BUILD_SCRIPT, EVAL_SCRIPT):
-        shutil.copyfile(scripts / name, workdir / name)
-        (workdir / name).chmod(0o755)
-
-
 def quantize_for_tensorrt(fp32_path: Path, out_path: Path, calib_inputs: np.ndarray, recipe: dict,
                           quant: dict, max_opset: int | None = None, quiet: bool = False) -> dict:
     """Write the QDQ model for TensorRT from a prepared FP32 ONNX, check it, return what was done."""
@@ -200,7 +192,7 @@ def build(job) -> list:
     qdq = job.workdir / "model_qdq.onnx"
     details = quantize_for_tensorrt(fp32, qdq, spec.to_model_input(job.calibration.crops), job.recipe,
                                     job.target.quantization, max_opset=cfg.get("max_opset"), quiet=job.quiet)
-    _copy_device_scripts(job.workdir)
+    ship_device_scripts(job.workdir, BUILD_SCRIPT, EVAL_SCRIPT)  # + device_preprocess.py
     plan = build_plan(cfg, spec.resolution)
     artifacts = [
         Artifact(file=fp32.name, format="onnx", precision="fp32", spec=spec,
