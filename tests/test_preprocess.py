@@ -65,3 +65,95 @@ def test_truncated_or_bogus_files_are_unreadable(tmp_path):
 def test_spec_round_trips_through_dict():
     spec = spec_for_variant("lite2")
     assert PreprocessSpec.from_dict(spec.to_dict()) == spec
+
+
+# ---------------------------------------------------------------------------------------------
+# edgeeff/device_preprocess.py: the file the device scripts import from the output folder
+
+
+def _odd_images(folder):
+    """Images in the modes load_rgb converts, with content (so resampling differences show)."""
+    rng = np.random.default_rng(0)
+    rgb = rng.integers(0, 256, (97, 131, 3), np.uint8)
+    alpha = rng.integers(0, 256, (97, 131), np.uint8)
+    images = {
+        "rgb.jpg": Image.fromarray(rgb),
+        "deep16.png": Image.fromarray(rng.integers(0, 65536, (80, 60), np.uint16)),
+        "shallow16.png": Image.fromarray(rng.integers(0, 256, (60, 80), np.uint16)),  # peak <= 255: not rescaled
+        "rgba.png": Image.fromarray(np.dstack([rgb, alpha])),
+        "la.png": Image.fromarray(np.dstack([rgb[..., 0], alpha])),
+        "palette.png": Image.fromarray(rgb).convert("P"),
+        "cmyk.tif": Image.fromarray(rgb).convert("CMYK"),
+        "gray.png": Image.fromarray(rgb[..., 1]),
+        "tiny.png": Image.fromarray(rgb[:3, :5]),  # smaller than the crop: padded
+    }
+    paths = []
+    for name, img in images.items():
+        img.save(folder / name)
+        paths.append(folder / name)
+    transparent = Image.fromarray(rgb).convert("P")
+    transparent.save(folder / "palette_transparent.png", transparency=3)
+    paths.append(folder / "palette_transparent.png")
+    return paths
+
+
+def _specs():
+    lite0, b0 = spec_for_variant("lite0"), spec_for_variant("b0")
+    bilinear = PreprocessSpec(resolution=96, crop_pct=0.9, interpolation="bilinear", mean=(0.4, 0.5, 0.6),
+                              std=(0.2, 0.3, 0.25), layout="NHWC")
+    return [lite0, b0.with_layout("NHWC", "uint8"), bilinear]
+
+
+def test_device_module_imports_only_numpy_and_pillow():
+    import ast
+
+    import edgeeff.device_preprocess as device
+
+    tree = ast.parse(open(device.__file__).read())
+    roots = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom):
+            assert node.level == 0, "a package-relative import cannot run from the output folder"
+            roots.add(node.module.split(".")[0])
+        elif isinstance(node, ast.Import):
+            roots.update(alias.name.split(".")[0] for alias in node.names)
+    assert roots <= {"__future__", "math", "warnings", "numpy", "PIL"}, roots
+
+
+def test_shipped_device_module_gives_bit_identical_inputs(tmp_path):
+    """The copy edgeeff puts in an output folder, imported in an isolated interpreter that cannot
+    import edgeeff, from manifest-style dicts: the same crops and model inputs as edgeeff's
+    own preprocessing, bit for bit, on images of every mode load_rgb handles."""
+    import json
+    import subprocess
+    import sys
+
+    from edgeeff.backends import ship_device_scripts
+
+    device_dir, images, elsewhere = tmp_path / "out", tmp_path / "images", tmp_path / "cwd"
+    for d in (device_dir, images, elsewhere):
+        d.mkdir()
+    ship_device_scripts(device_dir)  # no scripts: just the module, as it lands beside them
+    assert [p.name for p in device_dir.iterdir()] == ["device_preprocess.py"]
+    paths = _odd_images(images)
+    specs = _specs()
+    dicts = [s.to_dict() for s in specs]
+    del dicts[2]["resize_size"]  # an older manifest: derived from crop_pct, as edgeeff does
+    (tmp_path / "specs.json").write_text(json.dumps(dicts))
+    code = ("import json, sys; import numpy as np; sys.modules['edgeeff'] = None; sys.path.insert(0, sys.argv[1])\n"
+            "import device_preprocess as d\n"
+            "assert d.__file__.startswith(sys.argv[1]), d.__file__\n"
+            "specs = json.loads(open(sys.argv[2]).read())\n"
+            "np.savez(sys.argv[3], **{f'{i}_{j}': d.preprocess(p, pre) for i, pre in enumerate(specs)\n"
+            "                         for j, p in enumerate(sys.argv[4:])})\n")
+    out = tmp_path / "inputs.npz"
+    proc = subprocess.run([sys.executable, "-I", "-c", code, str(device_dir), str(tmp_path / "specs.json"), str(out),
+                           *map(str, paths)], capture_output=True, text=True, cwd=elsewhere, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    theirs = np.load(out)
+    for i, spec in enumerate(specs):
+        for j, path in enumerate(paths):
+            ours = spec.to_model_input(crop_image(load_rgb(path), spec)[None])
+            got = theirs[f"{i}_{j}"]
+            assert got.dtype == ours.dtype and got.shape == ours.shape, (spec, path.name)
+            assert np.array_equal(got, ours), (spec, path.name)
