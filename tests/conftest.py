@@ -30,3 +30,26 @@ def _isolated_cache(tmp_path_factory):
 @pytest.fixture(scope="session")
 def sample():
     return SAMPLE
+
+
+# A device script run as on the device: `python -I` (no PYTHONPATH, user site or script folder on
+# sys.path) with edgeeff unimportable (it is installed in this venv), from a cwd of its own.
+ON_DEVICE = ("import runpy, sys; sys.modules['edgeeff'] = None; sys.argv = sys.argv[1:]; "
+             "runpy.run_path(sys.argv[0], run_name='__main__')")
+
+
+def copy_to_device(folder: Path, device: Path, *names: str) -> Path:
+    """What a user copies from edgeeff's output folder to the Pi/Jetson/PC: the named files."""
+    device.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        (device / name).write_bytes((folder / name).read_bytes())
+    return device
+
+
+def run_on_device(script: Path, *args, cwd: Path, timeout: int = 600):
+    import subprocess
+    import sys
+
+    cwd.mkdir(parents=True, exist_ok=True)
+    return subprocess.run([sys.executable, "-I", "-c", ON_DEVICE, str(script), *map(str, args)],
+                          capture_output=True, text=True, cwd=cwd, timeout=timeout)

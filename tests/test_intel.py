@@ -3,8 +3,6 @@ device-side script and docs snippet, and `edgeeff eval` of foreign IRs."""
 
 import json
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +10,8 @@ import pytest
 
 from edgeeff.cli import main
 from edgeeff.util import sha256_file
+
+from .conftest import copy_to_device, run_on_device
 
 openvino = pytest.importorskip("openvino")
 pytest.importorskip("nncf")
@@ -66,7 +66,8 @@ def test_ir_pair_report_and_manifest(quick_intel):
     entries = {a["file"]: a["input"] for a in manifest["artifacts"]}
     assert entries == {"model_fp32.xml": {"layout": "NHWC", "dtype": "uint8"},
                        "model_int8.xml": {"layout": "NHWC", "dtype": "uint8"}}
-    assert {f["file"] for f in manifest["files"]} >= {"model_fp32.xml", "model_fp32.bin", "model_int8.xml", "model_int8.bin"}
+    assert {f["file"] for f in manifest["files"]} >= {"model_fp32.xml", "model_fp32.bin", "model_int8.xml", "model_int8.bin",
+                                                      "openvino_classify.py", "device_preprocess.py"}
 
 
 def test_int8_ir_takes_uint8_nhwc_and_is_quantized(quick_intel):
@@ -89,15 +90,21 @@ def test_compiling_twice_gives_identical_ir_bytes(quick_intel, tmp_path):
 
 
 def test_device_script_and_docs_snippet_match_the_runner(quick_intel, tmp_path):
-    """scripts/openvino_classify.py and the snippet in docs/intel.md, run with edgeeff unimportable,
-    predict what edgeeff's runner predicts."""
-    photos = _photos(4)
+    """openvino_classify.py as shipped in the output folder and the snippet in docs/intel.md, run
+    on a 'device' copy of the folder without edgeeff, predict what edgeeff's runner predicts, on
+    photos and on an image with alpha (decoded over white, as edgeeff does)."""
+    from PIL import Image
+
+    rng = np.random.default_rng(2)
+    photos = _photos(3)
+    rgb = np.asarray(Image.open(photos[0]).convert("RGB").resize((150, 110)))
+    Image.fromarray(np.dstack([rgb, rng.integers(0, 256, rgb.shape[:2], np.uint8)])).save(tmp_path / "alpha.png")
+    photos.append(tmp_path / "alpha.png")
     expected = _runner_predictions(quick_intel, "model_int8.xml", photos)
-    block = "import sys, runpy; sys.modules['edgeeff'] = None; sys.argv = sys.argv[1:]; " \
-            "runpy.run_path(sys.argv[0], run_name='__main__')"
-    script = REPO / "scripts" / "openvino_classify.py"
-    proc = subprocess.run([sys.executable, "-c", block, str(script), str(quick_intel / "model_int8.xml"),
-                           *map(str, photos), "--json"], capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    device = copy_to_device(quick_intel, tmp_path / "device", "model_int8.xml", "model_int8.bin", "manifest.json",
+                            "labels.txt", "openvino_classify.py", "device_preprocess.py")
+    proc = run_on_device(device / "openvino_classify.py", device / "model_int8.xml", *photos, "--json",
+                         cwd=tmp_path / "elsewhere", timeout=300)
     assert proc.returncode == 0, proc.stderr
     lines = [json.loads(line) for line in proc.stdout.splitlines()]
     assert [line["top5"][0] for line in lines] == expected.argmax(1).tolist()
@@ -106,11 +113,10 @@ def test_device_script_and_docs_snippet_match_the_runner(quick_intel, tmp_path):
     docs = (REPO / "docs" / "intel.md").read_text()
     snippet = re.search(r"```python\n(.*?)```", docs, re.S).group(1)
     (tmp_path / "snippet.py").write_text(snippet)
-    proc = subprocess.run([sys.executable, "-c", block, str(tmp_path / "snippet.py"),
-                           str(quick_intel / "model_int8.xml"), str(photos[0])],
-                          capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    proc = run_on_device(tmp_path / "snippet.py", device / "model_int8.xml", photos[-1], cwd=tmp_path / "elsewhere",
+                         timeout=300)
     assert proc.returncode == 0, proc.stderr
-    assert int(proc.stdout.split()[0]) == int(expected[0].argmax()), proc.stdout
+    assert int(proc.stdout.split()[0]) == int(expected[-1].argmax()), proc.stdout
 
 
 def test_eval_reads_foreign_irs_with_a_background_class(quick_intel, tmp_path):

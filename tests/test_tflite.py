@@ -106,7 +106,8 @@ def test_int8_file_is_under_30_percent_of_float(rpi_quick):
 @pytest.mark.slow
 def test_manifest_carries_what_the_device_needs(rpi_quick):
     manifest = json.loads((rpi_quick / "manifest.json").read_text())
-    assert {f["file"] for f in manifest["files"]} == {*TFLITE_FILES, "labels.txt", "report.json", "report.md", "report.html"}
+    assert {f["file"] for f in manifest["files"]} == {*TFLITE_FILES, "labels.txt", "report.json", "report.md", "report.html",
+                                                     "rpi_classify.py", "device_preprocess.py"}
     entry = next(a for a in manifest["artifacts"] if a["file"] == "model_int8.tflite")
     assert entry["format"] == "tflite" and entry["precision"] == "int8"
     assert entry["input"]["layout"] == "NHWC" and entry["input"]["dtype"] == "uint8"
@@ -232,6 +233,44 @@ def test_device_script_does_not_import_edgeeff():
     source = (Path(__file__).resolve().parents[1] / "scripts" / "rpi_classify.py").read_text()
     assert not re.search(r"^\s*(import|from)\s+edgeeff\b", source, re.MULTILINE)
     assert "ai_edge_litert.interpreter" in source and "tflite_runtime.interpreter" in source
+    # its preprocessing is edgeeff's own file, imported by module name from beside the script
+    assert re.search(r"^from device_preprocess import .*\bcrop\b.*\bload_rgb\b", source, re.MULTILINE)
+
+
+@pytest.mark.slow
+def test_shipped_script_classifies_as_edgeeff_does(rpi_quick, tmp_path):
+    """rpi_classify.py and device_preprocess.py as shipped in the output folder, copied to a
+    'device' and run there without edgeeff: the same classes and scores as edgeeff's runner on
+    edgeeff's own crops, photos and odd image modes (alpha, 16-bit) alike."""
+    from PIL import Image
+
+    from edgeeff.data import crop_all, default_calibration_paths
+    from edgeeff.preprocess import PreprocessSpec
+
+    from .conftest import copy_to_device, run_on_device
+
+    rng = np.random.default_rng(1)
+    photos = default_calibration_paths()[:3]
+    Image.fromarray(np.dstack([np.asarray(Image.open(photos[0]).convert("RGB").resize((120, 90))),
+                               rng.integers(0, 256, (90, 120), np.uint8)])).save(tmp_path / "alpha.png")
+    Image.fromarray(rng.integers(0, 65536, (70, 50), np.uint16)).save(tmp_path / "deep16.png")
+    images = [*photos, tmp_path / "alpha.png", tmp_path / "deep16.png"]
+    device = copy_to_device(rpi_quick, tmp_path / "pi", "model_int8.tflite", "manifest.json", "labels.txt",
+                            "rpi_classify.py", "device_preprocess.py")
+    out = tmp_path / "pred.json"
+    proc = run_on_device(device / "rpi_classify.py", device / "model_int8.tflite", *images, "--threads", "2",
+                         "--top", "3", "--json", out, cwd=tmp_path / "elsewhere")
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(out.read_text())
+    spec = PreprocessSpec.from_dict(json.loads((rpi_quick / "manifest.json").read_text())["preprocess"])
+    _, crops, _ = crop_all(images, spec, "val", quiet=True)
+    runner = litert.open_runner(rpi_quick / "model_int8.tflite", 2, spec)
+    logits = runner.predict(runner.spec.to_model_input(crops))
+    got = np.array([[t["class"] for t in p["top"]] for p in result["predictions"]])
+    assert [Path(p["file"]) for p in result["predictions"]] == images
+    assert np.array_equal(got[:, 0], logits.argmax(1))
+    scores = np.array([[t["score"] for t in p["top"]] for p in result["predictions"]])
+    assert np.allclose(scores, np.take_along_axis(logits, got, axis=1), atol=1e-5)
 
 
 @pytest.mark.parametrize("name", ["rpi", "android", "ios"])

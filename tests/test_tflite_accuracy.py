@@ -2,14 +2,12 @@
 in the LiteRT interpreter; `edgeeff eval` and the device-side script agree with the report."""
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from .conftest import REPO, needs_shared
+from .conftest import copy_to_device, needs_shared, run_on_device
 
 pytest.importorskip("ai_edge_litert", reason="the tflite extra is not installed")
 pytest.importorskip("litert_torch", reason="the tflite extra is not installed")
@@ -67,21 +65,17 @@ def _val_images(sample, per_class=1, classes=12):
 
 @pytest.mark.parametrize("model", ["model_int8.tflite", "model_fp32.tflite"])
 def test_device_script_predicts_what_edgeeff_measured(lite0_rpi, sample, tmp_path, model):
-    """scripts/rpi_classify.py, run without edgeeff importable, gives the runner's top-1 for
-    every image (the runner is what the report's accuracy came from)."""
+    """rpi_classify.py as shipped in the output folder, run on a 'device' copy without edgeeff
+    importable, gives the runner's top-1 for every image (the runner is what the report's
+    accuracy came from)."""
     folder, _ = lite0_rpi
     images = _val_images(sample)
-    device = tmp_path / "pi"  # what gets copied to the device: the model, manifest, labels
-    device.mkdir()
-    for name in (model, "manifest.json", "labels.txt"):
-        (device / name).write_bytes((folder / name).read_bytes())
+    # what gets copied to the device: the model, manifest, labels, the script and its preprocessing
+    device = copy_to_device(folder, tmp_path / "pi", model, "manifest.json", "labels.txt", "rpi_classify.py",
+                            "device_preprocess.py")
     out = tmp_path / "pred.json"
-    script = REPO / "scripts" / "rpi_classify.py"
-    runner_code = ("import runpy, sys; sys.modules['edgeeff'] = None; sys.argv = sys.argv[1:]; "
-                   "runpy.run_path(sys.argv[0], run_name='__main__')")
-    proc = subprocess.run([sys.executable, "-c", runner_code, str(script), str(device / model), *map(str, images),
-                           "--threads", "2", "--top", "5", "--time", "5", "--json", str(out)],
-                          capture_output=True, text=True, cwd=tmp_path)
+    proc = run_on_device(device / "rpi_classify.py", device / model, *images, "--threads", "2", "--top", "5",
+                         "--time", "5", "--json", out, cwd=tmp_path / "elsewhere")
     assert proc.returncode == 0, proc.stderr
     result = json.loads(out.read_text())
     assert [Path(p["file"]) for p in result["predictions"]] == images
