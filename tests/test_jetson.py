@@ -234,6 +234,49 @@ def test_engine_is_built_with_the_tensorrt_api_when_it_imports(tmp_path):
     assert shapes[1:] == ((1, 3, 224, 224), (1, 3, 224, 224), (4, 3, 224, 224))
 
 
+def test_shipped_eval_script_runs_without_edgeeff(tiny_qdq, tmp_path):
+    """jetson_eval_engine.py and device_preprocess.py as edgeeff ships them, on a 'device' copy
+    run with `python -I` and edgeeff unimportable (CPU path): the predictions edgeeff's own
+    preprocessing gives, on photos and odd image modes (alpha, 16-bit, palette, tiny)."""
+    from PIL import Image
+
+    from edgeeff.backends import ship_device_scripts
+    from edgeeff.data import default_calibration_paths
+    from edgeeff.preprocess import PreprocessSpec, crop_image, load_rgb
+
+    from .conftest import run_on_device
+
+    _, qdq = tiny_qdq
+    folder = tmp_path / "lite0-jetson-orin"
+    folder.mkdir()
+    onnx.save(qdq, str(folder / "model_qdq.onnx"))
+    spec = PreprocessSpec(resolution=16, crop_pct=0.875, interpolation="bicubic", mean=(0.485, 0.456, 0.406),
+                          std=(0.229, 0.224, 0.225))
+    (folder / "manifest.json").write_text(json.dumps({"preprocess": spec.to_dict(), "artifacts": []}))
+    ship_device_scripts(folder, trt_backend.BUILD_SCRIPT, trt_backend.EVAL_SCRIPT)
+    rng = np.random.default_rng(3)
+    rgb = rng.integers(0, 256, (40, 30, 3), np.uint8)
+    images = {"0/photo.jpg": Image.open(default_calibration_paths()[0]).convert("RGB"),
+              "0/alpha.png": Image.fromarray(np.dstack([rgb, rng.integers(0, 256, (40, 30), np.uint8)])),
+              "1/deep16.png": Image.fromarray(rng.integers(0, 65536, (25, 35), np.uint16)),
+              "1/palette.png": Image.fromarray(rgb).convert("P"),
+              "2/tiny.png": Image.fromarray(rgb[:4, :6])}
+    for name, img in images.items():
+        (tmp_path / "val" / name).parent.mkdir(parents=True, exist_ok=True)
+        img.save(tmp_path / "val" / name)
+    device = tmp_path / "device"
+    shutil.copytree(folder, device)
+    out = tmp_path / "device.json"
+    proc = run_on_device(device / trt_backend.EVAL_SCRIPT, device, "--val", tmp_path / "val", "--onnx",
+                         "model_qdq.onnx", "--json", out, cwd=tmp_path / "elsewhere", timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    paths = sorted((tmp_path / "val").rglob("*.*"))  # the script's order: class folders, then files
+    x = spec.to_model_input(np.stack([crop_image(load_rgb(p), spec) for p in paths]))
+    assert json.loads(out.read_text())["predictions"] == _run(qdq, x).argmax(1).tolist()
+    shipped = _device_script(device)  # and its inputs, bit for bit (top-1 alone could hide a drift)
+    assert np.array_equal(np.concatenate([shipped.preprocess(p, spec.to_dict()) for p in paths]), x)
+
+
 # ---------------------------------------------------------------------------------------------
 # Compiles (module-scoped, reused)
 
@@ -317,12 +360,14 @@ def test_lite0_engine_is_listed_unverified_with_its_command(lite0_jetson):
     manifest = json.loads((folder / "manifest.json").read_text())
     build = next(a["build"] for a in manifest["artifacts"] if a["file"] == "model.engine")
     assert build["commands"]["int8"]["tensorrt>=8.4"].startswith("trtexec --onnx=model_qdq.onnx")
-    assert (folder / "jetson_build_engine.sh").is_file() and (folder / "jetson_eval_engine.py").is_file()
+    for name in ("jetson_build_engine.sh", "jetson_eval_engine.py", "device_preprocess.py"):
+        assert (folder / name).is_file(), name
     assert "model.engine" in (folder / "report.md").read_text()
 
 
-def _device_script():
-    spec = importlib.util.spec_from_file_location("jetson_eval_engine", REPO / "scripts" / "jetson_eval_engine.py")
+def _device_script(folder):
+    """The eval script as shipped in the output folder (it imports the device_preprocess.py beside it)."""
+    spec = importlib.util.spec_from_file_location("jetson_eval_engine", folder / "jetson_eval_engine.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -334,7 +379,7 @@ def test_device_preprocessing_matches_edgeeff_on_real_photos(lite0_jetson, sampl
     from edgeeff.preprocess import PreprocessSpec, crop_image, load_rgb
 
     folder, report = lite0_jetson
-    device = _device_script()
+    device = _device_script(folder)
     manifest = json.loads((folder / "manifest.json").read_text())
     spec = PreprocessSpec.from_dict(manifest["preprocess"])
     photos = sorted((sample / "val").rglob("*.JPEG"))[::60][:10] or sorted((sample / "val").rglob("*.*"))[:10]
@@ -347,11 +392,17 @@ def test_device_preprocessing_matches_edgeeff_on_real_photos(lite0_jetson, sampl
 @needs_shared
 @pytest.mark.slow
 def test_device_script_cpu_path_reproduces_the_report(lite0_jetson, sample, tmp_path):
+    """The shipped script on a copy of the folder, without edgeeff (python -I, another cwd)."""
+    from .conftest import copy_to_device, run_on_device
+
     folder, report = lite0_jetson
     out = tmp_path / "device.json"
-    device = _device_script()
-    assert device.main([str(folder), "--val", str(sample / "val"), "--synsets", str(sample / "synsets.txt"),
-                        "--onnx", "model_qdq.onnx", "--json", str(out)]) == 0
+    device = copy_to_device(folder, tmp_path / "jetson", "model_qdq.onnx", "manifest.json", "jetson_eval_engine.py",
+                            "device_preprocess.py")
+    proc = run_on_device(device / "jetson_eval_engine.py", device, "--val", sample / "val", "--synsets",
+                         sample / "synsets.txt", "--onnx", "model_qdq.onnx", "--json", out, cwd=tmp_path / "elsewhere",
+                         timeout=1800)
+    assert proc.returncode == 0, proc.stderr
     result = json.loads(out.read_text())
     qdq = next(a for a in report["artifacts"] if a["file"] == "model_qdq.onnx")
     assert result["images"] == report["dataset"]["images"]
