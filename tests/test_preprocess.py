@@ -157,3 +157,26 @@ def test_shipped_device_module_gives_bit_identical_inputs(tmp_path):
             got = theirs[f"{i}_{j}"]
             assert got.dtype == ours.dtype and got.shape == ours.shape, (spec, path.name)
             assert np.array_equal(got, ours), (spec, path.name)
+
+
+def test_every_shipped_device_script_is_in_the_wheel():
+    """A non-editable install copies the device scripts from edgeeff/_data/scripts: each script a
+    target ships must exist in scripts/ and be force-included by pyproject.toml (the
+    device_preprocess.py they import is package code, always in the wheel)."""
+    import tomllib
+
+    from edgeeff.backends import tensorrt
+    from edgeeff.profiles import all_targets
+
+    from .conftest import REPO
+
+    wheel = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["hatch"]["build"]["targets"]["wheel"]
+    included = wheel["force-include"]
+    shipped = {tensorrt.BUILD_SCRIPT, tensorrt.EVAL_SCRIPT}
+    for target in all_targets().values():
+        shipped.update(target.raw.get("device_scripts", []))
+    assert {"rpi_classify.py", "openvino_classify.py"} <= shipped
+    for name in shipped:
+        assert (REPO / "scripts" / name).is_file(), name
+        assert included.get(f"scripts/{name}") == f"edgeeff/_data/scripts/{name}", name
+    assert "edgeeff" in wheel["packages"]
