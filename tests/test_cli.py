@@ -14,14 +14,13 @@ from onnx import helper
 from edgeeff.cli import main
 from edgeeff.util import sha256_file
 
-QUICK = ["--calib-count", "9", "--latency-runs", "3", "--quiet"]
+from .conftest import QUICK, compile_model
 
 
 @pytest.fixture(scope="module")
 def quick_compile(tmp_path_factory):
-    out = tmp_path_factory.mktemp("out")
-    assert main(["compile", "--variant", "lite0", "--target", "onnx", "--out", str(out), *QUICK]) == 0
-    return out / "lite0-onnx"
+    folder, _ = compile_model(tmp_path_factory.mktemp("out"), "lite0", "onnx", *QUICK)
+    return folder
 
 
 @pytest.mark.slow

@@ -21,11 +21,10 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from edgeeff.backends import tensorrt as trt_backend
-from edgeeff.cli import main
 from edgeeff.qdq import (QDQRuleError, build_qdq, check_tensorrt_rules, plan_placement, prepare_for_tensorrt,
                          tensorrt_rule_violations)
 
-from .conftest import B0_TEST_WEIGHTS, REPO, needs_b0_weights, needs_shared
+from .conftest import B0_TEST_WEIGHTS, REPO, compile_model, needs_b0_weights, needs_shared, on_sample
 from .graphs import tiny_efficientnet
 
 # ---------------------------------------------------------------------------------------------
@@ -239,12 +238,7 @@ def test_engine_is_built_with_the_tensorrt_api_when_it_imports(tmp_path):
 
 
 def _compile(out, variant, target, *extra):
-    assert main(["compile", "--variant", variant, "--target", target, "--out", str(out),
-                 "--latency-runs", "3", "--quiet", *extra]) == 0
-    from edgeeff.profiles import get_target
-
-    folder = out / f"{variant}-{get_target(target).name}"  # an alias compiles under the target's name
-    return folder, json.loads((folder / "report.json").read_text())
+    return compile_model(out, variant, target, "--latency-runs", "3", "--quiet", *extra)
 
 
 @pytest.fixture(scope="module")
@@ -279,8 +273,7 @@ def test_polygraphy_runs_the_qdq_model_in_onnxruntime(nano):
 
 @pytest.fixture(scope="module")
 def lite0_jetson(tmp_path_factory, sample):
-    return _compile(tmp_path_factory.mktemp("orin"), "lite0", "jetson", "--calib", str(sample / "calib"),
-                    "--val", str(sample / "val"))
+    return _compile(tmp_path_factory.mktemp("orin"), "lite0", "jetson", *on_sample(sample))
 
 
 @needs_shared
@@ -363,7 +356,7 @@ def test_device_script_cpu_path_reproduces_the_report(lite0_jetson, sample, tmp_
 @pytest.fixture(scope="module")
 def b0_jetson(tmp_path_factory, sample):
     return _compile(tmp_path_factory.mktemp("b0"), "b0", "jetson", "--weights", str(B0_TEST_WEIGHTS),
-                    "--calib", str(sample / "calib"), "--val", str(sample / "val"))
+                    *on_sample(sample))
 
 
 @needs_shared
