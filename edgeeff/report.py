@@ -252,6 +252,16 @@ def replace_section(text: str, key: str, block: str) -> str:
     return text.rstrip() + "\n\n" + block + "\n"
 
 
+def add_model_and_data_arguments(parser) -> None:
+    """The benchmark scripts' arguments for the model and its images: --variant (default lite0),
+    --weights, --calib and --val (required), --calib-count (default 300)."""
+    parser.add_argument("--variant", default="lite0")
+    parser.add_argument("--weights", type=Path)
+    parser.add_argument("--calib", type=Path, required=True)
+    parser.add_argument("--val", type=Path, required=True)
+    parser.add_argument("--calib-count", type=int, default=300)
+
+
 def machine_info() -> dict:
     """What a benchmark figure depends on: CPU model, cores, the SIMD flags the INT8 kernels use, load."""
     cpu, flags = platform.processor() or platform.machine(), []
