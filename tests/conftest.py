@@ -66,6 +66,12 @@ def check_fp32_matches_reference(report: dict) -> dict:
     return fp32
 
 
+def check_int8_meets_the_bar(a: dict) -> None:
+    """The INT8 bar on the sample: at most 0.5 points of top-1 lost, at least 98% top-1 agreement."""
+    assert a["top1_drop"] <= 0.5, a
+    assert a["top1_agreement"] >= 98.0, a
+
+
 def eval_artifact(folder: Path, model_file: str, sample: Path, out_json: Path) -> dict:
     """`edgeeff eval` of `folder/model_file` on the sample's validation set: its JSON result."""
     from edgeeff.cli import main

@@ -2,7 +2,8 @@
 
 import pytest
 
-from .conftest import artifact, check_fp32_matches_reference, compile_model, eval_artifact, needs_shared, on_sample
+from .conftest import (artifact, check_fp32_matches_reference, check_int8_meets_the_bar, compile_model,
+                       eval_artifact, needs_shared, on_sample)
 
 pytestmark = [needs_shared, pytest.mark.slow]
 
@@ -21,8 +22,7 @@ def test_fp32_reference_is_right(lite0_onnx):
 def test_int8_onnx_meets_the_bar(lite0_onnx):
     _, report = lite0_onnx
     int8 = artifact(report, "int8")
-    assert int8["top1_drop"] <= 0.5, int8
-    assert int8["top1_agreement"] >= 98.0, int8
+    check_int8_meets_the_bar(int8)
 
 
 def test_report_follows_the_contract(lite0_onnx):
