@@ -179,22 +179,16 @@ def quant_error(centres, counts, low, high, qmin, qmax, symmetric):
     return float((counts * (centres - (q - zero) * scale) ** 2).sum())
 
 
-def mse_range(hist, lo, hi, bits: int = 8, symmetric: bool = False, steps: int = 150) -> tuple[float, float]:
-    """The clipping range with the lowest expected squared error over the histogram.
+def _shrink_range(error, lo: float, hi: float, steps: int) -> tuple[float, float]:
+    """The range inside [lo, hi] with the lowest error(low, high), by coordinate descent.
 
     Each end is shrunk towards zero on its own (outliers usually sit on one side), in geometric
-    steps down to 1% of the observed value, alternating ends twice (coordinate descent).
+    steps down to 1% of the observed value, alternating ends twice; a candidate replaces the best
+    only when it is lower by more than a relative 1e-12.
     """
-    centres = _bin_centres(lo, hi)
-    counts = hist.astype(np.float64)
-    qmin, qmax = 0, 2 ** bits - 1
     fractions = np.geomspace(1.0, 0.01, steps)
-
-    def error(low, high):
-        return quant_error(centres, counts, low, high, qmin, qmax, symmetric)
-
     low, high = lo, hi
-    best_err = error(low, high)
+    best = error(low, high)
     for _ in range(2):
         for end in ("high", "low"):
             edge = hi if end == "high" else lo
@@ -203,9 +197,21 @@ def mse_range(hist, lo, hi, bits: int = 8, symmetric: bool = False, steps: int =
             for fraction in fractions:
                 cand = (low, edge * fraction) if end == "high" else (edge * fraction, high)
                 err = error(*cand)
-                if err < best_err - 1e-12 * max(best_err, 1):
-                    (low, high), best_err = cand, err
+                if err < best - 1e-12 * max(best, 1):
+                    (low, high), best = cand, err
     return float(low), float(high)
+
+
+def mse_range(hist, lo, hi, bits: int = 8, symmetric: bool = False, steps: int = 150) -> tuple[float, float]:
+    """The clipping range with the lowest expected squared error over the histogram (_shrink_range)."""
+    centres = _bin_centres(lo, hi)
+    counts = hist.astype(np.float64)
+    qmin, qmax = 0, 2 ** bits - 1
+
+    def error(low, high):
+        return quant_error(centres, counts, low, high, qmin, qmax, symmetric)
+
+    return _shrink_range(error, lo, hi, steps)
 
 
 ELEMENTWISE = {
@@ -258,20 +264,7 @@ def function_mse_range(hist, lo, hi, function: str, bits: int = 8, symmetric: bo
         q = (np.clip(np.round(centres / scale + zero), qmin, qmax) - zero) * scale
         return float((counts * (f(q) - target) ** 2).sum())
 
-    fractions = np.geomspace(1.0, 0.01, steps)
-    low, high = lo, hi
-    best = error(low, high)
-    for _ in range(2):
-        for end in ("high", "low"):
-            edge = hi if end == "high" else lo
-            if edge == 0:
-                continue
-            for fraction in fractions:
-                cand = (low, edge * fraction) if end == "high" else (edge * fraction, high)
-                err = error(*cand)
-                if err < best - 1e-12 * max(best, 1):
-                    (low, high), best = cand, err
-    return float(low), float(high)
+    return _shrink_range(error, lo, hi, steps)
 
 
 def activation_floors(model: onnx.ModelProto) -> dict[str, float]:

@@ -70,29 +70,39 @@ def _cell(value, digits=2):
     return f"{value:.{digits}f}" if isinstance(value, float) else _esc(value)
 
 
+_LEFT = ("artifact", "precision", "runtime")  # text columns, left-aligned
+
+
+def _artifact_cell(row: dict, key: str, max_drop: float | None) -> str:
+    if key not in row:
+        return "<td></td>"
+    value = row[key]
+    if key == "artifact" and row["reference"]:
+        return '<td class="l">FP32 reference</td>'
+    if key in _LEFT:
+        return f'<td class="l">{_esc(value)}</td>'
+    if key == "verified":
+        return f"<td>{'yes' if value else 'no: ' + _esc(row['reason'])}</td>"
+    if key == "top1_drop":
+        over = max_drop is not None and value is not None and value > max_drop
+        return f'<td class="{"bad" if over else ""}">{_cell(value)}</td>'
+    return f"<td>{_cell(value)}</td>"
+
+
 def _artifact_table(reports: list[dict], max_drop: float | None) -> str:
+    """report.py's artifact_table rows for each report (one folder column when several), as HTML."""
+    from .report import ARTIFACT_COLUMNS, artifact_table
+
     many = len(reports) > 1
-    head = (["folder"] if many else []) + ["artifact", "precision", "runtime", "top-1", "top-5", "drop",
-                                           "agreement %", "size MB", "latency ms (b1)", "verified"]
+    columns = [(key, header) for key, _, header in ARTIFACT_COLUMNS if header is not None]
+    head = (["folder"] if many else []) + [header for _, header in columns]
     rows = ["<tr>" + "".join(f'<th class="{"l" if i < (3 if many else 2) else ""}">{h}</th>'
                              for i, h in enumerate(head)) + "</tr>"]
     for report in reports:
-        ref = report["reference"]
         name = f"{report['variant']}-{report['target']}"
-        rows.append("<tr>" + (f'<td class="l">{_esc(name)}</td>' if many else "")
-                    + f'<td class="l">FP32 reference</td><td class="l">fp32</td><td class="l">{_esc(ref["runtime"])}</td>'
-                    + f"<td>{_cell(ref.get('top1'))}</td><td>{_cell(ref.get('top5'))}</td>" + "<td></td>" * 5 + "</tr>")
-        for a in report["artifacts"]:
-            drop = a.get("top1_drop")
-            over = max_drop is not None and drop is not None and drop > max_drop
-            latency = (a.get("latency_ms") or {}).get("median")
+        for row in artifact_table(report):
             rows.append("<tr>" + (f'<td class="l">{_esc(name)}</td>' if many else "")
-                        + f'<td class="l">{_esc(a["file"])}</td><td class="l">{_esc(a["precision"])}</td>'
-                        + f'<td class="l">{_esc(a.get("runtime", "-"))}</td>'
-                        + f"<td>{_cell(a.get('top1'))}</td><td>{_cell(a.get('top5'))}</td>"
-                        + f'<td class="{"bad" if over else ""}">{_cell(drop)}</td>'
-                        + f"<td>{_cell(a.get('top1_agreement'))}</td><td>{_cell(a['size_bytes'] / 1e6 if a.get('size_bytes') is not None else None)}</td>"
-                        + f"<td>{_cell(latency)}</td><td>{'yes' if a.get('verified', True) else 'no: ' + _esc(a.get('reason', ''))}</td></tr>")
+                        + "".join(_artifact_cell(row, key, max_drop) for key, _ in columns) + "</tr>")
     return "<table>" + "".join(rows) + "</table>"
 
 

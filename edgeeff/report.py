@@ -84,21 +84,58 @@ def _fmt(value, digits=2, suffix=""):
     return f"{value}{suffix}"
 
 
-def table_rows(report: dict) -> list[list[str]]:
+# The artifact table: (key, header in the printed table and report.md, header in report.html), None
+# where that renderer leaves the column out. "float layers": INT8 artifacts only, e.g. 6/82 when the
+# --max-drop fallback kept 6 in float; report.html shows "verified" instead.
+ARTIFACT_COLUMNS = (
+    ("artifact", "artifact", "artifact"),
+    ("precision", "precision", "precision"),
+    ("runtime", "runtime", "runtime"),
+    ("top1", "top-1", "top-1"),
+    ("top5", "top-5", "top-5"),
+    ("top1_drop", "drop", "drop"),
+    ("top1_agreement", "agree%", "agreement %"),
+    ("size_mb", "size MB", "size MB"),
+    ("latency_ms", "ms (b1)", "latency ms (b1)"),
+    ("float_layers", "float layers", None),
+    ("verified", None, "verified"),
+)
+
+
+def artifact_table(report: dict) -> list[dict]:
+    """The artifact table's rows, the FP32 reference first: raw values keyed as ARTIFACT_COLUMNS, plus
+    `reference` (True on the reference row) and `reason` (why an artifact was not verified). A key is
+    absent where the column does not apply (an empty cell); None is a value not measured ("-").
+    The printed table, report.md and report.html all render these rows; they only format them."""
     ref = report["reference"]
-    # "float layers": INT8 artifacts only, e.g. 6/82 when the --max-drop fallback kept 6 in float.
-    rows = [["artifact", "precision", "runtime", "top-1", "top-5", "drop", "agree%", "size MB", "ms (b1)",
-             "float layers"]]
-    rows.append(["reference", ref["precision"], ref["runtime"], _fmt(ref.get("top1")), _fmt(ref.get("top5")),
-                 "", "", "", "", ""])
+    rows = [{"reference": True, "artifact": "reference", "precision": ref["precision"], "runtime": ref["runtime"],
+             "top1": ref.get("top1"), "top5": ref.get("top5")}]
     for a in report["artifacts"]:
-        latency = a.get("latency_ms", {}).get("median") if a.get("latency_ms") else None
-        floats = f"{len(a['kept_float'])}/{a['quantizable_layers']}" if "kept_float" in a else ""
-        rows.append([a["file"], a["precision"], a.get("runtime", "-") if a.get("verified", True) else "not run",
-                     _fmt(a.get("top1")), _fmt(a.get("top5")), _fmt(a.get("top1_drop")),
-                     _fmt(a.get("top1_agreement")), _fmt(a["size_bytes"] / 1e6 if a.get("size_bytes") is not None else None),
-                     _fmt(latency), floats])
+        row = {"reference": False, "artifact": a["file"], "precision": a["precision"],
+               "runtime": a.get("runtime", "-"), "top1": a.get("top1"), "top5": a.get("top5"),
+               "top1_drop": a.get("top1_drop"), "top1_agreement": a.get("top1_agreement"),
+               "size_mb": a["size_bytes"] / 1e6 if a.get("size_bytes") is not None else None,
+               "latency_ms": (a.get("latency_ms") or {}).get("median"),
+               "verified": a.get("verified", True), "reason": a.get("reason", "")}
+        if "kept_float" in a:
+            row["float_layers"] = f"{len(a['kept_float'])}/{a['quantizable_layers']}"
+        rows.append(row)
     return rows
+
+
+def _text_cell(row: dict, key: str) -> str:
+    if key not in row:
+        return ""
+    if key == "runtime" and not row.get("verified", True):
+        return "not run"  # the text table has no "verified" column
+    return _fmt(row[key])
+
+
+def table_rows(report: dict) -> list[list[str]]:
+    """The artifact table as text cells, header first: the printed table and report.md."""
+    columns = [(key, header) for key, header, _ in ARTIFACT_COLUMNS if header is not None]
+    return [[header for _, header in columns]] + [[_text_cell(row, key) for key, _ in columns]
+                                                  for row in artifact_table(report)]
 
 
 def chain_rows(report: dict) -> list[list[str]]:
@@ -213,6 +250,16 @@ def replace_section(text: str, key: str, block: str) -> str:
         start = text.index(begin)
         return text[:start] + block + text[text.index(end, start) + len(end):]
     return text.rstrip() + "\n\n" + block + "\n"
+
+
+def add_model_and_data_arguments(parser) -> None:
+    """The benchmark scripts' arguments for the model and its images: --variant (default lite0),
+    --weights, --calib and --val (required), --calib-count (default 300)."""
+    parser.add_argument("--variant", default="lite0")
+    parser.add_argument("--weights", type=Path)
+    parser.add_argument("--calib", type=Path, required=True)
+    parser.add_argument("--val", type=Path, required=True)
+    parser.add_argument("--calib-count", type=int, default=300)
 
 
 def machine_info() -> dict:

@@ -34,7 +34,7 @@ from edgeeff import pipeline  # noqa: E402
 from edgeeff.backends import backend  # noqa: E402
 from edgeeff.pipeline import CompileOptions, compile_model  # noqa: E402
 from edgeeff.profiles import all_recipes, get_target  # noqa: E402
-from edgeeff.report import format_table  # noqa: E402
+from edgeeff.report import add_model_and_data_arguments, format_table  # noqa: E402
 
 
 def interleaved_latency(folder: Path, report: dict, fp32: dict, int8: dict, rounds: int, runs: int = 20) -> dict:
@@ -69,12 +69,8 @@ def interleaved_latency(folder: Path, report: dict, fp32: dict, int8: dict, roun
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--variant", default="lite0")
+    add_model_and_data_arguments(parser)
     parser.add_argument("--target", default="onnx")
-    parser.add_argument("--weights", type=Path)
-    parser.add_argument("--calib", type=Path, required=True)
-    parser.add_argument("--val", type=Path, required=True)
-    parser.add_argument("--calib-count", type=int, default=300)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--methods", nargs="+", help="calibration recipes (default: every one the backend implements)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",

@@ -16,7 +16,6 @@ import sys
 import tempfile
 from pathlib import Path
 
-import numpy as np
 import onnx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -30,17 +29,13 @@ from edgeeff.preprocess import spec_for_variant  # noqa: E402
 from edgeeff.profiles import get_recipe  # noqa: E402
 from edgeeff.qdq import (PLACEMENTS, build_qdq, plan_placement, prepare_for_tensorrt,  # noqa: E402
                          tensorrt_rule_violations)
-from edgeeff.report import format_table, report_row  # noqa: E402
+from edgeeff.report import add_model_and_data_arguments, format_table, report_row  # noqa: E402
 from edgeeff.weights import load_model  # noqa: E402
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--variant", default="lite0")
-    p.add_argument("--weights", type=Path)
-    p.add_argument("--calib", type=Path, required=True)
-    p.add_argument("--val", type=Path, required=True)
-    p.add_argument("--calib-count", type=int, default=300)
+    add_model_and_data_arguments(p)
     p.add_argument("--placements", nargs="+", default=list(PLACEMENTS))
     p.add_argument("--methods", nargs="+", default=["minmax", "percentile", "mse"])
     p.add_argument("--percentile", type=float, default=None, help="override the percentile recipe's value")

@@ -45,7 +45,7 @@ from edgeeff.export import export_onnx  # noqa: E402
 from edgeeff.pipeline import CompileOptions, compile_model  # noqa: E402
 from edgeeff.preprocess import spec_for_variant  # noqa: E402
 from edgeeff.cache import cached_array, content_key  # noqa: E402
-from edgeeff.report import format_table, machine_info, machine_line, markdown_table, replace_section, report_row  # noqa: E402
+from edgeeff.report import add_model_and_data_arguments, format_table, machine_info, machine_line, markdown_table, replace_section, report_row  # noqa: E402
 from edgeeff.weights import load_model  # noqa: E402
 
 TARGET_FOR = {"onnxruntime": "onnx", "openvino": "intel", "litert": "rpi"}
@@ -163,11 +163,7 @@ def ratio_range(times: list[float], fp32_times: list[float], groups: int = 5) ->
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--variant", default="lite0")
-    parser.add_argument("--weights", type=Path)
-    parser.add_argument("--calib", type=Path, required=True)
-    parser.add_argument("--val", type=Path, required=True)
-    parser.add_argument("--calib-count", type=int, default=300)
+    add_model_and_data_arguments(parser)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--latency-rounds", type=int, default=40,
                         help="rounds of --latency-runs timed calls per file, the files taking turns each round")

@@ -3,6 +3,7 @@ there; tests that need them skip with the reason otherwise (the images may not b
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -12,6 +13,8 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("EDGEEFF_SHARED", REPO.parent / "shared"))
 SAMPLE = SHARED / "data" / "imagenet-sample"
 B0_TEST_WEIGHTS = SHARED / "data" / "weights" / "efficientnet-b0-swish-se-test.pth"
+# A quick compile: few calibration images (the packaged photos without --calib), short timing.
+QUICK = ["--calib-count", "9", "--latency-runs", "3", "--quiet"]
 
 needs_shared = pytest.mark.skipif(
     not (SAMPLE / "val").is_dir(),
@@ -53,3 +56,49 @@ def run_on_device(script: Path, *args, cwd: Path, timeout: int = 600):
     cwd.mkdir(parents=True, exist_ok=True)
     return subprocess.run([sys.executable, "-I", "-c", ON_DEVICE, str(script), *map(str, args)],
                           capture_output=True, text=True, cwd=cwd, timeout=timeout)
+
+
+# Helpers for the modules that compile once (module-scoped fixtures) and check the report.
+
+def compile_model(out: Path, variant: str, target: str, *options: str) -> tuple[Path, dict]:
+    """`edgeeff compile` into `out`, which must succeed: its output folder and report.json."""
+    from edgeeff.cli import main
+    from edgeeff.profiles import get_target
+
+    assert main(["compile", "--variant", variant, "--target", target, "--out", str(out), *options]) == 0
+    folder = out / f"{variant}-{get_target(target).name}"  # an alias compiles under the target's name
+    return folder, json.loads((folder / "report.json").read_text())
+
+
+def on_sample(sample: Path) -> list[str]:
+    """The compile options that calibrate and validate on the ImageNet sample."""
+    return ["--calib", str(sample / "calib"), "--val", str(sample / "val")]
+
+
+def artifact(report: dict, precision: str) -> dict:
+    """The report's (first) artifact of that precision."""
+    return next(a for a in report["artifacts"] if a["precision"] == precision)
+
+
+def check_fp32_matches_reference(report: dict) -> dict:
+    """The bar for Lite0's FP32 artifact on the sample; returns that artifact."""
+    # ~84% with bicubic 256 -> 224: a point lower means weights, padding or preprocessing are wrong.
+    assert report["reference"]["top1"] >= 83.0
+    fp32 = artifact(report, "fp32")
+    assert fp32["top1_agreement"] >= 99.5 and fp32["max_abs_diff_vs_reference"] < 1e-2, fp32
+    return fp32
+
+
+def check_int8_meets_the_bar(a: dict) -> None:
+    """The INT8 bar on the sample: at most 0.5 points of top-1 lost, at least 98% top-1 agreement."""
+    assert a["top1_drop"] <= 0.5, a
+    assert a["top1_agreement"] >= 98.0, a
+
+
+def eval_artifact(folder: Path, model_file: str, sample: Path, out_json: Path) -> dict:
+    """`edgeeff eval` of `folder/model_file` on the sample's validation set: its JSON result."""
+    from edgeeff.cli import main
+
+    assert main(["eval", str(folder / model_file), "--val", str(sample / "val"), "--json", str(out_json),
+                 "--quiet"]) == 0
+    return json.loads(out_json.read_text())

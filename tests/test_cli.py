@@ -4,7 +4,6 @@ foreign-model eval, and user mistakes that must be one-line errors with no outpu
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import onnx
@@ -14,14 +13,13 @@ from onnx import helper
 from edgeeff.cli import main
 from edgeeff.util import sha256_file
 
-QUICK = ["--calib-count", "9", "--latency-runs", "3", "--quiet"]
+from .conftest import QUICK, compile_model
 
 
 @pytest.fixture(scope="module")
 def quick_compile(tmp_path_factory):
-    out = tmp_path_factory.mktemp("out")
-    assert main(["compile", "--variant", "lite0", "--target", "onnx", "--out", str(out), *QUICK]) == 0
-    return out / "lite0-onnx"
+    folder, _ = compile_model(tmp_path_factory.mktemp("out"), "lite0", "onnx", *QUICK)
+    return folder
 
 
 @pytest.mark.slow

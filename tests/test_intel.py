@@ -11,21 +11,18 @@ import pytest
 from edgeeff.cli import main
 from edgeeff.util import sha256_file
 
-from .conftest import copy_to_device, run_on_device
+from .conftest import QUICK, REPO, compile_model, copy_to_device, run_on_device
 
 openvino = pytest.importorskip("openvino")
 pytest.importorskip("nncf")
 
 pytestmark = pytest.mark.slow
-REPO = Path(__file__).resolve().parents[1]
-QUICK = ["--calib-count", "9", "--latency-runs", "3", "--quiet"]
 
 
 @pytest.fixture(scope="module")
 def quick_intel(tmp_path_factory):
-    out = tmp_path_factory.mktemp("out")
-    assert main(["compile", "--variant", "lite0", "--target", "intel", "--out", str(out), *QUICK]) == 0
-    return out / "lite0-intel"
+    folder, _ = compile_model(tmp_path_factory.mktemp("out"), "lite0", "intel", *QUICK)
+    return folder
 
 
 def _photos(n: int) -> list[Path]:

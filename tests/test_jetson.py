@@ -18,14 +18,14 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from onnx import TensorProto, helper, numpy_helper
+from onnx import helper, numpy_helper
 
 from edgeeff.backends import tensorrt as trt_backend
-from edgeeff.cli import main
 from edgeeff.qdq import (QDQRuleError, build_qdq, check_tensorrt_rules, plan_placement, prepare_for_tensorrt,
                          tensorrt_rule_violations)
 
-from .conftest import B0_TEST_WEIGHTS, REPO, needs_b0_weights, needs_shared
+from .conftest import (B0_TEST_WEIGHTS, REPO, check_int8_meets_the_bar, compile_model, needs_b0_weights,
+                       needs_shared, on_sample)
 from .graphs import tiny_efficientnet
 
 # ---------------------------------------------------------------------------------------------
@@ -282,12 +282,7 @@ def test_shipped_eval_script_runs_without_edgeeff(tiny_qdq, tmp_path):
 
 
 def _compile(out, variant, target, *extra):
-    assert main(["compile", "--variant", variant, "--target", target, "--out", str(out),
-                 "--latency-runs", "3", "--quiet", *extra]) == 0
-    from edgeeff.profiles import get_target
-
-    folder = out / f"{variant}-{get_target(target).name}"  # an alias compiles under the target's name
-    return folder, json.loads((folder / "report.json").read_text())
+    return compile_model(out, variant, target, "--latency-runs", "3", "--quiet", *extra)
 
 
 @pytest.fixture(scope="module")
@@ -322,8 +317,7 @@ def test_polygraphy_runs_the_qdq_model_in_onnxruntime(nano):
 
 @pytest.fixture(scope="module")
 def lite0_jetson(tmp_path_factory, sample):
-    return _compile(tmp_path_factory.mktemp("orin"), "lite0", "jetson", "--calib", str(sample / "calib"),
-                    "--val", str(sample / "val"))
+    return _compile(tmp_path_factory.mktemp("orin"), "lite0", "jetson", *on_sample(sample))
 
 
 @needs_shared
@@ -332,8 +326,7 @@ def test_lite0_qdq_meets_the_bar(lite0_jetson):
     folder, report = lite0_jetson
     assert report["target"] == "jetson-orin" and report["backend"] == "tensorrt"
     qdq = next(a for a in report["artifacts"] if a["file"] == "model_qdq.onnx")
-    assert qdq["top1_drop"] <= 0.5, qdq
-    assert qdq["top1_agreement"] >= 98.0, qdq
+    check_int8_meets_the_bar(qdq)
     assert qdq["runtime"].startswith("onnxruntime") and "proxy for TensorRT" in qdq["verified_by"]
     assert qdq["quantization"]["tensorrt_rules_check"]["passed"]
     assert report["calibration"]["method"] == qdq["quantization"]["calibration"] == "percentile"  # ReLU6
@@ -414,7 +407,7 @@ def test_device_script_cpu_path_reproduces_the_report(lite0_jetson, sample, tmp_
 @pytest.fixture(scope="module")
 def b0_jetson(tmp_path_factory, sample):
     return _compile(tmp_path_factory.mktemp("b0"), "b0", "jetson", "--weights", str(B0_TEST_WEIGHTS),
-                    "--calib", str(sample / "calib"), "--val", str(sample / "val"))
+                    *on_sample(sample))
 
 
 @needs_shared

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import pytest
@@ -157,21 +158,21 @@ def test_stale_partial_folder_of_a_killed_run_is_cleaned(tmp_path):
     assert not stale.exists() and mine.exists()
 
 
+class Runs(NamedTuple):
+    """Output folders of several compiles and their report.json, in run order."""
+    folders: list[Path]
+    reports: list[dict]
+
+
 @pytest.fixture(scope="module")
-def twice(data, tmp_path_factory):
+def twice(data, tmp_path_factory) -> Runs:
     """The same compile twice (tiny validation set), second run served from the caches."""
-    reports, folders = [], []
+    folders = []
     for run in range(2):
         out = tmp_path_factory.mktemp(f"run{run}")
         assert main(BASE + ["--calib", str(data / "calib"), "--val", str(data / "val"), "--out", str(out), *QUICK]) == 0
         folders.append(out / "lite0-onnx")
-        reports.append(json.loads((folders[-1] / "report.json").read_text()))
-    twice.folders = folders
-    return reports
-
-
-def twice_folders():
-    return twice.folders
+    return Runs(folders, [json.loads((folder / "report.json").read_text()) for folder in folders])
 
 
 def _without_timings(report):
@@ -187,12 +188,12 @@ def _without_timings(report):
 
 @pytest.mark.slow
 def test_identical_inputs_give_identical_reports(twice):
-    assert _without_timings(twice[0]) == _without_timings(twice[1])
+    assert _without_timings(twice.reports[0]) == _without_timings(twice.reports[1])
 
 
 @pytest.mark.slow
 def test_second_target_for_same_model_and_data_reuses_caches(twice):
-    first, second = twice
+    first, second = twice.reports
     assert first["reference"]["cached"] is False and second["reference"]["cached"] is True
     int8 = [a for a in second["artifacts"] if a["precision"] == "int8"][0]
     assert int8["quantization"]["calibration_stats_cached"] is True
@@ -215,7 +216,7 @@ def test_max_drop_gates_after_writing_the_report(data, tmp_path, capsys):
 
 @pytest.mark.slow
 def test_report_command_compares_folders_in_one_page(twice, data, tmp_path, capsys):
-    assert main(["report", *map(str, twice_folders()), "--html", str(tmp_path / "cmp.html")]) == 0
+    assert main(["report", *map(str, twice.folders), "--html", str(tmp_path / "cmp.html")]) == 0
     page = (tmp_path / "cmp.html").read_text()
     assert page.count("<svg") == 3 and "http://" not in page.replace('xmlns="http://www.w3.org/2000/svg"', "")
     assert "2 builds compared" in page
@@ -225,7 +226,7 @@ def test_report_command_compares_folders_in_one_page(twice, data, tmp_path, caps
 def test_html_report_is_self_contained(twice, tmp_path):
     from edgeeff.html_report import render
 
-    page = render([twice[0]])
+    page = render([twice.reports[0]])
     assert "<svg" in page and "<script" not in page
     assert "https://" not in page and "src=" not in page  # nothing fetched from the network
     assert "FP32 reference" in page and "Preprocessing" in page and "Calibration" in page
@@ -239,7 +240,7 @@ def test_html_report_renders_in_a_real_browser(twice, tmp_path):
 
     if find_chromium() is None:
         pytest.skip("Chromium not installed (apt-get install chromium): the page is not rendered")
-    page = twice_folders()[0] / "report.html"
+    page = twice.folders[0] / "report.html"
     png = render(page, tmp_path / "shot.png", width=1200, height=1000)
     shot = np.asarray(Image.open(png).convert("RGB")).astype(int)
     assert shot.shape[:2] == (1000, 1200)

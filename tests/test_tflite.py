@@ -24,6 +24,8 @@ from edgeeff.preprocess import spec_for_variant  # noqa: E402
 from edgeeff.profiles import get_target  # noqa: E402
 from edgeeff.util import sha256_file  # noqa: E402
 
+from .conftest import compile_model  # noqa: E402
+
 QUICK = ["--calib-count", "9", "--latency-runs", "3", "--threads", "2", "--quiet"]
 TFLITE_FILES = ("model_fp32.tflite", "model_int8.tflite")
 # What an integer-only classifier may contain: the integer kernels of XNNPACK / the reference ops.
@@ -33,9 +35,8 @@ INTEGER_OPS = {"CONV_2D", "DEPTHWISE_CONV_2D", "ADD", "MUL", "MEAN", "FULLY_CONN
 
 @pytest.fixture(scope="module")
 def rpi_quick(tmp_path_factory):
-    out = tmp_path_factory.mktemp("out")
-    assert main(["compile", "--variant", "lite0", "--target", "rpi", "--out", str(out), *QUICK]) == 0
-    return out / "lite0-rpi"
+    folder, _ = compile_model(tmp_path_factory.mktemp("out"), "lite0", "rpi", *QUICK)
+    return folder
 
 
 def read_graph(path: Path):

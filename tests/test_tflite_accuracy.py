@@ -7,13 +7,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from .conftest import copy_to_device, needs_shared, run_on_device
+from .conftest import (artifact, check_fp32_matches_reference, check_int8_meets_the_bar, compile_model,
+                       copy_to_device, eval_artifact, needs_shared, on_sample, run_on_device)
 
 pytest.importorskip("ai_edge_litert", reason="the tflite extra is not installed")
 pytest.importorskip("litert_torch", reason="the tflite extra is not installed")
 
 from edgeeff.backends import litert  # noqa: E402
-from edgeeff.cli import main  # noqa: E402
 from edgeeff.data import crop_all  # noqa: E402
 from edgeeff.preprocess import PreprocessSpec  # noqa: E402
 
@@ -22,39 +22,29 @@ pytestmark = [needs_shared, pytest.mark.slow]
 
 @pytest.fixture(scope="module")
 def lite0_rpi(tmp_path_factory, sample):
-    out = tmp_path_factory.mktemp("out")
-    assert main(["compile", "--variant", "lite0", "--target", "rpi", "--calib", str(sample / "calib"),
-                 "--val", str(sample / "val"), "--out", str(out), "--threads", "2", "--latency-runs", "5",
-                 "--quiet"]) == 0
-    folder = out / "lite0-rpi"
-    return folder, json.loads((folder / "report.json").read_text())
+    return compile_model(tmp_path_factory.mktemp("out"), "lite0", "rpi", *on_sample(sample), "--threads", "2",
+                         "--latency-runs", "5", "--quiet")
 
 
 def test_float_tflite_matches_the_reference(lite0_rpi):
     _, report = lite0_rpi
-    assert report["reference"]["top1"] >= 83.0
-    fp32 = next(a for a in report["artifacts"] if a["precision"] == "fp32")
+    fp32 = check_fp32_matches_reference(report)
     assert fp32["format"] == "tflite" and fp32["runtime"].startswith("ai-edge-litert")
-    assert fp32["top1_agreement"] >= 99.5 and fp32["max_abs_diff_vs_reference"] < 1e-2
 
 
 def test_int8_tflite_meets_the_bar(lite0_rpi):
     _, report = lite0_rpi
-    int8 = next(a for a in report["artifacts"] if a["precision"] == "int8")
+    int8 = artifact(report, "int8")
     assert int8["format"] == "tflite" and int8["runtime"].startswith("ai-edge-litert")
-    assert int8["top1_drop"] <= 0.5, int8
-    assert int8["top1_agreement"] >= 98.0, int8
+    check_int8_meets_the_bar(int8)
     assert int8["graph"]["integer_only"] and int8["input"]["dtype"] == "uint8"
     assert report["calibration"]["images"] == 300 and report["calibration"]["method"] == "sample_percentile"
 
 
 def test_eval_command_reproduces_the_report(lite0_rpi, sample, tmp_path):
     folder, report = lite0_rpi
-    out = tmp_path / "eval.json"
-    assert main(["eval", str(folder / "model_int8.tflite"), "--val", str(sample / "val"), "--json", str(out),
-                 "--quiet"]) == 0
-    int8 = next(a for a in report["artifacts"] if a["precision"] == "int8")
-    result = json.loads(out.read_text())
+    result = eval_artifact(folder, "model_int8.tflite", sample, tmp_path / "eval.json")
+    int8 = artifact(report, "int8")
     assert (result["top1"], result["top5"]) == (int8["top1"], int8["top5"])
 
 

@@ -1,7 +1,6 @@
 """Key mapping from the layouts users have, checked on state dicts built here in each library's
 naming (written out below from those libraries' module structure, independently of the loaders)."""
 
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -39,11 +38,17 @@ def _bn(prefix_src, prefix_dst, state, out):
         out[f"{prefix_dst}.{p}"] = state[f"{prefix_src}.{p}"]
 
 
+def _outside_blocks(state, stem_conv, stem_bn, head_conv, head_bn, classifier):
+    """Stem, head and classifier under a library's module names (without .weight, .bias...)."""
+    out = {f"{stem_conv}.weight": state["stem.conv.weight"], f"{head_conv}.weight": state["head.conv.weight"],
+           f"{classifier}.weight": state["classifier.weight"], f"{classifier}.bias": state["classifier.bias"]}
+    _bn("stem.bn", stem_bn, state, out)
+    _bn("head.bn", head_bn, state, out)
+    return out
+
+
 def to_timm(state, variant="b0"):
-    out = {"conv_stem.weight": state["stem.conv.weight"], "conv_head.weight": state["head.conv.weight"],
-           "classifier.weight": state["classifier.weight"], "classifier.bias": state["classifier.bias"]}
-    _bn("stem.bn", "bn1", state, out)
-    _bn("head.bn", "bn2", state, out)
+    out = _outside_blocks(state, "conv_stem", "bn1", "conv_head", "bn2", "classifier")
     for i, (s, j) in enumerate(_stages(variant)):
         b, t = f"blocks.{i}", f"blocks.{s}.{j}"
         if f"{b}.expand.conv.weight" in state:  # InvertedResidual
@@ -66,10 +71,7 @@ def to_timm(state, variant="b0"):
 
 
 def to_torchvision(state, variant="b0"):
-    out = {"features.0.0.weight": state["stem.conv.weight"], "features.8.0.weight": state["head.conv.weight"],
-           "classifier.1.weight": state["classifier.weight"], "classifier.1.bias": state["classifier.bias"]}
-    _bn("stem.bn", "features.0.1", state, out)
-    _bn("head.bn", "features.8.1", state, out)
+    out = _outside_blocks(state, "features.0.0", "features.0.1", "features.8.0", "features.8.1", "classifier.1")
     for i, (s, j) in enumerate(_stages(variant)):
         b, t = f"blocks.{i}", f"features.{s + 1}.{j}.block"
         units = (["expand"] if f"{b}.expand.conv.weight" in state else []) + ["dw", "se", "project"]
