@@ -24,8 +24,8 @@ from edgeeff.backends import tensorrt as trt_backend
 from edgeeff.qdq import (QDQRuleError, build_qdq, check_tensorrt_rules, plan_placement, prepare_for_tensorrt,
                          tensorrt_rule_violations)
 
-from .conftest import (B0_TEST_WEIGHTS, REPO, check_int8_meets_the_bar, compile_model, needs_b0_weights,
-                       needs_shared, on_sample)
+from .conftest import (B0_TEST_WEIGHTS, REPO, check_int8_meets_the_bar, compile_model, copy_to_device,
+                       needs_b0_weights, needs_shared, on_sample, run_on_device)
 from .graphs import tiny_efficientnet
 
 # ---------------------------------------------------------------------------------------------
@@ -244,8 +244,6 @@ def test_shipped_eval_script_runs_without_edgeeff(tiny_qdq, tmp_path):
     from edgeeff.data import default_calibration_paths
     from edgeeff.preprocess import PreprocessSpec, crop_image, load_rgb
 
-    from .conftest import run_on_device
-
     _, qdq = tiny_qdq
     folder = tmp_path / "lite0-jetson-orin"
     folder.mkdir()
@@ -386,8 +384,6 @@ def test_device_preprocessing_matches_edgeeff_on_real_photos(lite0_jetson, sampl
 @pytest.mark.slow
 def test_device_script_cpu_path_reproduces_the_report(lite0_jetson, sample, tmp_path):
     """The shipped script on a copy of the folder, without edgeeff (python -I, another cwd)."""
-    from .conftest import copy_to_device, run_on_device
-
     folder, report = lite0_jetson
     out = tmp_path / "device.json"
     device = copy_to_device(folder, tmp_path / "jetson", "model_qdq.onnx", "manifest.json", "jetson_eval_engine.py",
