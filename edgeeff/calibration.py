@@ -108,9 +108,9 @@ def collect_stats(model_path: Path, inputs: np.ndarray, batch: int = 10, threads
         for t, value in enumerate(session.run(names, {input_name: chunk})):
             width = hi[t] - lo[t]
             if width <= 0:
-                hist[t, 0] += value.ravel()[::HISTOGRAM_STRIDE].size
+                hist[t, 0] += value.ravel()[::histogram_stride(value.shape)].size
                 continue
-            sample = value.ravel()[::HISTOGRAM_STRIDE]
+            sample = value.ravel()[::histogram_stride(value.shape)]
             idx = ((sample - lo[t]) * (NUM_BINS / width)).astype(np.int64)
             hist[t] += np.bincount(np.clip(idx, 0, NUM_BINS - 1), minlength=NUM_BINS)
     return ActivationStats(names, lo, hi, hist)
@@ -135,7 +135,7 @@ def cached_stats(model_path: Path, inputs: np.ndarray, batch: int = 10, threads:
                  quiet: bool = False, histograms: bool = True) -> tuple[ActivationStats, bool]:
     """collect_stats, cached by the model's bytes and the calibration inputs."""
     root = cache_dir()
-    key = content_key(Path(model_path).read_bytes(), inputs, NUM_BINS, HISTOGRAM_STRIDE, histograms, "stats-v2")
+    key = content_key(Path(model_path).read_bytes(), inputs, NUM_BINS, HISTOGRAM_STRIDE, histograms, "stats-v3")
     path = root / "calibration_stats" / f"{key}.npz" if root else None
     if path is not None and path.is_file():
         try:

@@ -197,18 +197,13 @@ def quantize(fp32_path: Path, out_path: Path, calib_inputs: np.ndarray, recipe: 
             from ..bias_correction import correct_biases
 
             qdq = onnx.load(str(out_path))
-            details["bias_correction"] = correct_biases(qdq, onnx.load(str(prepared)), _spread(calib_inputs, 128),
+            details["bias_correction"] = correct_biases(qdq, onnx.load(str(prepared)), calib_inputs,
                                                         quiet=quiet)
             onnx.save(qdq, str(out_path))
     if quant.get("float_output", True):
         details["float_output"] = dequantize_outputs(out_path)
     details["extra_options"] = {k: v for k, v in extra.items() if k != "CalibStridedMinMax"}
     return details
-
-
-def _spread(inputs: np.ndarray, count: int) -> np.ndarray:
-    """At most `count` inputs, evenly spread over the set (deterministic)."""
-    return inputs[:: max(1, len(inputs) // count)][:count]
 
 
 def dequantize_outputs(path: Path) -> list[str]:

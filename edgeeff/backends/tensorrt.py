@@ -163,6 +163,12 @@ def quantize_for_tensorrt(fp32_path: Path, out_path: Path, calib_inputs: np.ndar
     ranges = tensor_ranges(stats, recipe, symmetric=True, readers=elementwise_readers(fp32))
     plan = plan_placement(fp32, quant.get("placement", "nvidia"))
     qdq = build_qdq(fp32, plan, ranges)
+    corrected = None
+    if recipe.get("bias_correction") or quant.get("bias_correction"):
+        from ..bias_correction import correct_biases
+
+        # TensorRT keeps biases in float, so the correction is exact (no INT32 grid).
+        corrected = correct_biases(qdq, fp32, calib_inputs, quiet=quiet)
     check_tensorrt_rules(qdq, f"{out_path.name} (before writing)", max_opset=max_opset)
     onnx.save(qdq, str(out_path))
     # The rules are checked again on the bytes as written: that file is what ships.
@@ -170,7 +176,8 @@ def quantize_for_tensorrt(fp32_path: Path, out_path: Path, calib_inputs: np.ndar
     return {"quantizer": "edgeeff QDQ for TensorRT", "format": "QDQ", "mode": "explicit",
             "activations": "int8 symmetric per-tensor", "weights": "int8 symmetric per-channel (axis 0)",
             "bias": "float", "calibration": method, "calibration_stats_cached": hit,
-            "placement": plan.name, "qdq_pairs": plan.counts(), "tensorrt_rules_check": summary}
+            "placement": plan.name, "qdq_pairs": plan.counts(), "tensorrt_rules_check": summary,
+            **({"bias_correction": corrected} if corrected else {})}
 
 
 def build(job) -> list:
