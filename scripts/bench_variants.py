@@ -45,6 +45,7 @@ def main() -> int:
     parser.add_argument("--recover-minutes", type=float, default=15.0)
     parser.add_argument("--recover-steps", type=int)
     parser.add_argument("--recover-lr", type=float)
+    parser.add_argument("--recover-temperature", type=float)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, help="keep the output folders here (default: a temporary folder)")
     parser.add_argument("--json", type=Path,
@@ -64,6 +65,7 @@ def main() -> int:
         folder, first = compile_model(CompileOptions(
             target=targets[0], weights=args.weights, act=args.act, se=args.se, recover=args.recover,
             recover_minutes=args.recover_minutes, recover_steps=args.recover_steps, recover_lr=args.recover_lr,
+            recover_temperature=args.recover_temperature,
             train=args.train, **common))
         loads[f"after {targets[0]}"] = os.getloadavg()
         results[targets[0]] = first
