@@ -238,16 +238,23 @@ def _check_variant_options(opts: CompileOptions) -> None:
         raise UserError("--train and --recover-steps only apply with --recover distill")
 
 
-def output_name(opts: CompileOptions, target: str) -> str:
+def output_name(opts: CompileOptions, target: str, loaded: dict | None = None) -> str:
     """<variant>[-<act>][-nose][-kd]-<target>: the architecture differs from the variant's own, and
-    -kd when this command recovered it by distillation (e.g. b0-hswish-nose-kd-onnx)."""
+    -kd when this command recovered it by distillation (e.g. b0-hswish-nose-kd-onnx).
+
+    The architecture is the one exported: the flags', else that of the loaded weights (`loaded`:
+    the model's describe()). A recovered.pth records hard-swish and no SE, so compiling it for
+    another target without flags lands in b0-hswish-nose-<target>, not over the original's b0-<target>."""
     from .family import VARIANTS
 
     v = VARIANTS[opts.variant]
+    loaded = loaded or {}
+    act = opts.act or loaded.get("act") or v.default_act
+    se = opts.se or loaded.get("se") or ("keep" if v.default_se else "remove")
     parts = [opts.variant]
-    if opts.act and opts.act != v.default_act:
-        parts.append(opts.act)
-    if opts.se == "remove" and v.default_se:
+    if act != v.default_act:
+        parts.append(act)
+    if se == "remove" and v.default_se:
         parts.append("nose")
     if opts.recover == "distill":
         parts.append("kd")
@@ -372,6 +379,11 @@ def compile_model(opts: CompileOptions) -> tuple[Path, dict]:
     with watch.stage("load_model", f"loading {opts.variant} weights"):
         original, weights_info = load_model(opts.variant, opts.weights, opts.weights_format,
                                             random_weights=opts.random_weights)
+    named = opts.out / output_name(opts, target.name, original.describe())
+    if named != final:  # the weights carry their own architecture (e.g. a recovered.pth)
+        if named.exists() and not opts.force:
+            raise UserError(f"--out: {named} already exists; pass --force to replace it or choose another --out")
+        final = named
     labels = resolve_labels(opts.synsets)
     spec = spec_for_variant(opts.variant)
     with watch.stage("load_images"):

@@ -217,6 +217,10 @@ def test_output_names_distinguish_variants(tmp_path):
     assert output_name(CompileOptions(**base, act="hswish", se="remove", recover="distill"), "onnx") == \
         "b0-hswish-nose-kd-onnx"
     assert output_name(CompileOptions(**base, act="swish", se="keep"), "onnx") == "b0-onnx"
+    # weights that carry their own architecture (a recovered.pth) name the folder when no flag does
+    recovered = {"act": "hswish", "se": "remove"}
+    assert output_name(CompileOptions(**base), "rpi", recovered) == "b0-hswish-nose-rpi"
+    assert output_name(CompileOptions(**base), "rpi", {"act": "swish", "se": "keep"}) == "b0-rpi"
     assert output_name(CompileOptions(variant="lite0", target="onnx", out=tmp_path, act="hswish"), "onnx") == \
         "lite0-hswish-onnx"
 
@@ -258,6 +262,13 @@ def test_compile_with_surgery_and_recovery_end_to_end(tmp_path):
     assert "Variant chain" in (folder / "report.html").read_text()
     reloaded, _ = load_model("b0", weights=folder / "recovered.pth", act="hswish", se=False)
     assert reloaded.describe()["act"] == "hswish" and not reloaded.se_enabled
+    # Compiled again without flags, the recovered weights name their own folder (not b0-onnx).
+    assert main(["compile", "--variant", "b0", "--weights", str(folder / "recovered.pth"), "--target", "onnx",
+                 "--calib", str(calib), "--calib-count", "4", "--out", str(tmp_path / "out"),
+                 "--latency-runs", "1", "--quiet", "--threads", "2"]) == 0
+    again = json.loads((tmp_path / "out" / "b0-hswish-nose-onnx" / "report.json").read_text())
+    assert again["model"]["act"] == "hswish" and again["model"]["se"] == "remove"
+    assert not (tmp_path / "out" / "b0-onnx").exists()
 
 
 class _ConvHswish(nn.Module):
