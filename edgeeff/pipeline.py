@@ -347,10 +347,8 @@ def mixed_precision(backend, workdir: Path, artifacts: list, threads: int, opts:
             return sensitivity.order()
         return rank_layers(variants, variants.layers, calib_crops, quiet=opts.quiet, checked=0).order()
 
-    # An OpenVINO IR is the .xml with its .bin: its size is the pair, as in the artifact's row.
-    weights_file = variants.int8_path.with_suffix(".bin")
-    all_int8 = {"size_bytes": variants.int8_path.stat().st_size
-                + (weights_file.stat().st_size if variants.int8_path.suffix == ".xml" and weights_file.is_file() else 0)}
+    int8 = next(a for a in artifacts if a.file == variants.int8_path.name)
+    all_int8 = {"size_bytes": int8.size_bytes(workdir)}  # before the fallback rewrites the file
     with watch.stage("fallback", f"--max-drop {opts.max_drop}: evaluating, keeping sensitive layers in float if needed"):
         steps, met, metric = fallback(variants, rank, validation.crops, validation.labels, ref_scores,
                                       opts.max_drop, limit, quiet=opts.quiet)
@@ -449,8 +447,9 @@ def compile_model(opts: CompileOptions) -> tuple[Path, dict]:
             row = {"file": artifact.file, "format": artifact.format, "precision": artifact.precision,
                    "input": {"layout": artifact.spec.layout, "dtype": artifact.spec.input_dtype},
                    "verified": artifact.verified}
-            if (workdir / artifact.file).is_file():  # a device-built engine is not here: no size to report
-                row["size_bytes"] = (workdir / artifact.file).stat().st_size
+            size = artifact.size_bytes(workdir)
+            if size is not None:  # a device-built engine is not here: no size to report
+                row["size_bytes"] = size
             if artifact.quantization:
                 row["quantization"] = artifact.quantization
             if artifact.precision == "int8":

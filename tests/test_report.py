@@ -37,3 +37,21 @@ def test_machine_line_names_cores_cpu_and_load():
     assert m["cpus"] >= 1 and isinstance(m["simd"], list)
     line = machine_line({**m, "cpu": "Some CPU", "cpus": 2, "simd": ["avx2"], "load_average": [0.5, 1.0, 2.0]})
     assert line.startswith("2 x Some CPU (") and "avx2" in line and "0.5/1.0/2.0" in line
+
+
+def test_artifact_size_is_read_from_disk_and_counts_an_ir_weights_file(tmp_path):
+    """An IR's size is its .xml plus .bin, as the files are when asked (the --max-drop fallback
+    rewrites the IR after build()); a file that is not here (a device-built engine) has none."""
+    from edgeeff.artifacts import Artifact
+    from edgeeff.preprocess import spec_for_variant
+
+    spec = spec_for_variant("lite0")
+    (tmp_path / "model_int8.xml").write_bytes(b"x" * 10)
+    (tmp_path / "model_int8.bin").write_bytes(b"w" * 100)
+    ir = Artifact("model_int8.xml", "openvino", "int8", spec, extra={"weights_file": "model_int8.bin"})
+    assert ir.size_bytes(tmp_path) == 110
+    (tmp_path / "model_int8.bin").write_bytes(b"w" * 300)  # rewritten with float layers
+    assert ir.size_bytes(tmp_path) == 310
+    (tmp_path / "model.onnx").write_bytes(b"o" * 7)
+    assert Artifact("model.onnx", "onnx", "int8", spec).size_bytes(tmp_path) == 7
+    assert Artifact("model.engine", "tensorrt", "int8", spec).size_bytes(tmp_path) is None

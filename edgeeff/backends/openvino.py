@@ -265,10 +265,8 @@ def build(job) -> list:
     artifacts = []
     for precision, xml in files.items():
         bin_file = xml.with_suffix(".bin")
-        extra = {"weights_file": bin_file.name,
-                 # the IR is the pair: size is what a device has to store
-                 "size_bytes": xml.stat().st_size + bin_file.stat().st_size,
-                 "preprocessing_in_model": True}
+        # the IR is the pair: Artifact.size_bytes counts the weights file too
+        extra = {"weights_file": bin_file.name, "preprocessing_in_model": True}
         artifacts.append(Artifact(file=xml.name, format="openvino", precision=precision, spec=u8_spec,
                                   quantization=details if precision == "int8" else None, extra=extra))
     from . import ship_device_scripts
