@@ -106,14 +106,20 @@ def collect_stats(model_path: Path, inputs: np.ndarray, batch: int = 10, threads
     hist = np.zeros((len(names), NUM_BINS), np.int64)
     for chunk in progress(batches, "calibration pass 2/2 (histograms)", "batch", quiet):
         for t, value in enumerate(session.run(names, {input_name: chunk})):
-            width = hi[t] - lo[t]
-            if width <= 0:
-                hist[t, 0] += value.ravel()[::histogram_stride(value.shape)].size
-                continue
-            sample = value.ravel()[::histogram_stride(value.shape)]
-            idx = ((sample - lo[t]) * (NUM_BINS / width)).astype(np.int64)
-            hist[t] += np.bincount(np.clip(idx, 0, NUM_BINS - 1), minlength=NUM_BINS)
+            hist[t] += histogram_counts(value, lo[t], hi[t])
     return ActivationStats(names, lo, hi, hist)
+
+
+def histogram_counts(value: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    """NUM_BINS counts of a batch of one activation over [lo, hi], on its histogram_stride
+    subsample (values outside go to the end bins; an empty span puts everything in bin 0)."""
+    sample = value.ravel()[::histogram_stride(value.shape)]
+    if hi - lo <= 0:
+        counts = np.zeros(NUM_BINS, np.int64)
+        counts[0] = sample.size
+        return counts
+    idx = ((sample - lo) * (NUM_BINS / (hi - lo))).astype(np.int64)
+    return np.bincount(np.clip(idx, 0, NUM_BINS - 1), minlength=NUM_BINS)
 
 
 def histogram_stride(shape: tuple[int, ...]) -> int:

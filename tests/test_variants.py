@@ -305,7 +305,7 @@ def test_tflite_hard_swish_input_range_is_floored_at_minus_3(tmp_path, monkeypat
 
     recipe = {"method": "minmax", "name": "minmax"}
     litert.quantize_int8(float_path, tmp_path / "floored.tflite", calib, recipe, quiet=True)
-    monkeypatch.setattr(litert, "floor_hard_swish_inputs", lambda ranges, _path: ranges)
+    monkeypatch.setattr(litert, "floor_hard_swish_inputs", lambda ranges, _names: ranges)
     litert.quantize_int8(float_path, tmp_path / "raw.tflite", calib, recipe, quiet=True)
     assert hswish_input_low(tmp_path / "raw.tflite") < -10
     assert -3.1 < hswish_input_low(tmp_path / "floored.tflite") <= -2.9

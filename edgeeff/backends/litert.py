@@ -181,32 +181,33 @@ def hard_swish_inputs(float_path: Path) -> set[str]:
     return set()
 
 
-def floor_hard_swish_inputs(ranges: dict, float_path: Path) -> dict:
+def floor_hard_swish_inputs(ranges: dict, hard_swish: set[str]) -> dict:
     """Raise the low end of every hard-swish input's range to -3, below which it outputs exactly 0.
 
     A range that follows the raw tensor spends most of the 8-bit grid on values hard-swish maps
     to 0 (-300 to -30 on the hard-swish B0 variant): see calibration.activation_floors, its ONNX
     twin, and docs/variants.md for the measurement.
     """
-    for name in hard_swish_inputs(float_path) & set(ranges):
+    for name in hard_swish & set(ranges):
         low = np.asarray(ranges[name]["min"])
         ranges[name] = {**ranges[name], "min": np.maximum(low, HARD_SWISH_FLOOR).astype(low.dtype)}
     return ranges
 
 
 def histogram_ranges(float_path: Path, calib_inputs: np.ndarray, ranges: dict, recipe: dict,
-                     threads: int = 2, quiet: bool = False) -> dict:
+                     hard_swish: set[str], threads: int = 2, quiet: bool = False) -> dict:
     """edgeeff's own range methods (calibration.py: percentile, mse) for the .tflite's activations.
 
     `ranges` are the calibrator's global min/max per tensor; a second pass runs the float model
     in the LiteRT interpreter with every tensor kept and histograms each activation over that
     span (the same histograms and range rules as the ONNX backends). The graph's inputs and
     outputs keep their full range: the input's is the preprocessing's, and clipping the logits'
-    top tail would tie the very classes top-1 is about.
+    top tail would tie the very classes top-1 is about. `hard_swish`: hard_swish_inputs(), floored
+    at -3 in the range rules.
     """
     from ai_edge_litert.interpreter import Interpreter
 
-    from ..calibration import NUM_BINS, ActivationStats, histogram_stride, tensor_ranges
+    from ..calibration import NUM_BINS, ActivationStats, histogram_counts, tensor_ranges
 
     with _captured_output():
         it = Interpreter(model_path=str(float_path), num_threads=threads, experimental_preserve_all_tensors=True)
@@ -223,12 +224,9 @@ def histogram_ranges(float_path: Path, calib_inputs: np.ndarray, ranges: dict, r
         it.set_tensor(feed, x[None].astype(np.float32))
         it.invoke()
         for t, name in enumerate(names):
-            value = it.get_tensor(index[name])
-            sample = value.ravel()[::histogram_stride(value.shape)]
-            bins = ((sample - lo[t]) * (NUM_BINS / (hi[t] - lo[t]))).astype(np.int64)
-            hist[t] += np.bincount(np.clip(bins, 0, NUM_BINS - 1), minlength=NUM_BINS)
-    floors = {name: HARD_SWISH_FLOOR for name in hard_swish_inputs(float_path)}
-    chosen = tensor_ranges(ActivationStats(names, lo, hi, hist), recipe, floors=floors)
+            hist[t] += histogram_counts(it.get_tensor(index[name]), lo[t], hi[t])
+    chosen = tensor_ranges(ActivationStats(names, lo, hi, hist), recipe,
+                           floors={name: HARD_SWISH_FLOOR for name in hard_swish})
     out = dict(ranges)
     for name, (low, high) in chosen.items():
         shape = np.shape(ranges[name]["min"])
@@ -272,9 +270,10 @@ def quantize_int8(float_path: Path, out_path: Path, calib_inputs: np.ndarray, re
         # "invalid value encountered in cast": the int32 bias overflow repaired just below
         warnings.simplefilter("ignore", RuntimeWarning)
         ranges = reduce_ranges(cal.get_model_qsvs(), percentile)
+    hard_swish = hard_swish_inputs(float_path)
     if recipe["method"] in ("percentile", "mse"):
-        ranges = histogram_ranges(float_path, calib_inputs, ranges, recipe, threads, quiet)
-    ranges = floor_hard_swish_inputs(ranges, float_path)
+        ranges = histogram_ranges(float_path, calib_inputs, ranges, recipe, hard_swish, threads, quiet)
+    ranges = floor_hard_swish_inputs(ranges, hard_swish)
     with _captured_output(), warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         result = quantizer.quantize(ranges, enable_progress_report=False)
@@ -293,9 +292,8 @@ def quantize_int8(float_path: Path, out_path: Path, calib_inputs: np.ndarray, re
             details["percentile"] = float(recipe.get("percentile", 99.999))
     else:
         details["range_percentile_over_images"] = percentile
-    floored = len(hard_swish_inputs(float_path))
-    if floored:
-        details["hard_swish_inputs_floored_at"] = {"value": HARD_SWISH_FLOOR, "tensors": floored}
+    if hard_swish:
+        details["hard_swish_inputs_floored_at"] = {"value": HARD_SWISH_FLOOR, "tensors": len(hard_swish)}
     return details
 
 
