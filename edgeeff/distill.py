@@ -205,16 +205,13 @@ def distill(student: torch.nn.Module, teacher: torch.nn.Module, crops: np.ndarra
     teacher.eval()
     for p in teacher.parameters():
         p.requires_grad_(False)
-    student.train(not settings.freeze_bn)
-    if not settings.freeze_bn:
-        student.dropout.eval()  # only BN statistics move; dropout stays off
-    if settings.align:
+    if settings.align:  # in eval mode, whatever the training mode set below
         count = min(len(crops), settings.align_images)
         pick = torch.randperm(len(crops), generator=gen)[:count].sort().values.numpy()
         align_statistics(student, teacher, torch.from_numpy(spec.to_model_input(crops[pick])))
-        student.train(not settings.freeze_bn)
-        if not settings.freeze_bn:
-            student.dropout.eval()
+    student.train(not settings.freeze_bn)
+    if not settings.freeze_bn:
+        student.dropout.eval()  # only BN statistics move; dropout stays off
     params = trainable_parameters(student, settings.train)
     t_feats: list = []
     s_feats: list = []

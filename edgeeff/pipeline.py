@@ -201,9 +201,13 @@ def check_inputs(opts: CompileOptions):
             raise UserError(no_weights_message(opts.variant))
     _check_variant_options(opts)
     final = opts.out / output_name(opts, target.name)
-    if final.exists() and not opts.force:
-        raise UserError(f"--out: {final} already exists; pass --force to replace it or choose another --out")
+    _refuse_existing(final, opts.force)
     return target, recipe, backend, final
+
+
+def _refuse_existing(folder: Path, force: bool) -> None:
+    if folder.exists() and not force:
+        raise UserError(f"--out: {folder} already exists; pass --force to replace it or choose another --out")
 
 
 def _check_variant_options(opts: CompileOptions) -> None:
@@ -379,8 +383,7 @@ def compile_model(opts: CompileOptions) -> tuple[Path, dict]:
                                             random_weights=opts.random_weights)
     named = opts.out / output_name(opts, target.name, original.describe())
     if named != final:  # the weights carry their own architecture (e.g. a recovered.pth)
-        if named.exists() and not opts.force:
-            raise UserError(f"--out: {named} already exists; pass --force to replace it or choose another --out")
+        _refuse_existing(named, opts.force)
         final = named
     labels = resolve_labels(opts.synsets)
     spec = spec_for_variant(opts.variant)
