@@ -38,6 +38,9 @@ def _add_compile_flags(c: argparse.ArgumentParser) -> None:
                         "code 4 (after writing the report) if it still is not")
     c.add_argument("--max-float-layers", type=int, metavar="N",
                    help="--max-drop fallback limit: layers it may keep in float (default: 10%% of them)")
+    c.add_argument("--io", choices=["int8", "uint8"],
+                   help="integer .tflite targets (rpi, android, ios): the INT8 file's input/output type "
+                        "(default int8, the fastest; uint8 adds a QUANTIZE op at each end)")
     v = c.add_argument_group("variants (docs/variants.md)")
     v.add_argument("--act", choices=["swish", "hswish", "relu6"],
                    help="swap every activation of the loaded model (default: keep the model's own)")
@@ -113,7 +116,7 @@ def _compile_options(args, target: str, **extra):
         calib_method=args.calib_method, val=args.val, synsets=args.synsets, weights=args.weights,
         weights_format=args.weights_format, random_weights=args.random_weights, threads=args.threads,
         force=args.force, quiet=args.quiet, latency_runs=args.latency_runs, max_drop=args.max_drop,
-        max_float_layers=args.max_float_layers, act=args.act, se=args.se, recover=args.recover,
+        max_float_layers=args.max_float_layers, io=args.io, act=args.act, se=args.se, recover=args.recover,
         recover_minutes=args.recover_minutes, recover_steps=args.recover_steps, recover_lr=args.recover_lr,
         recover_temperature=args.recover_temperature, recover_batch=args.recover_batch, train=args.train,
         seed=args.seed, **extra)

@@ -84,6 +84,12 @@ def model_input(crops: np.ndarray, mean, std, layout: str = "NCHW", input_dtype:
     return np.ascontiguousarray(x)
 
 
+def quantize(x: np.ndarray, dtype, scale: float, zero_point: int) -> np.ndarray:
+    """A normalised float input -> an integer input tensor: q = clip(round(x / scale) + zero_point)."""
+    info = np.iinfo(dtype)
+    return np.clip(np.round(x / np.float32(scale)) + zero_point, info.min, info.max).astype(dtype)
+
+
 # ---- the same, driven by manifest.json's "preprocess" dict (what the device scripts read)
 
 def crop(img: Image.Image, pre: dict) -> np.ndarray:

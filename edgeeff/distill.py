@@ -40,7 +40,7 @@ class RecoverySettings:
     weight_decay: float = 0.0
     temperature: float = 2.0
     batch: int = 16
-    augment: str = "rrc-flip"         # "rrc-flip", "flip" or "none"
+    augment: str = "rrc-flip"         # one of AUGMENTS
     min_area: float = 0.35
     freeze_bn: bool = True
     align: bool = True                # match the teacher's per-channel BN statistics before training
@@ -80,15 +80,26 @@ def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperat
                     reduction="batchmean", log_target=True) * (t * t)
 
 
+AUGMENTS = ("rrc-flip", "rrc-flip-mixup", "flip", "none")
+
+
 def augment_batch(x: torch.Tensor, mode: str, gen: torch.Generator, min_area: float = 0.35) -> torch.Tensor:
-    """Random resized crop (within the crop) + horizontal flip on a normalised NCHW batch."""
+    """Random resized crop (within the crop) + horizontal flip on a normalised NCHW batch;
+    "rrc-flip-mixup" then blends each image with its neighbour in the batch.
+
+    Why mixup: distillation matches the teacher's function, not labels, so any input is a
+    valid training point. Blends of two photos (weight uniform in [0, 1]) give a few hundred
+    images many more distinct inputs, the "function matching" of Beyer et al. 2022.
+    """
+    if mode not in AUGMENTS:
+        raise ValueError(f"unknown augmentation {mode!r}; choose one of {', '.join(AUGMENTS)}")
     if mode == "none":
         return x
     n, _, h, w = x.shape
     out = []
     for i in range(n):
         img = x[i:i + 1]
-        if mode == "rrc-flip":
+        if mode.startswith("rrc-flip"):
             area = float(torch.empty(1).uniform_(min_area, 1.0, generator=gen)) * h * w
             log_ratio = float(torch.empty(1).uniform_(math.log(3 / 4), math.log(4 / 3), generator=gen))
             ratio = math.exp(log_ratio)
@@ -102,7 +113,11 @@ def augment_batch(x: torch.Tensor, mode: str, gen: torch.Generator, min_area: fl
         if float(torch.rand(1, generator=gen)) < 0.5:
             img = img.flip(3)
         out.append(img)
-    return torch.cat(out)
+    x = torch.cat(out)
+    if mode.endswith("mixup") and n > 1:
+        weight = torch.rand(n, generator=gen).view(n, 1, 1, 1)
+        x = weight * x + (1 - weight) * x.roll(1, 0)
+    return x
 
 
 def _lr_at(step: int, total: int, base: float) -> float:

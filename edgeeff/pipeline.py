@@ -8,6 +8,7 @@ beside the destination and renamed into place at the end, so it appears complete
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import resource
 import shutil
@@ -56,6 +57,7 @@ class CompileOptions:
     max_drop: float | None = None
     max_float_layers: int | None = None  # fallback limit (default: 10% of the quantizable layers)
     sensitivity: bool = False            # rank every layer (report.json "sensitivity")
+    io: str | None = None                # integer .tflite targets: int8 | uint8 I/O; None: the target's
     # Variants (docs/variants.md): surgery on the loaded model, then optional recovery.
     act: str | None = None            # swish | hswish | relu6; None: the model's own
     se: str | None = None             # keep | remove; None: the model's own
@@ -178,6 +180,13 @@ def check_inputs(opts: CompileOptions):
     target = get_target(opts.target)
     recipe = get_recipe(opts.calib_method or target.calibration)
     backend = load_backend(target.backend)
+    if opts.io is not None:
+        io_dtypes = getattr(backend, "IO_DTYPES", ())
+        if opts.io not in io_dtypes:
+            raise UserError(f"--io {opts.io}: the {target.name} target's input type is fixed "
+                            f"({target.input_dtype}); --io applies to the integer .tflite targets "
+                            f"(rpi, android, ios)")
+        target = dataclasses.replace(target, input_dtype=opts.io)
     if hasattr(backend, "check_job"):
         backend.check_job(target, recipe)
     methods = getattr(backend, "RECIPE_METHODS", None)

@@ -29,7 +29,7 @@ import numpy as np
 # the output folder, or ../edgeeff/ in the repository. Added explicitly since `python -I` omits the
 # script's folder; appended so that nothing there shadows an installed package.
 sys.path += [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[1] / "edgeeff")]
-from device_preprocess import UNREADABLE_ERRORS, crop, load_rgb, normalise  # noqa: E402
+from device_preprocess import UNREADABLE_ERRORS, crop, load_rgb, normalise, quantize  # noqa: E402
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 
@@ -59,9 +59,8 @@ def model_input(pixels: np.ndarray, pre: dict, detail: dict) -> np.ndarray:
         x = normalise(x, pre["mean"], pre["std"])  # normalised float, as edgeeff's runner feeds it
         if dtype.kind == "f":
             tensor = x.astype(dtype)
-        else:  # quantize as the model's input tensor says: q = clip(round(x / scale) + zero_point)
-            info = np.iinfo(dtype)
-            tensor = np.clip(np.round(x / np.float32(scale)) + zero_point, info.min, info.max).astype(dtype)
+        else:  # quantize as the model's input tensor says
+            tensor = quantize(x, dtype, scale, zero_point)
     shape = list(detail["shape"])
     if len(shape) == 4 and shape[1] == 3 and shape[3] != 3:  # NCHW model
         tensor = tensor.transpose(0, 3, 1, 2)

@@ -71,11 +71,43 @@ def test_rpi_int8_model_is_integer_only(rpi_quick):
     assert "DEQUANTIZE" not in names and "TRANSPOSE" not in names
     for name, ins, outs, _ in ops:
         assert all(t in ("INT8", "UINT8", "INT32") for t in ins + outs), (name, ins, outs)
-    # The profile asks for uint8: input and output tensors are uint8, and the only QUANTIZE ops
-    # are the two integer requantizations at the ends.
-    assert get_target("rpi").input_dtype == "uint8"
-    assert in_types == ["UINT8"] and out_types == ["UINT8"]
+    # The Pi's profile asks for int8 I/O: the quantizer's graph with nothing added at its ends.
+    assert get_target("rpi").input_dtype == "int8"
+    assert in_types == ["INT8"] and out_types == ["INT8"]
+    assert "QUANTIZE" not in names
+
+
+@pytest.mark.slow
+def test_io_uint8_adds_exact_requantizations_at_the_ends(rpi_quick, tmp_path):
+    """`--io uint8`: the same model behind two integer QUANTIZE ops (uint8 <-> int8), giving the
+    default int8-I/O file's logits bit for bit; the manifest and report say uint8."""
+    folder, report = compile_model(tmp_path, "lite0", "rpi", *QUICK, "--io", "uint8")
+    ops, tensor_types, (in_types, out_types) = read_graph(folder / "model_int8.tflite")
+    names = [name for name, *_ in ops]
+    assert in_types == ["UINT8"] and out_types == ["UINT8"] and not [t for t in tensor_types if t.startswith("FLOAT")]
     assert names.count("QUANTIZE") == 2 and names[0] == names[-1] == "QUANTIZE"
+    assert names[1:-1] == [name for name, *_ in read_graph(rpi_quick / "model_int8.tflite")[0]]
+    assert report["target_profile"]["input_dtype"] == "uint8"
+    entry = next(a for a in json.loads((folder / "manifest.json").read_text())["artifacts"]
+                 if a["file"] == "model_int8.tflite")
+    # Lite0's mean = std = 0.5: the uint8 input's quantization is 2/255 with zero point 127, so the
+    # pixel bytes themselves are the input to within half a step.
+    assert entry["input"]["dtype"] == "uint8" and entry["output"]["dtype"] == "uint8"
+    assert abs(entry["input"]["scale"] - 2 / 255) < 1e-6 and entry["input"]["zero_point"] == 127
+    spec = spec_for_variant("lite0").with_layout("NHWC", "float32")
+    x = spec.to_model_input(np.random.default_rng(3).integers(0, 256, (4, 224, 224, 3), dtype=np.uint8))
+    int8_io = litert.open_runner(rpi_quick / "model_int8.tflite", 2, spec)
+    uint8_io = litert.open_runner(folder / "model_int8.tflite", 2, spec)
+    assert uint8_io.input["quantization"][1] == int8_io.input["quantization"][1] + 128
+    assert np.array_equal(int8_io.predict(x), uint8_io.predict(x))
+
+
+def test_io_is_refused_where_the_input_type_is_fixed(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "edgeeff", "compile", "--variant", "lite0", "--target", "onnx",
+                           "--io", "uint8"], capture_output=True, text=True, cwd=tmp_path)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "--io uint8" in proc.stderr and "rpi" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    assert not list(tmp_path.iterdir())  # nothing written
 
 
 @pytest.mark.slow
@@ -111,11 +143,12 @@ def test_manifest_carries_what_the_device_needs(rpi_quick):
                                                      "rpi_classify.py", "device_preprocess.py"}
     entry = next(a for a in manifest["artifacts"] if a["file"] == "model_int8.tflite")
     assert entry["format"] == "tflite" and entry["precision"] == "int8"
-    assert entry["input"]["layout"] == "NHWC" and entry["input"]["dtype"] == "uint8"
+    assert entry["input"]["layout"] == "NHWC" and entry["input"]["dtype"] == "int8"
     assert entry["input"]["shape"] == [1, 224, 224, 3]
-    # Lite0's mean = std = 0.5: the uint8 input's quantization is 2/255 with zero point 127.
-    assert abs(entry["input"]["scale"] - 2 / 255) < 1e-6 and entry["input"]["zero_point"] == 127
-    assert entry["output"]["dtype"] == "uint8" and entry["output"]["scale"] > 0
+    # Lite0's mean = std = 0.5: the int8 input's quantization is 2/255 with zero point -1, so the
+    # input is the pixel byte minus 128 to within half a step.
+    assert abs(entry["input"]["scale"] - 2 / 255) < 1e-6 and entry["input"]["zero_point"] == -1
+    assert entry["output"]["dtype"] == "int8" and entry["output"]["scale"] > 0
     # and the numbers are the file's own
     it = litert.interpreter(rpi_quick / "model_int8.tflite", 1)
     scale, zero = it.get_input_details()[0]["quantization"]

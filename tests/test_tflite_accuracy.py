@@ -37,7 +37,7 @@ def test_int8_tflite_meets_the_bar(lite0_rpi):
     int8 = artifact(report, "int8")
     assert int8["format"] == "tflite" and int8["runtime"].startswith("ai-edge-litert")
     check_int8_meets_the_bar(int8)
-    assert int8["graph"]["integer_only"] and int8["input"]["dtype"] == "uint8"
+    assert int8["graph"]["integer_only"] and int8["input"]["dtype"] == "int8"
     assert report["calibration"]["images"] == 300 and report["calibration"]["method"] == "sample_percentile"
 
 

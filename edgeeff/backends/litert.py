@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import MissingBackendError, UserError
+from ..device_preprocess import quantize
 from ..preprocess import PreprocessSpec
 from ..progress import progress
 
@@ -507,12 +508,6 @@ def tensor_quantization(detail: dict) -> dict:
             "shape": [int(v) for v in detail["shape"]]}
 
 
-def quantize_input(x: np.ndarray, dtype, scale: float, zero_point: int) -> np.ndarray:
-    """What a device does with a normalised float input: q = clip(round(x / scale) + zero_point)."""
-    info = np.iinfo(dtype)
-    return np.clip(np.round(x / np.float32(scale)) + zero_point, info.min, info.max).astype(dtype)
-
-
 class LiteRTRunner:
     """Runs a .tflite classifier in the LiteRT interpreter, one image at a time (batch 1, as on
     a device). Integer inputs are quantized from the normalised float input with the tensor's
@@ -542,7 +537,7 @@ class LiteRTRunner:
             return x.astype(self.in_dtype)
         if self.spec.input_dtype == "uint8":
             return x.astype(np.uint8)
-        return quantize_input(x, self.in_dtype, self.in_scale, self.in_zero)
+        return quantize(x, self.in_dtype, self.in_scale, self.in_zero)  # as a device does
 
     def predict(self, inputs: np.ndarray) -> np.ndarray:
         outputs = []
