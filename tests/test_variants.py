@@ -389,6 +389,25 @@ def test_feature_distillation_pulls_block_outputs_towards_the_teacher():
     assert errors[1.0] < 0.85 * block_error(start) and errors[1.0] < 0.85 * errors[0.0], errors
 
 
+def test_mixup_blends_each_image_with_its_neighbour():
+    from edgeeff.distill import augment_batch
+
+    # Flat images stay flat through crop, resize and flip, so each output is one number.
+    x = torch.arange(6, dtype=torch.float32).view(6, 1, 1, 1).expand(6, 3, 16, 16).contiguous()
+    plain = augment_batch(x, "rrc-flip", torch.Generator().manual_seed(0))
+    mixed = augment_batch(x, "rrc-flip-mixup", torch.Generator().manual_seed(0))
+    again = augment_batch(x, "rrc-flip-mixup", torch.Generator().manual_seed(0))
+    assert torch.equal(mixed, again)  # seeded: the same batch every time
+    assert torch.allclose(plain, x)
+    values = mixed.amax((1, 2, 3))
+    assert torch.allclose(values, mixed.amin((1, 2, 3)))
+    for i, v in enumerate(values.tolist()):
+        low, high = sorted((i, (i - 1) % 6))  # between the image and the one before it
+        assert low <= v <= high and v not in (low, high), (i, v)
+    with pytest.raises(ValueError, match="unknown augmentation"):
+        augment_batch(x, "cutmix", torch.Generator())
+
+
 def test_tflite_percentile_clips_a_rare_activation_outlier_but_not_the_logits(tmp_path):
     """rpi's recipe for hard-swish models: edgeeff's histogram percentile on the .tflite's tensors."""
     pytest.importorskip("ai_edge_litert", reason="the tflite extra is not installed")
