@@ -53,7 +53,10 @@ def _add_compile_flags(c: argparse.ArgumentParser) -> None:
                    help="wall-clock budget for recovery (default 15); the step count is planned from it")
     v.add_argument("--recover-steps", type=int, metavar="N",
                    help="exact number of recovery steps (reproducible); --recover-minutes then only caps it")
-    v.add_argument("--recover-lr", type=float, metavar="LR", help="AdamW learning rate (default 3e-5)")
+    v.add_argument("--recover-params", choices=["bn", "all"],
+                   help="what recovery trains: all = every weight (default), bn = BatchNorm scales/shifts and biases only")
+    v.add_argument("--recover-lr", type=float, metavar="LR",
+                   help="AdamW learning rate (default 1e-3 with --recover-params bn, 3e-5 with all)")
     v.add_argument("--recover-temperature", type=float, metavar="T", help="distillation temperature (default 2)")
     v.add_argument("--recover-batch", type=int, metavar="N", help="images per step (default 16)")
     v.add_argument("--train", type=Path, metavar="DIR",
@@ -117,7 +120,8 @@ def _compile_options(args, target: str, **extra):
         weights_format=args.weights_format, random_weights=args.random_weights, threads=args.threads,
         force=args.force, quiet=args.quiet, latency_runs=args.latency_runs, max_drop=args.max_drop,
         max_float_layers=args.max_float_layers, io=args.io, act=args.act, se=args.se, recover=args.recover,
-        recover_minutes=args.recover_minutes, recover_steps=args.recover_steps, recover_lr=args.recover_lr,
+        recover_minutes=args.recover_minutes, recover_steps=args.recover_steps, recover_params=args.recover_params,
+        recover_lr=args.recover_lr,
         recover_temperature=args.recover_temperature, recover_batch=args.recover_batch, train=args.train,
         seed=args.seed, **extra)
 

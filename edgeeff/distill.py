@@ -3,7 +3,8 @@
 The loss is the KL divergence between the teacher's and the student's softened outputs (Hinton
 et al.'s T^2-scaled form). Both see the same augmented batch: a random resized crop of the
 preprocessed crop (area 35-100%, aspect 3/4-4/3, resized back bilinearly) and a horizontal flip,
-normalised with the model's own preprocessing spec. BatchNorm statistics are frozen (the student
+normalised with the model's own preprocessing spec, then blended with the batch's next image
+(mixup: the teacher labels the blend, so it is as good a training point as a photo). BatchNorm statistics are frozen (the student
 runs in eval mode): with batches of 16 on a CPU, batch statistics are too noisy to learn from,
 and the quantizer later folds the frozen statistics anyway. Defaults were chosen by measurement:
 docs/variants.md.
@@ -32,15 +33,20 @@ from .progress import progress, say
 WARMUP_STEPS = 5
 
 
+# AdamW's rate per parameter set. "all": 1e-4 made the loss rise, 3e-5 lowered it steadily.
+# "bn": a few thousand scales and shifts, each moving a whole channel, take 1e-3.
+LEARNING_RATES = {"bn": 1e-3, "all": 3e-5}
+
+
 @dataclass
 class RecoverySettings:
     steps: int | None = None          # the determinism unit; None: planned from `minutes`
     minutes: float | None = 15.0      # wall-clock upper bound
-    lr: float = 3e-5
+    lr: float | None = None           # None: LEARNING_RATES[train]
     weight_decay: float = 0.0
     temperature: float = 2.0
     batch: int = 16
-    augment: str = "rrc-flip"         # one of AUGMENTS
+    augment: str = "rrc-flip-mixup"   # one of AUGMENTS; mixup measured better (docs/variants.md)
     min_area: float = 0.35
     freeze_bn: bool = True
     align: bool = True                # match the teacher's per-channel BN statistics before training
@@ -48,6 +54,12 @@ class RecoverySettings:
     feature_weight: float = 0.0       # weight of the block-output (feature) loss beside the KD loss
     train: str = "all"                # "all" parameters, or "bn": BatchNorm affine + biases only
     seed: int = 0
+
+    def __post_init__(self):
+        if self.train not in LEARNING_RATES:
+            raise ValueError(f"unknown recovery parameter set {self.train!r}; choose {' or '.join(LEARNING_RATES)}")
+        if self.lr is None:
+            self.lr = LEARNING_RATES[self.train]
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -280,7 +292,9 @@ def distill(student: torch.nn.Module, teacher: torch.nn.Module, crops: np.ndarra
             if planned is None and step == WARMUP_STEPS:
                 per_step = (time.perf_counter() - timing_start) / (WARMUP_STEPS - 1)
                 remaining = budget_s - (time.perf_counter() - start)
-                planned = WARMUP_STEPS + max(0, int(0.97 * remaining / per_step))
+                # 10% spare: later steps ran ~5% slower than the warm-up's (all parameters,
+                # idle machine), and a plan cut short by the clock never finishes its schedule.
+                planned = WARMUP_STEPS + max(0, int(0.90 * remaining / per_step))
                 total_for_schedule = planned
                 bar.total = planned
                 bar.refresh()
@@ -298,7 +312,8 @@ def distill(student: torch.nn.Module, teacher: torch.nn.Module, crops: np.ndarra
             p.requires_grad_(True)
         student.eval()
     if stopped_by_time:
-        say(f"recovery: time budget reached after {step} of {planned or '?'} steps")
+        say(f"recovery: time budget reached after {step} of {planned or '?'} steps; the learning-rate schedule "
+            f"did not finish (--recover-steps N alone gives a run that is the same on any machine load)")
     return RecoveryResult(steps_done=step, steps_planned=planned or step, planned_from_time=planned_from_time,
                           stopped_by_time=stopped_by_time, seconds=time.perf_counter() - start,
                           loss_first=losses[0] if losses else float("nan"),

@@ -64,6 +64,7 @@ class CompileOptions:
     recover: str = "none"             # none | distill
     recover_minutes: float | None = 15.0
     recover_steps: int | None = None
+    recover_params: str | None = None  # bn | all; None: RecoverySettings' default
     recover_lr: float | None = None
     recover_temperature: float | None = None
     recover_batch: int | None = None
@@ -240,15 +241,19 @@ def _check_variant_options(opts: CompileOptions) -> None:
             raise UserError(f"--recover-steps {opts.recover_steps}: must be at least 1")
         if opts.recover_batch is not None and opts.recover_batch < 1:
             raise UserError(f"--recover-batch {opts.recover_batch}: must be at least 1")
-        if opts.recover_minutes is not None and opts.recover_minutes <= 0:
-            raise UserError(f"--recover-minutes {opts.recover_minutes}: must be more than 0")
+        for flag, value in (("--recover-minutes", opts.recover_minutes), ("--recover-lr", opts.recover_lr),
+                            ("--recover-temperature", opts.recover_temperature)):
+            if value is not None and value <= 0:
+                raise UserError(f"{flag} {value:g}: must be more than 0")
+        if opts.recover_params is not None and opts.recover_params not in ("bn", "all"):
+            raise UserError(f"--recover-params {opts.recover_params}: choose bn or all")
         if opts.recover_steps is None and not opts.recover_minutes:
             raise UserError("--recover distill needs --recover-minutes or --recover-steps")
         if opts.val is not None and opts.train is not None and opts.train.resolve() == opts.val.resolve():
             raise UserError("--train is the --val folder: training on the validation images would "
                             "make every accuracy figure meaningless")
-    elif opts.train is not None or opts.recover_steps is not None:
-        raise UserError("--train and --recover-steps only apply with --recover distill")
+    elif opts.train is not None or opts.recover_steps is not None or opts.recover_params is not None:
+        raise UserError("--train, --recover-steps and --recover-params only apply with --recover distill")
 
 
 def output_name(opts: CompileOptions, target: str, loaded: dict | None = None) -> str:
@@ -307,11 +312,10 @@ def make_variant_model(opts: CompileOptions, original, spec, calibration, watch)
         folder = opts.train or opts.calib
         with watch.stage("load_train_images"):
             train = load_calibration(folder, 10 ** 9, spec, opts.quiet)  # every image in the folder
-        defaults = RecoverySettings()
-        settings = RecoverySettings(
-            steps=opts.recover_steps, minutes=opts.recover_minutes,
-            lr=opts.recover_lr or defaults.lr, temperature=opts.recover_temperature or defaults.temperature,
-            batch=opts.recover_batch or defaults.batch, seed=opts.seed)
+        given = {"train": opts.recover_params, "lr": opts.recover_lr, "temperature": opts.recover_temperature,
+                 "batch": opts.recover_batch}
+        settings = RecoverySettings(steps=opts.recover_steps, minutes=opts.recover_minutes, seed=opts.seed,
+                                    **{key: value for key, value in given.items() if value is not None})
         budget = (f"{settings.steps} steps" if settings.steps else "") + (
             f"{', at most ' if settings.steps else ''}{settings.minutes:g} min" if settings.minutes else "")
         with watch.stage("recover", f"recovering by distillation from the original on {len(train)} "
@@ -319,7 +323,7 @@ def make_variant_model(opts: CompileOptions, original, spec, calibration, watch)
             result = distill(variant, original, train.crops, spec, settings, opts.quiet)
         info["recovery"] = {"method": "distill", "images": len(train), "path": str(folder),
                             "settings": settings.to_dict(), **result.to_dict(), "file": "recovered.pth"}
-        if result.planned_from_time:
+        if result.planned_from_time and not result.stopped_by_time:  # a cut-short schedule has no step count
             info["recovery"]["reproduce"] = f"--recover-steps {result.steps_planned}"
     return variant, before, info
 

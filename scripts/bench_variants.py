@@ -44,6 +44,7 @@ def main() -> int:
     parser.add_argument("--recover", default="distill", choices=["distill", "none"])
     parser.add_argument("--recover-minutes", type=float, default=15.0)
     parser.add_argument("--recover-steps", type=int)
+    parser.add_argument("--recover-params", choices=["bn", "all"])
     parser.add_argument("--recover-lr", type=float)
     parser.add_argument("--recover-temperature", type=float)
     parser.add_argument("--threads", type=int, default=2)
@@ -65,7 +66,7 @@ def main() -> int:
         folder, first = compile_model(CompileOptions(
             target=targets[0], weights=args.weights, act=args.act, se=args.se, recover=args.recover,
             recover_minutes=args.recover_minutes, recover_steps=args.recover_steps, recover_lr=args.recover_lr,
-            recover_temperature=args.recover_temperature,
+            recover_temperature=args.recover_temperature, recover_params=args.recover_params,
             train=args.train, **common))
         loads[f"after {targets[0]}"] = os.getloadavg()
         results[targets[0]] = first
@@ -97,7 +98,8 @@ def main() -> int:
     result = {
         "command": {"variant": args.variant, "targets": targets, "act": args.act, "se": args.se,
                     "recover": args.recover, "recover_minutes": args.recover_minutes,
-                    "recover_steps": args.recover_steps, "weights": str(args.weights), "calib": str(args.calib),
+                    "recover_steps": args.recover_steps, "recover_params": args.recover_params,
+                    "weights": str(args.weights), "calib": str(args.calib),
                     "val": str(args.val)},
         "reference": first["reference"], "variant_chain": first["variant_chain"],
         "variant_stage_of_targets": last_stage["stage"],

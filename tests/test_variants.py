@@ -147,25 +147,33 @@ def test_kd_loss_is_zero_for_identical_logits():
     assert float(kd_loss(torch.zeros(4, 10), logits, 2.0)) > 0
 
 
-def _tiny_distill(steps=12, seed=0, lr=1e-3):
+def _tiny_distill(steps=12, seed=0, lr=1e-3, train="all"):
     teacher = _model(seed=1)
     student = copy.deepcopy(teacher)
     make_variant(student, act="hswish", se="remove", crops=_crops(8), spec=_spec())
-    settings = RecoverySettings(steps=steps, minutes=None, lr=lr, batch=4, seed=seed)
+    settings = RecoverySettings(steps=steps, minutes=None, lr=lr, batch=4, seed=seed, train=train)
     result = distill(student, teacher, _crops(8, seed=2), _spec(), settings, quiet=True)
     return student, teacher, result
 
 
-def test_distillation_lowers_the_loss_and_is_deterministic(tmp_path):
+@pytest.mark.parametrize("train", ["all", "bn"])
+def test_distillation_lowers_the_loss_and_is_deterministic(tmp_path, train):
     torch.set_num_threads(1)
-    student, teacher, result = _tiny_distill(steps=30)
+    student, teacher, result = _tiny_distill(steps=30, train=train)
     assert result.steps_done == 30 and not result.stopped_by_time
-    first, last = np.mean(result.losses[:5]), np.mean(result.losses[-5:])
-    assert last < first * 0.8, result.losses
-    again, _, result2 = _tiny_distill(steps=30)
+    if train == "all":  # (this random model's logits are near-uniform: bn's loss starts at ~1e-6)
+        first, last = np.mean(result.losses[:5]), np.mean(result.losses[-5:])
+        assert last < first * 0.8, result.losses
+    again, _, result2 = _tiny_distill(steps=30, train=train)
     assert result2.losses == result.losses
-    for (k, a), b in zip(student.state_dict().items(), again.state_dict().values()):
+    start = copy.deepcopy(teacher)
+    make_variant(start, act="hswish", se="remove", crops=_crops(8), spec=_spec())
+    for (k, a), b, c in zip(student.state_dict().items(), again.state_dict().values(), start.state_dict().values()):
         assert torch.equal(a, b), k
+        if train == "bn" and k.endswith(".weight") and a.ndim > 1:  # convolution and classifier weights
+            assert torch.equal(a, c), k  # stayed as they were
+    moved = [k for (k, a), c in zip(student.state_dict().items(), start.state_dict().values()) if not torch.equal(a, c)]
+    assert any(k.endswith((".bn.weight", ".bn.bias")) for k in moved), moved  # the BatchNorms trained
 
 
 def test_recovered_weights_reload_to_identical_outputs(tmp_path):
@@ -206,6 +214,12 @@ def test_cli_options_are_checked(tmp_path):
                  "--calib", str(tmp_path), "--out", str(tmp_path / "o")]) == 2
     assert main(["compile", "--variant", "b0", "--target", "onnx", "--random-weights", "--recover", "distill",
                  "--out", str(tmp_path / "o")]) == 2
+    weights = ["compile", "--variant", "b0", "--target", "onnx", "--weights", str(tmp_path / "missing.pth"),
+               "--calib", str(tmp_path), "--out", str(tmp_path / "o")]
+    assert main([*weights, "--recover-params", "all"]) == 2  # without --recover distill
+    assert main([*weights, "--recover", "distill", "--recover-lr", "0"]) == 2
+    assert main([*weights, "--recover", "distill", "--recover-temperature", "-1"]) == 2
+    assert not (tmp_path / "o").exists()
 
 
 def test_output_names_distinguish_variants(tmp_path):
@@ -252,6 +266,9 @@ def test_compile_with_surgery_and_recovery_end_to_end(tmp_path):
     assert report["variant_chain"][2]["act"] == "hswish" and report["variant_chain"][2]["se"] == "remove"
     assert report["model"]["act"] == "hswish" and report["model"]["se"] == "remove"
     assert report["recovery"]["steps_done"] == 2
+    # the measured defaults: every parameter at 3e-5, mixup on the crops
+    assert report["recovery"]["settings"]["train"] == "all" and report["recovery"]["settings"]["lr"] == 3e-5
+    assert report["recovery"]["settings"]["augment"] == "rrc-flip-mixup"
     fp32 = next(a for a in report["artifacts"] if a["precision"] == "fp32")
     assert fp32["max_abs_diff_vs_reference"] < 1e-2  # the export matches the variant it exported
     # Beside the drop from the original, each artifact's cost against the FP32 variant it was made from.
@@ -381,7 +398,7 @@ def test_feature_distillation_pulls_block_outputs_towards_the_teacher():
     errors = {}
     for weight in (0.0, 1.0):
         student = copy.deepcopy(start)
-        settings = RecoverySettings(steps=8, minutes=None, lr=1e-4, batch=4, feature_weight=weight,
+        settings = RecoverySettings(steps=8, minutes=None, lr=1e-4, batch=4, feature_weight=weight, train="all",
                                     align=False, augment="none")
         distill(student, teacher, crops, _spec(), settings, quiet=True)
         errors[weight] = block_error(student)
