@@ -30,7 +30,7 @@ from .export import export_onnx
 from .html_report import render as render_html
 from .model import count_macs, count_parameters
 from .preprocess import PreprocessSpec, spec_for_variant
-from .profiles import TargetProfile, get_recipe, get_target
+from .profiles import TargetProfile, get_recipe, get_target, recipe_for_model
 from .progress import say
 from .report import artifact_row, format_table, library_versions, markdown, table_rows, write_manifest
 from .util import write_json
@@ -416,10 +416,12 @@ def compile_model(opts: CompileOptions) -> tuple[Path, dict]:
         if getattr(backend, "NEEDS_ONNX", True):  # the LiteRT backend converts the PyTorch model itself
             with watch.stage("export_onnx", "exporting FP32 ONNX"):
                 export_onnx(model, spec.resolution, fp32_onnx)
+        # The target's default recipe, refined per activation (`calibration_by_activation` in its
+        # file, chosen by measurement); a recipe the user chose with --calib-method stays as given.
+        recipe = recipe_for_model(target, recipe, model)
         job = Job(opts.variant, model, spec, target, recipe, calibration, workdir, fp32_onnx, threads, opts.quiet)
         with watch.stage("quantize", f"quantizing for {target.name} ({recipe['name']} calibration)"):
             artifacts = backend.build(job)
-        recipe = job.recipe  # a backend may refine the target's default recipe (jetson: per activation)
         fp32_onnx.unlink(missing_ok=True)
 
         if "recovery" in variant_info:

@@ -589,7 +589,6 @@ def build(job) -> list:
     """`--target rpi|android|ios`: float32 reference, full-integer INT8, and FP16 when the profile
     asks for it (GPU delegates)."""
     from ..artifacts import Artifact
-    from ..profiles import recipe_for_model
 
     target = job.target
     io_dtype = target.input_dtype
@@ -599,8 +598,6 @@ def build(job) -> list:
     with _captured_output():
         convert_float(job.model, spec.resolution, fp32)
     calib = spec.to_model_input(job.calibration.crops)
-    # Per activation, the target's measured default (rpi: hard-swish takes the histogram percentile).
-    job.recipe = recipe_for_model(target, job.recipe, job.model)  # the report follows job.recipe
     with tempfile.TemporaryDirectory(prefix="edgeeff-litert-") as tmp:
         native = Path(tmp) / "int8_io.tflite"
         details = quantize_int8(fp32, native, calib, job.recipe, threads=job.threads, quiet=job.quiet)

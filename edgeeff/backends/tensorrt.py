@@ -188,11 +188,6 @@ def build(job) -> list:
     from ..qdq import prepare_for_tensorrt
 
     cfg = dict(job.target.raw.get("tensorrt", {}))
-    # The target's default range method, per activation (measured: docs/jetson.md). A method the
-    # user chose with --calib-method other than the target's default is used as given.
-    from ..profiles import recipe_for_model
-
-    job.recipe = recipe_for_model(job.target, job.recipe, job.model)  # the report follows job.recipe
     spec = job.spec.with_layout("NCHW", "float32")
     fp32 = job.workdir / "model_fp32.onnx"
     onnx.save(prepare_for_tensorrt(onnx.load(str(job.fp32_onnx)), int(cfg.get("opset", 17))), str(fp32))
