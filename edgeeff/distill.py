@@ -4,9 +4,9 @@ The loss is the KL divergence between the teacher's and the student's softened o
 et al.'s T^2-scaled form). Both see the same augmented batch: a random resized crop of the
 preprocessed crop (area 35-100%, aspect 3/4-4/3, resized back bilinearly) and a horizontal flip,
 normalised with the model's own preprocessing spec, then blended with the batch's next image
-(mixup: the teacher labels the blend, so it is as good a training point as a photo). BatchNorm statistics are frozen (the student
-runs in eval mode): with batches of 16 on a CPU, batch statistics are too noisy to learn from,
-and the quantizer later folds the frozen statistics anyway. Defaults were chosen by measurement:
+(mixup: the teacher labels the blend, so it is as good a training point as a photo). BatchNorm
+statistics are frozen (the student runs in eval mode): with batches of 16 on a CPU, batch
+statistics are too noisy to learn from, and the quantizer later folds the frozen statistics anyway. Defaults were chosen by measurement:
 docs/variants.md.
 
 Determinism: the unit is the step. Every random choice comes from one seeded generator, so the

@@ -245,8 +245,10 @@ def _check_variant_options(opts: CompileOptions) -> None:
                             ("--recover-temperature", opts.recover_temperature)):
             if value is not None and value <= 0:
                 raise UserError(f"{flag} {value:g}: must be more than 0")
-        if opts.recover_params is not None and opts.recover_params not in ("bn", "all"):
-            raise UserError(f"--recover-params {opts.recover_params}: choose bn or all")
+        from .distill import LEARNING_RATES  # one entry per parameter set recovery can train
+
+        if opts.recover_params is not None and opts.recover_params not in LEARNING_RATES:
+            raise UserError(f"--recover-params {opts.recover_params}: choose {' or '.join(LEARNING_RATES)}")
         if opts.recover_steps is None and not opts.recover_minutes:
             raise UserError("--recover distill needs --recover-minutes or --recover-steps")
         if opts.val is not None and opts.train is not None and opts.train.resolve() == opts.val.resolve():

@@ -31,8 +31,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import MissingBackendError, UserError
 from ..device_preprocess import quantize
+from ..errors import MissingBackendError, UserError
 from ..preprocess import PreprocessSpec
 from ..progress import progress
 
