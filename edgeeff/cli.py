@@ -59,6 +59,9 @@ def _add_compile_flags(c: argparse.ArgumentParser) -> None:
                    help="AdamW learning rate (default 1e-3 with --recover-params bn, 3e-5 with all)")
     v.add_argument("--recover-temperature", type=float, metavar="T", help="distillation temperature (default 2)")
     v.add_argument("--recover-batch", type=int, metavar="N", help="images per step (default 16)")
+    v.add_argument("--recover-quant-aware", type=float, metavar="F",
+                   help="train the last fraction F of the steps with INT8 simulated (0-1; default 0: "
+                        "measured no better on the B0 test model, docs/variants.md)")
     v.add_argument("--train", type=Path, metavar="DIR",
                    help="unlabelled images for recovery (default: the --calib folder, every image in it)")
     v.add_argument("--seed", type=int, default=0, help="seed for recovery (default 0)")
@@ -122,7 +125,8 @@ def _compile_options(args, target: str, **extra):
         max_float_layers=args.max_float_layers, io=args.io, act=args.act, se=args.se, recover=args.recover,
         recover_minutes=args.recover_minutes, recover_steps=args.recover_steps, recover_params=args.recover_params,
         recover_lr=args.recover_lr,
-        recover_temperature=args.recover_temperature, recover_batch=args.recover_batch, train=args.train,
+        recover_temperature=args.recover_temperature, recover_batch=args.recover_batch,
+        recover_quant_aware=args.recover_quant_aware, train=args.train,
         seed=args.seed, **extra)
 
 

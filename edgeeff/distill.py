@@ -19,6 +19,7 @@ is an upper bound and a run cut short says so.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from dataclasses import asdict, dataclass
@@ -28,9 +29,16 @@ import torch
 import torch.nn.functional as F
 
 from .preprocess import PreprocessSpec
+from .profiles import get_recipe
 from .progress import progress, say
+from .quant_sim import activation_ranges, simulated_int8
 
 WARMUP_STEPS = 5
+# Quantization-aware steps: activation ranges from this calib/ recipe (the real artifact is
+# calibrated afresh by its target's own), and the cost of a simulated step against a float one
+# (B0 hard-swish, all parameters, batch 16, 2 cores: 2.07 s against 1.38 s).
+SIMULATION_RECIPE = "percentile"
+SIMULATION_COST = 1.5
 
 
 # AdamW's rate per parameter set. "all": 1e-4 made the loss rise, 3e-5 lowered it steadily.
@@ -53,6 +61,10 @@ class RecoverySettings:
     align_images: int = 64
     feature_weight: float = 0.0       # weight of the block-output (feature) loss beside the KD loss
     train: str = "all"                # "all" parameters, or "bn": BatchNorm affine + biases only
+    # Fraction of the steps, at the end, trained with INT8 simulated (quant_sim.py): the weights
+    # learn to survive their own rounding. 0: float only. Chosen by measurement (docs/variants.md).
+    quant_aware: float = 0.0
+    range_images: int = 200           # images that set the simulated activation ranges
     seed: int = 0
 
     def __post_init__(self):
@@ -60,6 +72,8 @@ class RecoverySettings:
             raise ValueError(f"unknown recovery parameter set {self.train!r}; choose {' or '.join(LEARNING_RATES)}")
         if self.lr is None:
             self.lr = LEARNING_RATES[self.train]
+        if not 0.0 <= self.quant_aware <= 1.0:
+            raise ValueError(f"quant_aware {self.quant_aware}: a fraction of the steps, from 0 to 1")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -75,6 +89,7 @@ class RecoveryResult:
     loss_first: float
     loss_last: float
     losses: list[float]
+    quant_aware_from_step: int | None = None  # the first step trained with INT8 simulated
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -130,6 +145,15 @@ def augment_batch(x: torch.Tensor, mode: str, gen: torch.Generator, min_area: fl
         weight = torch.rand(n, generator=gen).view(n, 1, 1, 1)
         x = weight * x + (1 - weight) * x.roll(1, 0)
     return x
+
+
+def quant_aware_start(planned: int | None, fraction: float) -> int | None:
+    """The first simulated step: the last `fraction` of the plan (None: not known yet, or never)."""
+    if fraction <= 0:
+        return None
+    if fraction >= 1:
+        return 0
+    return None if planned is None else planned - int(round(fraction * planned))
 
 
 def _lr_at(step: int, total: int, base: float) -> float:
@@ -247,8 +271,13 @@ def distill(student: torch.nn.Module, teacher: torch.nn.Module, crops: np.ndarra
         hooks = _block_outputs(teacher, t_feats) + _block_outputs(student, s_feats)
     optimizer = torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay)
 
+    # Its own generator: the training batches stay those of a float-only run with the same seed.
+    range_gen = torch.Generator().manual_seed(settings.seed + 1)
+    range_pick = torch.randperm(len(crops), generator=range_gen)[:settings.range_images].sort().values.numpy()
+    simulation = contextlib.ExitStack()
     budget_s = settings.minutes * 60 if settings.minutes else math.inf
     planned = settings.steps
+    quant_from = quant_aware_start(planned, settings.quant_aware)
     planned_from_time = planned is None
     total_for_schedule = planned or 10 ** 9  # warm-up lr does not depend on it
     order = torch.randperm(len(crops), generator=gen)
@@ -264,6 +293,12 @@ def distill(student: torch.nn.Module, teacher: torch.nn.Module, crops: np.ndarra
             if time.perf_counter() - start > budget_s:
                 stopped_by_time = True
                 break
+            if step == quant_from:
+                ranges = activation_ranges(student, list(torch.from_numpy(
+                    spec.to_model_input(crops[range_pick])).split(settings.batch)), get_recipe(SIMULATION_RECIPE))
+                simulation.enter_context(simulated_int8(student, ranges))
+                say(f"recovery: INT8 simulated from step {step} on (quantization-aware, "
+                    f"ranges from {len(range_pick)} images)")
             if cursor + settings.batch > len(order):
                 order = torch.randperm(len(crops), generator=gen)
                 cursor = 0
@@ -294,17 +329,24 @@ def distill(student: torch.nn.Module, teacher: torch.nn.Module, crops: np.ndarra
                 remaining = budget_s - (time.perf_counter() - start)
                 # 10% spare: later steps ran ~5% slower than the warm-up's (all parameters,
                 # idle machine), and a plan cut short by the clock never finishes its schedule.
+                if quant_from is None:  # warm-up ran in float; the simulated steps will be slower
+                    per_step *= 1 + settings.quant_aware * (SIMULATION_COST - 1)
                 planned = WARMUP_STEPS + max(0, int(0.90 * remaining / per_step))
                 total_for_schedule = planned
+                start_at = quant_aware_start(planned, settings.quant_aware)
+                if quant_from is None and start_at is not None:
+                    quant_from = max(step, start_at)
                 bar.total = planned
                 bar.refresh()
-                say(f"recovery: {per_step:.1f} s/step here, planning {planned} steps for "
+                say(f"recovery: {per_step:.1f} s/step here{' (on average, simulated steps included)' if start_at else ''}, "
+                    f"planning {planned} steps for "
                     f"{settings.minutes:g} min (reproduce with --recover-steps {planned})")
             if step % 25 == 0:
                 recent = losses[-25:]
                 say(f"recovery step {step}/{planned}: KD loss {sum(recent) / len(recent):.4f} "
                     f"({time.perf_counter() - start:.0f} s)")
     finally:
+        simulation.close()  # the student's own parameters, clean state dict
         bar.close()
         for h in hooks:
             h.remove()
@@ -316,6 +358,7 @@ def distill(student: torch.nn.Module, teacher: torch.nn.Module, crops: np.ndarra
             f"did not finish (--recover-steps N alone gives a run that is the same on any machine load)")
     return RecoveryResult(steps_done=step, steps_planned=planned or step, planned_from_time=planned_from_time,
                           stopped_by_time=stopped_by_time, seconds=time.perf_counter() - start,
+                          quant_aware_from_step=quant_from if quant_from is not None and quant_from < step else None,
                           loss_first=losses[0] if losses else float("nan"),
                           loss_last=float(np.mean(losses[-10:])) if losses else float("nan"), losses=losses)
 

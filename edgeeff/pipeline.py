@@ -68,6 +68,7 @@ class CompileOptions:
     recover_lr: float | None = None
     recover_temperature: float | None = None
     recover_batch: int | None = None
+    recover_quant_aware: float | None = None  # fraction of the steps trained with INT8 simulated
     train: Path | None = None         # unlabelled images for recovery (default: the --calib folder)
     seed: int = 0
 
@@ -249,13 +250,17 @@ def _check_variant_options(opts: CompileOptions) -> None:
 
         if opts.recover_params is not None and opts.recover_params not in LEARNING_RATES:
             raise UserError(f"--recover-params {opts.recover_params}: choose {' or '.join(LEARNING_RATES)}")
+        if opts.recover_quant_aware is not None and not 0 <= opts.recover_quant_aware <= 1:
+            raise UserError(f"--recover-quant-aware {opts.recover_quant_aware:g}: a fraction of the steps, from 0 to 1")
         if opts.recover_steps is None and not opts.recover_minutes:
             raise UserError("--recover distill needs --recover-minutes or --recover-steps")
         if opts.val is not None and opts.train is not None and opts.train.resolve() == opts.val.resolve():
             raise UserError("--train is the --val folder: training on the validation images would "
                             "make every accuracy figure meaningless")
-    elif opts.train is not None or opts.recover_steps is not None or opts.recover_params is not None:
-        raise UserError("--train, --recover-steps and --recover-params only apply with --recover distill")
+    elif opts.train is not None or opts.recover_steps is not None or opts.recover_params is not None \
+            or opts.recover_quant_aware is not None:
+        raise UserError("--train, --recover-steps, --recover-params and --recover-quant-aware only apply with "
+                        "--recover distill")
 
 
 def output_name(opts: CompileOptions, target: str, loaded: dict | None = None) -> str:
@@ -315,7 +320,7 @@ def make_variant_model(opts: CompileOptions, original, spec, calibration, watch)
         with watch.stage("load_train_images"):
             train = load_calibration(folder, 10 ** 9, spec, opts.quiet)  # every image in the folder
         given = {"train": opts.recover_params, "lr": opts.recover_lr, "temperature": opts.recover_temperature,
-                 "batch": opts.recover_batch}
+                 "batch": opts.recover_batch, "quant_aware": opts.recover_quant_aware}
         settings = RecoverySettings(steps=opts.recover_steps, minutes=opts.recover_minutes, seed=opts.seed,
                                     **{key: value for key, value in given.items() if value is not None})
         budget = (f"{settings.steps} steps" if settings.steps else "") + (

@@ -207,7 +207,7 @@ def test_plain_state_dict_without_se_loads_with_se_inferred(tmp_path):
     assert reloaded.se_enabled is False and reloaded.act_name == "swish"
 
 
-def test_cli_options_are_checked(tmp_path):
+def test_cli_options_are_checked(tmp_path, capsys):
     from edgeeff.cli import main
 
     assert main(["compile", "--variant", "b0", "--target", "onnx", "--random-weights", "--recover", "distill",
@@ -219,6 +219,11 @@ def test_cli_options_are_checked(tmp_path):
     assert main([*weights, "--recover-params", "all"]) == 2  # without --recover distill
     assert main([*weights, "--recover", "distill", "--recover-lr", "0"]) == 2
     assert main([*weights, "--recover", "distill", "--recover-temperature", "-1"]) == 2
+    capsys.readouterr()
+    assert main([*weights, "--recover", "distill", "--recover-quant-aware", "1.5"]) == 2
+    assert "--recover-quant-aware 1.5: a fraction of the steps" in capsys.readouterr().err
+    assert main([*weights, "--recover-quant-aware", "0.5"]) == 2
+    assert "only apply with --recover distill" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
 
 
