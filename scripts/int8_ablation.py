@@ -8,7 +8,7 @@ measures against the same model in float: top-1 agreement and the KL divergence 
 only and activations only; then each activation tensor quantized alone, ranked by its KL. Writes
 JSON and a bar chart, prints a table.
 
-The simulation predicts the real artifacts' cost closely (hard-swish B0 variant: 93.5% simulated
+The simulation predicts the real artifacts' cost closely (hard-swish B0 variant: 91.7% simulated
 agreement against 92.3% for the .tflite in LiteRT and 92.6% for the ONNX in ONNX Runtime).
 
     python scripts/int8_ablation.py --weights recovered.pth --calib CALIB --val VAL \\
