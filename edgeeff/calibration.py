@@ -220,6 +220,8 @@ def mse_range(hist, lo, hi, bits: int = 8, symmetric: bool = False, steps: int =
     return _shrink_range(error, lo, hi, steps)
 
 
+HARD_SWISH_FLOOR = -3.0  # hardswish(x) == 0 for every x <= -3: a range needs nothing below it
+
 ELEMENTWISE = {
     "swish": lambda x: x / (1.0 + np.exp(-x)),
     "sigmoid": lambda x: 1.0 / (1.0 + np.exp(-x)),

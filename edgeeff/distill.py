@@ -271,9 +271,6 @@ def distill(student: torch.nn.Module, teacher: torch.nn.Module, crops: np.ndarra
         hooks = _block_outputs(teacher, t_feats) + _block_outputs(student, s_feats)
     optimizer = torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay)
 
-    # Its own generator: the training batches stay those of a float-only run with the same seed.
-    range_gen = torch.Generator().manual_seed(settings.seed + 1)
-    range_pick = torch.randperm(len(crops), generator=range_gen)[:settings.range_images].sort().values.numpy()
     simulation = contextlib.ExitStack()
     budget_s = settings.minutes * 60 if settings.minutes else math.inf
     planned = settings.steps
@@ -294,6 +291,9 @@ def distill(student: torch.nn.Module, teacher: torch.nn.Module, crops: np.ndarra
                 stopped_by_time = True
                 break
             if step == quant_from:
+                # Its own generator: the training batches stay those of a float-only run with the same seed.
+                range_gen = torch.Generator().manual_seed(settings.seed + 1)
+                range_pick = torch.randperm(len(crops), generator=range_gen)[:settings.range_images].sort().values.numpy()
                 ranges = activation_ranges(student, list(torch.from_numpy(
                     spec.to_model_input(crops[range_pick])).split(settings.batch)), get_recipe(SIMULATION_RECIPE))
                 simulation.enter_context(simulated_int8(student, ranges))

@@ -27,7 +27,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from .calibration import ActivationStats, histogram_counts, tensor_ranges
+from .calibration import HARD_SWISH_FLOOR, ActivationStats, histogram_counts, tensor_ranges
 from .model import ConvBNAct, MBConv, SqueezeExcite
 
 WEIGHT_QMAX = 127
@@ -114,10 +114,10 @@ def collect_stats(model: nn.Module, batches: list[torch.Tensor]) -> ActivationSt
 
 def activation_ranges(model: nn.Module, batches: list[torch.Tensor], recipe: dict) -> dict[str, tuple[float, float]]:
     """Per quantization point, the (low, high) the recipe gives (calibration.tensor_ranges);
-    hard-swish inputs need nothing below -3 (calibration.activation_floors)."""
+    hard-swish inputs need nothing below HARD_SWISH_FLOOR."""
     points = quant_points(model)
     readers = {n: fn for n, (_, _, fn) in points.items() if fn is not None}
-    floors = {n: -3.0 for n, fn in readers.items() if fn == "hardswish"}
+    floors = {n: HARD_SWISH_FLOOR for n, fn in readers.items() if fn == "hardswish"}
     return tensor_ranges(collect_stats(model, batches), recipe, readers=readers, floors=floors)
 
 

@@ -26,9 +26,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
 
 from edgeeff.data import imagenet_labels, load_calibration, load_validation, spread_choice  # noqa: E402
+from edgeeff.distill import kd_loss  # noqa: E402
 from edgeeff.preprocess import spec_for_variant  # noqa: E402
 from edgeeff.profiles import get_recipe  # noqa: E402
 from edgeeff.progress import progress  # noqa: E402
@@ -43,7 +43,7 @@ def logits_of(model, inputs: torch.Tensor, batch: int = 65) -> torch.Tensor:
 
 def compare(reference: torch.Tensor, test: torch.Tensor) -> dict:
     agreement = float((reference.argmax(1) == test.argmax(1)).float().mean()) * 100
-    kl = F.kl_div(F.log_softmax(test, 1), F.log_softmax(reference, 1), reduction="batchmean", log_target=True)
+    kl = kd_loss(test, reference, temperature=1.0)  # KL(reference || test), batch mean
     return {"top1_agreement": round(agreement, 2), "kl": round(float(kl), 5)}
 
 

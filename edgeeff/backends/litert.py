@@ -31,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..calibration import HARD_SWISH_FLOOR
 from ..device_preprocess import quantize
 from ..errors import MissingBackendError, UserError
 from ..preprocess import PreprocessSpec
@@ -163,7 +164,6 @@ def reduce_ranges(qsvs: dict, percentile: float) -> dict:
     return ranges
 
 
-HARD_SWISH_FLOOR = -3.0  # hardswish(x) == 0 for every x <= -3
 
 
 def hard_swish_inputs(float_path: Path) -> set[str]:
