@@ -41,6 +41,9 @@ def _add_compile_flags(c: argparse.ArgumentParser) -> None:
     c.add_argument("--io", choices=["int8", "uint8"],
                    help="integer .tflite targets (rpi, android, ios): the INT8 file's input/output type "
                         "(default int8, the fastest; uint8 adds a QUANTIZE op at each end)")
+    c.add_argument("--scale-groups", metavar="auto|off",
+                   help="split channels whose ranges differ widely into groups with their own INT8 scale "
+                        "(exact in float; default: the target's, auto for rpi/android/ios; docs/variants.md)")
     v = c.add_argument_group("variants (docs/variants.md)")
     v.add_argument("--act", choices=["swish", "hswish", "relu6"],
                    help="swap every activation of the loaded model (default: keep the model's own)")
@@ -127,7 +130,7 @@ def _compile_options(args, target: str, **extra):
         recover_lr=args.recover_lr,
         recover_temperature=args.recover_temperature, recover_batch=args.recover_batch,
         recover_quant_aware=args.recover_quant_aware, train=args.train,
-        seed=args.seed, **extra)
+        seed=args.seed, scale_groups=args.scale_groups, **extra)
 
 
 def cmd_sensitivity(args) -> int:

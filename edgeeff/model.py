@@ -166,6 +166,21 @@ def build_model(variant: str | Variant, act: str | None = None, se: bool | None 
     return model.eval()
 
 
+@torch.no_grad()
+def forward_with_hooks(model: nn.Module, hooks: list, batches) -> None:
+    """Run `model` in eval mode over `batches` for what its forward `hooks` observe; the hooks are
+    removed and the model's train/eval mode restored afterwards, whatever happens."""
+    was_training = model.training
+    model.eval()
+    try:
+        for x in batches:
+            model(x)
+    finally:
+        for h in hooks:
+            h.remove()
+        model.train(was_training)
+
+
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 

@@ -71,6 +71,7 @@ class CompileOptions:
     recover_quant_aware: float | None = None  # fraction of the steps trained with INT8 simulated
     train: Path | None = None         # unlabelled images for recovery (default: the --calib folder)
     seed: int = 0
+    scale_groups: str | None = None   # auto | off (scale_groups.py); None: the target's own setting
 
 
 @dataclass
@@ -211,9 +212,29 @@ def check_inputs(opts: CompileOptions):
         if packaged_weights_path(opts.variant) is None:
             raise UserError(no_weights_message(opts.variant))
     _check_variant_options(opts)
+    if opts.scale_groups is not None and opts.scale_groups not in SCALE_GROUP_CHOICES:
+        raise UserError(f"--scale-groups {opts.scale_groups}: choose {' or '.join(SCALE_GROUP_CHOICES)}")
     final = opts.out / output_name(opts, target.name)
     _refuse_existing(final, opts.force)
     return target, recipe, backend, final
+
+
+SCALE_GROUP_CHOICES = ("auto", "off")
+
+
+def split_scales(opts: CompileOptions, target: TargetProfile, model, spec, calibration, watch):
+    """The model to export: `model` itself, or its copy with wide-ranged channels split into
+    scale groups (scale_groups.py; exact in float). --scale-groups, else the target's setting."""
+    setting = opts.scale_groups or target.quantization.get("scale_groups", "off")
+    info = {"setting": setting, "sites": []}
+    if setting == "off":
+        return model, info
+    from .scale_groups import split_for_int8
+
+    with watch.stage("scale_groups", "splitting wide-ranged channels into INT8 scale groups"):
+        batches = torch.from_numpy(spec.with_layout("NCHW", "float32").to_model_input(calibration.crops)).split(32)
+        deploy, info["sites"] = split_for_int8(model, list(batches))
+    return deploy, info
 
 
 def _refuse_existing(folder: Path, force: bool) -> None:
@@ -417,16 +438,18 @@ def compile_model(opts: CompileOptions) -> tuple[Path, dict]:
     # The variant is what gets exported and quantized; the original stays the reference.
     model, unrecovered, variant_info = make_variant_model(opts, original, spec, calibration, watch)
     is_variant = model is not original
+    # What is exported: the same function, possibly with scale groups (recovered.pth keeps `model`).
+    deploy, scale_group_info = split_scales(opts, target, model, spec, calibration, watch)
 
     with atomic_folder(final, opts.force) as workdir:
         fp32_onnx = workdir / ".export.onnx"
         if getattr(backend, "NEEDS_ONNX", True):  # the LiteRT backend converts the PyTorch model itself
             with watch.stage("export_onnx", "exporting FP32 ONNX"):
-                export_onnx(model, spec.resolution, fp32_onnx)
+                export_onnx(deploy, spec.resolution, fp32_onnx)
         # The target's default recipe, refined per activation (`calibration_by_activation` in its
         # file, chosen by measurement); a recipe the user chose with --calib-method stays as given.
         recipe = recipe_for_model(target, recipe, model)
-        job = Job(opts.variant, model, spec, target, recipe, calibration, workdir, fp32_onnx, threads, opts.quiet)
+        job = Job(opts.variant, deploy, spec, target, recipe, calibration, workdir, fp32_onnx, threads, opts.quiet)
         with watch.stage("quantize", f"quantizing for {target.name} ({recipe['name']} calibration)"):
             artifacts = backend.build(job)
         fp32_onnx.unlink(missing_ok=True)
@@ -466,7 +489,7 @@ def compile_model(opts: CompileOptions) -> tuple[Path, dict]:
                 opts.sensitivity or opts.max_drop is not None):
             layer_info = mixed_precision(backend, workdir, artifacts, threads, opts, calibration, validation,
                                          ref_scores, watch)
-        quantizable = layer_info["quantizable_layers"] if layer_info else count_layers(model)
+        quantizable = layer_info["quantizable_layers"] if layer_info else count_layers(deploy)
         rows = []
         for artifact in artifacts:
             row = {"file": artifact.file, "format": artifact.format, "precision": artifact.precision,
@@ -538,6 +561,7 @@ def compile_model(opts: CompileOptions) -> tuple[Path, dict]:
             "target_profile": target.to_report(),
             **({"variant_chain": chain} if is_variant else {}),
             **({"recovery": variant_info["recovery"]} if "recovery" in variant_info else {}),
+            "scale_groups": scale_group_info,
             "edgeeff_version": __version__,
             "versions": library_versions(),
         }

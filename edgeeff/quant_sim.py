@@ -28,7 +28,8 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from .calibration import HARD_SWISH_FLOOR, ActivationStats, histogram_counts, tensor_ranges
-from .model import ConvBNAct, MBConv, SqueezeExcite
+from .model import ConvBNAct, MBConv, SqueezeExcite, forward_with_hooks
+from .scale_groups import GroupedPath
 
 WEIGHT_QMAX = 127
 ACT_QMIN, ACT_QMAX = -128, 127
@@ -40,13 +41,18 @@ ELEMENTWISE_NAMES = {nn.Hardswish: "hardswish", nn.SiLU: "swish", nn.Sigmoid: "s
 
 def quant_points(model: nn.Module) -> dict[str, tuple[nn.Module, str, str | None]]:
     """name -> (module, "input" | "output", elementwise function reading it or None), in order."""
-    points = {"input": (model.stem.conv, "input", None)}
+    points = {"input": (model.stem, "input", None)}
+    # A GroupedPath's depthwise outputs are its concatenation's inputs, which the quantizers give
+    # the concatenation's own scale: one rounding, at the concatenation's point.
+    concatenated = {f"{name}.depthwises.{i}" for name, module in model.named_modules()
+                    if isinstance(module, GroupedPath) for i in range(len(module.depthwises))}
     for name, module in model.named_modules():
         if isinstance(module, ConvBNAct):
             if not isinstance(module.act, FUSED):
                 points[f"{name}.bn"] = (module.bn, "output", ELEMENTWISE_NAMES.get(type(module.act)))
-                points[f"{name}.act"] = (module.act, "output", None)
-            else:
+                if name not in concatenated:
+                    points[f"{name}.act"] = (module.act, "output", None)
+            elif name not in concatenated:
                 last = module.bn if isinstance(module.act, nn.Identity) else module.act
                 points[f"{name}.out"] = (last, "output", None)
         elif isinstance(module, SqueezeExcite):
@@ -55,6 +61,8 @@ def quant_points(model: nn.Module) -> dict[str, tuple[nn.Module, str, str | None
             points[f"{name}.act"] = (module.act, "output", None)
             points[f"{name}.expand"] = (module.expand, "output", "sigmoid")
             points[f"{name}.gate"] = (module.gate, "output", None)
+            points[f"{name}.out"] = (module, "output", None)
+        elif isinstance(module, GroupedPath):  # the groups' concatenation (scale_groups.py)
             points[f"{name}.out"] = (module, "output", None)
         elif isinstance(module, MBConv) and module.has_residual:
             points[f"{name}.sum"] = (module, "output", None)
@@ -85,13 +93,8 @@ def collect_stats(model: nn.Module, batches: list[torch.Tensor]) -> ActivationSt
     hist = {n: np.zeros(0) for n in names}
 
     def run(observe):
-        hooks = [_hook(module, where, lambda t, n=n: observe(n, t)) for n, (module, where, _) in points.items()]
-        try:
-            for x in batches:
-                model(x)
-        finally:
-            for h in hooks:
-                h.remove()
+        forward_with_hooks(model, [_hook(module, where, lambda t, n=n: observe(n, t))
+                                   for n, (module, where, _) in points.items()], batches)
 
     def extremes(name, t):
         low[name] = min(low[name], float(t.min()))
@@ -101,13 +104,8 @@ def collect_stats(model: nn.Module, batches: list[torch.Tensor]) -> ActivationSt
         counts = histogram_counts(t.numpy(), low[name], high[name])
         hist[name] = counts if hist[name].size == 0 else hist[name] + counts
 
-    was = model.training
-    model.eval()
-    try:
-        run(extremes)
-        run(histogram)
-    finally:
-        model.train(was)
+    run(extremes)
+    run(histogram)
     return ActivationStats(names, np.array([low[n] for n in names], np.float32),
                            np.array([high[n] for n in names], np.float32), np.stack([hist[n] for n in names]))
 

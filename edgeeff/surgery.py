@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from .family import ACTIVATIONS
-from .model import EfficientNet, MBConv, make_activation
+from .model import EfficientNet, MBConv, forward_with_hooks, make_activation
 from .preprocess import PreprocessSpec
 
 SE_CHOICES = ("keep", "remove")
@@ -97,16 +97,9 @@ def gate_statistics(model: EfficientNet, crops: np.ndarray, spec: PreprocessSpec
             acc[2] += gate.shape[0]
 
         hooks.append(block.se.gate.register_forward_hook(hook))
-    was_training = model.training
-    model.eval()
-    try:
-        for start in range(0, len(crops), batch):
-            x = torch.from_numpy(spec.with_layout("NCHW", "float32").to_model_input(crops[start:start + batch]))
-            model(x)
-    finally:
-        for h in hooks:
-            h.remove()
-        model.train(was_training)
+    nchw = spec.with_layout("NCHW", "float32")
+    forward_with_hooks(model, hooks, (torch.from_numpy(nchw.to_model_input(crops[start:start + batch]))
+                                      for start in range(0, len(crops), batch)))
     stats = {}
     for index, (s, sq, n) in sums.items():
         mean = s / n

@@ -1,0 +1,136 @@
+"""Scale groups (edgeeff/scale_groups.py): the rewrite is exact in float, picks the wide channels,
+leaves ReLU6 models alone, and survives conversion to an INT8 .tflite."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from edgeeff import quant_sim, scale_groups
+from edgeeff.model import build_model
+from edgeeff.scale_groups import GroupedPath, Site, best_split, sites, split_for_int8, split_site
+from edgeeff.surgery import remove_se, swap_activation
+
+RES = 64
+
+
+def _model(se=True, act="hswish", seed=0):
+    torch.manual_seed(seed)
+    model = build_model("b0", se=se)
+    swap_activation(model, act)
+    with torch.no_grad():  # non-trivial BN statistics and channel scales, so a wrong permutation shows
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.1, 0.1)
+                m.running_var.uniform_(0.5, 1.5)
+                m.weight.uniform_(0.5, 1.5)
+        model.stem.bn.weight[:4] *= 20  # four wide stem channels, as in the hard-swish B0 variant
+    return model.eval()
+
+
+def _batches(n=8, seed=0):
+    return list(torch.from_numpy(np.random.default_rng(seed).normal(0, 1, (n, 3, RES, RES)).astype(np.float32)).split(4))
+
+
+@pytest.mark.parametrize("se", [True, False])
+def test_splitting_is_exact_in_float(se):
+    model = _model(se=se)
+    x = _batches()[0]
+    with torch.no_grad():
+        before = model(x)
+        split_site(model, Site("stem", 0), [[0, 5, 9], [c for c in range(32) if c not in (0, 5, 9)]])
+        split_site(model, Site("blocks.3.expand", 3), [list(range(100, 144)), list(range(100))])
+        after = model(x)
+    assert isinstance(model.stem, GroupedPath) and isinstance(model.blocks[0].dw, nn.Identity)
+    assert isinstance(model.blocks[3].expand, GroupedPath)
+    torch.testing.assert_close(after, before, rtol=1e-4, atol=1e-4)
+
+
+def test_best_split_cuts_off_the_wide_channels():
+    widths = np.array([6.0, 70.0, 5.0, 6.5, 60.0, 5.5, 4.0, 6.0])
+    groups, gain = best_split(widths)
+    assert [g.tolist() for g in groups] == [[1, 4], [0, 2, 3, 5, 6, 7]]
+    assert gain > 10
+    groups, gain = best_split(np.full(8, 6.0))  # nothing to gain: one group
+    assert len(groups) == 1 and gain == 1.0
+
+
+def test_wide_stem_is_split_and_the_original_is_untouched():
+    model = _model()
+    x = _batches()[0]
+    with torch.no_grad():
+        expected = model(x)
+    split, record = split_for_int8(model, _batches())
+    assert record[0]["site"] == "stem" and record[0]["channels"] == [4, 28]
+    assert record[0]["noise_gain"] >= scale_groups.MIN_GAIN
+    assert isinstance(split.stem, GroupedPath) and not isinstance(model.stem, GroupedPath)
+    with torch.no_grad():
+        torch.testing.assert_close(split(x), expected, rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(model(x), expected, rtol=0, atol=0)
+
+
+def test_relu6_models_have_no_sites():
+    """ReLU6 stores its fused output, bounded to [0, 6] in every channel: nothing to split."""
+    lite = build_model("lite0").eval()
+    assert sites(lite) == []
+    split, record = split_for_int8(lite, _batches(4))
+    assert split is lite and record == []
+    assert sites(_model(act="swish")) and sites(_model(act="hswish"))
+
+
+def test_simulation_quantizes_the_concatenation_once():
+    """Quantizers give a concatenation's inputs its output's scale: the simulation rounds there."""
+    split, _ = split_for_int8(_model(), _batches(), min_gain=1.0, max_sites=1)
+    points = quant_sim.quant_points(split)
+    assert "stem.out" in points
+    assert "stem.producers.0.bn" in points and "stem.producers.0.act" in points
+    assert "stem.depthwises.0.bn" in points and "stem.depthwises.0.act" not in points
+    ranges = quant_sim.activation_ranges(split, _batches(4), {"method": "minmax"})
+    x = _batches()[0]
+    with torch.no_grad():
+        reference = split(x)
+        with quant_sim.simulated_int8(split, ranges):
+            simulated = split(x)
+    assert not torch.equal(simulated, reference)
+    assert (simulated.argmax(1) == reference.argmax(1)).float().mean() >= 0.5
+
+
+def test_rpi_compile_splits_and_the_tflite_matches(tmp_path, monkeypatch):
+    """A compile for rpi (scale_groups = "auto") converts and quantizes the split graph, and
+    report.json names the split sites; --scale-groups off turns it off."""
+    pytest.importorskip("ai_edge_litert", reason="the tflite extra is not installed")
+    pytest.importorskip("litert_torch", reason="the tflite extra is not installed")
+    from PIL import Image
+
+    from edgeeff.cli import main
+
+    monkeypatch.setattr(scale_groups, "MIN_GAIN", 1.0)  # random weights: split whatever can be
+    calib = tmp_path / "calib"
+    calib.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(4):
+        Image.fromarray(rng.integers(0, 256, (80, 80, 3), dtype=np.uint8)).save(calib / f"{i}.png")
+    args = ["compile", "--variant", "b0", "--random-weights", "--act", "hswish", "--target", "rpi",
+            "--calib", str(calib), "--out", str(tmp_path / "out"), "--latency-runs", "1", "--quiet",
+            "--threads", "2"]
+    assert main(args) == 0
+    assert (tmp_path / "out" / "b0-hswish-rpi" / "model_int8.tflite").is_file()
+    report = json.loads((tmp_path / "out" / "b0-hswish-rpi" / "report.json").read_text())
+    assert report["scale_groups"]["setting"] == "auto"
+    assert report["scale_groups"]["sites"][0]["site"] == "stem"
+    assert main([*args, "--scale-groups", "off", "--force"]) == 0
+    report = json.loads((tmp_path / "out" / "b0-hswish-rpi" / "report.json").read_text())
+    assert report["scale_groups"] == {"setting": "off", "sites": []}
+
+
+def test_scale_groups_flag_is_checked(tmp_path, capsys):
+    from edgeeff.cli import main
+
+    assert main(["compile", "--variant", "lite0", "--target", "rpi", "--random-weights", "--scale-groups",
+                 "always", "--out", str(tmp_path / "o")]) == 2
+    assert "--scale-groups always: choose auto or off" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
