@@ -227,12 +227,15 @@ def _charts(reports: list[dict]) -> str:
 
 
 def _details(report: dict) -> str:
+    from .report import scale_groups_summary
+
     pre, cal, data = report["preprocess"], report["calibration"], report["dataset"]
     items = [
         ("Preprocessing", f"RGB; resize shorter side to {pre['resize_size']} ({pre['interpolation']}); centre crop "
                           f"{pre['resolution']}; [0, 1] then mean {pre['mean']}, std {pre['std']}; {pre['layout']}"),
         ("Calibration", f"{cal['images']} images from {cal['path']} ({cal['source']}); method {cal['method']}"
                         + (f"; {cal['skipped']} unreadable skipped" if cal.get("skipped") else "")),
+        ("Scale groups", scale_groups_summary(report.get("scale_groups"))),
         ("Validation", f"{data['images']} images, {data['classes']} classes from {data['path']}"
                        if data.get("path") else "none: accuracy not measured"),
         ("Model", f"{report['model'].get('variant')} act={report['model'].get('act')} se={report['model'].get('se')}, "

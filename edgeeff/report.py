@@ -170,6 +170,19 @@ def markdown_table(rows: list[list[str]]) -> list[str]:
     return ["| " + " | ".join(rows[0]) + " |", "|" + "---|" * len(rows[0])] + ["| " + " | ".join(r) + " |" for r in rows[1:]]
 
 
+def scale_groups_summary(info: dict | None) -> str:
+    """The INT8 scale groups (scale_groups.py) of the exported graph, in a sentence."""
+    if not info or info["setting"] == "off":
+        return "off (one INT8 scale per activation tensor)"
+    if not info["sites"]:
+        return "auto, no site worth splitting (every tensor keeps one INT8 scale)"
+    sites = "; ".join(f"{s['site']}: {' + '.join(map(str, s['channels']))} channels, ranges up to "
+                      f"{' and '.join(map(str, s['group_widths']))}, relative INT8 noise {s['noise_gain']}x lower"
+                      for s in info["sites"])
+    n = len(info["sites"])
+    return f"{n} site{'s' if n > 1 else ''} split into two INT8 scales each (exact in float): {sites}"
+
+
 def markdown(report: dict) -> str:
     rows = table_rows(report)
     md = [f"# edgeeff report: {report['variant']} for {report['target']} ({report['backend']})", ""]
@@ -227,7 +240,8 @@ def markdown(report: dict) -> str:
            f"- scale to [0, 1], mean {pre['mean']}, std {pre['std']}, layout {pre['layout']}", "",
            "## Calibration", "",
            f"- {cal['images']} images from {cal['source']}, method `{cal['method']}`"
-           + (f", {cal['skipped']} unreadable skipped" if cal.get("skipped") else ""), "",
+           + (f", {cal['skipped']} unreadable skipped" if cal.get("skipped") else ""),
+           f"- scale groups: {scale_groups_summary(report.get('scale_groups'))}", "",
            "## Validation", ""]
     if data.get("path"):
         md.append(f"- {data['images']} images in {data['classes']} classes from {data['path']}"

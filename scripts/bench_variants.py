@@ -48,6 +48,8 @@ def main() -> int:
     parser.add_argument("--recover-lr", type=float)
     parser.add_argument("--recover-temperature", type=float)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--scale-groups", choices=["auto", "off"],
+                        help="for every target (default: each target's own setting; scale_groups.py)")
     parser.add_argument("--out", type=Path, help="keep the output folders here (default: a temporary folder)")
     parser.add_argument("--json", type=Path,
                         help="default docs/results/variants_<variant>_<act>_<se>[_norecover].json")
@@ -62,7 +64,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         out = args.out or Path(tmp)
         common = dict(variant=args.variant, out=out, calib=args.calib, val=args.val, threads=args.threads,
-                      force=True, quiet=True, latency_runs=50)
+                      force=True, quiet=True, latency_runs=50, scale_groups=args.scale_groups)
         folder, first = compile_model(CompileOptions(
             target=targets[0], weights=args.weights, act=args.act, se=args.se, recover=args.recover,
             recover_minutes=args.recover_minutes, recover_steps=args.recover_steps, recover_lr=args.recover_lr,
@@ -100,7 +102,7 @@ def main() -> int:
                     "recover": args.recover, "recover_minutes": args.recover_minutes,
                     "recover_steps": args.recover_steps, "recover_params": args.recover_params,
                     "weights": str(args.weights), "calib": str(args.calib),
-                    "val": str(args.val)},
+                    "val": str(args.val), "scale_groups": args.scale_groups},
         "reference": first["reference"], "variant_chain": first["variant_chain"],
         "variant_stage_of_targets": last_stage["stage"],
         "targets": per_target,
