@@ -83,9 +83,9 @@ def sites(model: EfficientNet) -> list[Site]:
     """Every producer -> depthwise pair whose producer stores an unbounded tensor (activation not
     fused): the stem (block 0 has no expand conv in any variant) and each block's expand conv."""
     found = []
-    if isinstance(model.blocks[0].expand, ConvBNAct) or isinstance(model.stem, GroupedPath):
-        pass  # block 0 with an expand conv has no stem site; an already split stem is done
-    elif isinstance(model.blocks[0].dw, ConvBNAct):
+    first = model.blocks[0]
+    # ConvBNAct checks: a site already split (a GroupedPath, an Identity dw) is not a site again.
+    if first.expand is None and isinstance(model.stem, ConvBNAct) and isinstance(first.dw, ConvBNAct):
         found.append(Site("stem", 0))
     for index, block in enumerate(model.blocks):
         if isinstance(block.expand, ConvBNAct):

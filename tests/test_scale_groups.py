@@ -71,6 +71,7 @@ def test_wide_stem_is_split_and_the_original_is_untouched():
     with torch.no_grad():
         torch.testing.assert_close(split(x), expected, rtol=1e-4, atol=1e-4)
         torch.testing.assert_close(model(x), expected, rtol=0, atol=0)
+    assert "stem" not in [site.name for site in sites(split)]  # a split site is not offered again
 
 
 def test_relu6_models_have_no_sites():
