@@ -21,6 +21,11 @@ TF_BN_EPS = 1e-3
 TORCH_BN_EPS = 1e-5
 
 
+# Activations the integer runtimes fuse into the conv before them (no activation: Identity), so
+# the conv's own output is never stored: quant_sim and scale_groups treat these alike.
+FUSED_ACTIVATIONS = (nn.ReLU6, nn.ReLU, nn.Identity)
+
+
 def make_activation(name: str) -> nn.Module:
     if name == "swish":
         return nn.SiLU()

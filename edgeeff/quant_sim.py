@@ -28,13 +28,11 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from .calibration import HARD_SWISH_FLOOR, ActivationStats, histogram_counts, tensor_ranges
-from .model import ConvBNAct, MBConv, SqueezeExcite, forward_with_hooks
+from .model import FUSED_ACTIVATIONS, ConvBNAct, MBConv, SqueezeExcite, forward_with_hooks
 from .scale_groups import GroupedPath
 
 WEIGHT_QMAX = 127
 ACT_QMIN, ACT_QMAX = -128, 127
-# Activations the runtimes fuse into the conv before them: the conv's own output is never stored.
-FUSED = (nn.ReLU6, nn.ReLU, nn.Identity)
 # What reads a conv's output, for the activation-aware ranges (calibration.ELEMENTWISE names).
 ELEMENTWISE_NAMES = {nn.Hardswish: "hardswish", nn.SiLU: "swish", nn.Sigmoid: "sigmoid"}
 
@@ -48,7 +46,7 @@ def quant_points(model: nn.Module) -> dict[str, tuple[nn.Module, str, str | None
                     if isinstance(module, GroupedPath) for i in range(len(module.depthwises))}
     for name, module in model.named_modules():
         if isinstance(module, ConvBNAct):
-            if not isinstance(module.act, FUSED):
+            if not isinstance(module.act, FUSED_ACTIVATIONS):
                 points[f"{name}.bn"] = (module.bn, "output", ELEMENTWISE_NAMES.get(type(module.act)))
                 if name not in concatenated:
                     points[f"{name}.act"] = (module.act, "output", None)

@@ -39,7 +39,7 @@ import torch
 from torch import nn
 
 from .calibration import HARD_SWISH_FLOOR
-from .model import ConvBNAct, EfficientNet, MBConv, forward_with_hooks
+from .model import FUSED_ACTIVATIONS, ConvBNAct, EfficientNet, MBConv, forward_with_hooks
 
 # A site is split only if the split divides its relative quantization noise (`noise_cost`) by at
 # least this much. On the hard-swish B0 variant this picks 3 of 16 sites (stem, blocks 1 and 13);
@@ -51,8 +51,6 @@ MIN_GAIN = 10.0
 NARROWEST = 1 / 64
 # A channel's range is what it reaches on this fraction of the calibration images (channel_widths).
 TYPICAL_IMAGE = 0.9
-# Activations the runtimes fuse into the conv before them (as quant_sim.FUSED).
-FUSED_ACTIVATIONS = (nn.ReLU6, nn.ReLU, nn.Identity)
 
 
 class GroupedPath(nn.Module):
