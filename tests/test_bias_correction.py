@@ -71,3 +71,20 @@ def test_bias_correction_leaves_a_float_layer_alone():
     inputs = np.random.default_rng(3).uniform(0, 4, (8, 6, 12, 12)).astype(np.float32)
     assert correct_biases(copy, fp32, inputs, threads=1, quiet=True)["layers"] == 0
     assert copy.SerializeToString() == fp32.SerializeToString()
+
+
+def test_onnx_backend_takes_bias_correction_from_the_target_whatever_the_recipe(tmp_path):
+    """One switch: `bias_correction` under the target's [quantization]; the range recipe
+    (here minmax, which never had it) does not turn it on or off."""
+    from edgeeff.backends.onnxruntime import quantize
+    from edgeeff.profiles import get_recipe, get_target
+
+    onnx.save(_depthwise(), tmp_path / "fp32.onnx")
+    inputs = np.random.default_rng(4).uniform(0, 4, (16, 6, 12, 12)).astype(np.float32)
+    quant = dict(get_target("onnx").raw["quantization"])
+    assert quant["bias_correction"] is True
+    on = quantize(tmp_path / "fp32.onnx", tmp_path / "on.onnx", inputs, get_recipe("minmax"), quant, quiet=True)
+    off = quantize(tmp_path / "fp32.onnx", tmp_path / "off.onnx", inputs, get_recipe("minmax"),
+                   {**quant, "bias_correction": False}, quiet=True)
+    assert on["bias_correction"]["layers"] == 1
+    assert "bias_correction" not in off

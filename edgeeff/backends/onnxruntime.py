@@ -193,7 +193,7 @@ def quantize(fp32_path: Path, out_path: Path, calib_inputs: np.ndarray, recipe: 
                 extra_options=extra,
                 calibration_cache_path=str(cache_file) if cache_file else None,
             )
-        if recipe.get("bias_correction"):
+        if quant.get("bias_correction"):
             from ..bias_correction import correct_biases
 
             qdq = onnx.load(str(out_path))

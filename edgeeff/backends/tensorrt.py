@@ -164,7 +164,7 @@ def quantize_for_tensorrt(fp32_path: Path, out_path: Path, calib_inputs: np.ndar
     plan = plan_placement(fp32, quant.get("placement", "nvidia"))
     qdq = build_qdq(fp32, plan, ranges)
     corrected = None
-    if recipe.get("bias_correction") or quant.get("bias_correction"):
+    if quant.get("bias_correction"):
         from ..bias_correction import correct_biases
 
         # TensorRT keeps biases in float, so the correction is exact (no INT32 grid).
