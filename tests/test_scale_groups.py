@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from edgeeff import quant_sim, scale_groups
+from edgeeff.errors import UserError
 from edgeeff.model import build_model
 from edgeeff.scale_groups import GroupedPath, Site, best_split, sites, split_for_int8, split_site
 from edgeeff.surgery import remove_se, swap_activation
@@ -128,10 +129,13 @@ def test_rpi_compile_splits_and_the_tflite_matches(tmp_path, monkeypatch):
     assert report["scale_groups"] == {"setting": "off", "sites": []}
 
 
-def test_scale_groups_flag_is_checked(tmp_path, capsys):
-    from edgeeff.cli import main
+def test_scale_groups_setting_is_checked_for_options_built_in_python(tmp_path):
+    """The command line refuses a bad --scale-groups itself (tests/test_cli.py); CompileOptions
+    built in Python get the same one-line error from the pipeline's own check."""
+    from edgeeff.pipeline import CompileOptions, check_inputs
 
-    assert main(["compile", "--variant", "lite0", "--target", "rpi", "--random-weights", "--scale-groups",
-                 "always", "--out", str(tmp_path / "o")]) == 2
-    assert "--scale-groups always: choose auto or off" in capsys.readouterr().err
+    opts = CompileOptions(variant="lite0", target="rpi", random_weights=True, scale_groups="always",
+                          out=tmp_path / "o")
+    with pytest.raises(UserError, match="--scale-groups always: choose auto or off"):
+        check_inputs(opts)
     assert not (tmp_path / "o").exists()

@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from ..calibration import HARD_SWISH_FLOOR
+from ..choices import IO_DTYPES
 from ..device_preprocess import quantize
 from ..errors import MissingBackendError, UserError
 from ..preprocess import PreprocessSpec
@@ -42,7 +43,6 @@ SUFFIXES = (".tflite",)
 INSTALL = "pip install 'edgeeff[tflite]'"
 # Calibration methods this backend implements (calib/*.toml `method`).
 RECIPE_METHODS = ("sample_percentile", "minmax", "percentile", "mse")
-IO_DTYPES = ("int8", "uint8")
 NEEDS_ONNX = False  # converts the PyTorch model directly: the pipeline skips its ONNX export
 
 
