@@ -90,6 +90,30 @@ def quantize(x: np.ndarray, dtype, scale: float, zero_point: int) -> np.ndarray:
     return np.clip(np.round(x / np.float32(scale)) + zero_point, info.min, info.max).astype(dtype)
 
 
+# ---- a .tflite's own input and output tensors (LiteRTRunner and rpi_classify.py share these)
+
+def takes_raw_pixels(dtype, scale: float) -> bool:
+    """A uint8 input without quantization parameters wants the crop's raw 0-255 pixels."""
+    return np.dtype(dtype) == np.uint8 and not scale
+
+
+def to_input_tensor(x: np.ndarray, dtype, scale: float, zero_point: int) -> np.ndarray:
+    """The model input (normalised float, or raw pixels where `takes_raw_pixels`) -> the tensor the
+    interpreter takes: cast for a float input, quantized with the tensor's own scale and zero point
+    for an integer one (as the device does it: the report's figures are measured the same way)."""
+    dtype = np.dtype(dtype)
+    if dtype.kind == "f" or takes_raw_pixels(dtype, scale):
+        return x.astype(dtype)
+    return quantize(x, dtype, scale, zero_point)
+
+
+def from_output_tensor(y: np.ndarray, scale: float, zero_point: int) -> np.ndarray:
+    """An output tensor -> float32 logits (dequantized when it is an integer tensor)."""
+    if y.dtype.kind in "iu" and scale:
+        return (y.astype(np.float32) - np.float32(zero_point)) * np.float32(scale)
+    return y.astype(np.float32)
+
+
 # ---- the same, driven by manifest.json's "preprocess" dict (what the device scripts read)
 
 def crop(img: Image.Image, pre: dict) -> np.ndarray:

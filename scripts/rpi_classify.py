@@ -29,7 +29,8 @@ import numpy as np
 # the output folder, or ../edgeeff/ in the repository. Added explicitly since `python -I` omits the
 # script's folder; appended so that nothing there shadows an installed package.
 sys.path += [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[1] / "edgeeff")]
-from device_preprocess import UNREADABLE_ERRORS, crop, load_rgb, normalise, quantize  # noqa: E402
+from device_preprocess import (UNREADABLE_ERRORS, crop, from_output_tensor, load_rgb, normalise,  # noqa: E402
+                               takes_raw_pixels, to_input_tensor)
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 
@@ -52,15 +53,8 @@ def model_input(pixels: np.ndarray, pre: dict, detail: dict) -> np.ndarray:
     """uint8 crop (H, W, 3) -> the tensor the model takes (batch of one)."""
     dtype = np.dtype(detail["dtype"])
     scale, zero_point = detail["quantization"]
-    x = pixels[None]
-    if dtype == np.uint8 and not scale:
-        tensor = x  # raw 0-255 pixels
-    else:
-        x = normalise(x, pre["mean"], pre["std"])  # normalised float, as edgeeff's runner feeds it
-        if dtype.kind == "f":
-            tensor = x.astype(dtype)
-        else:  # quantize as the model's input tensor says
-            tensor = quantize(x, dtype, scale, zero_point)
+    x = pixels[None] if takes_raw_pixels(dtype, scale) else normalise(pixels[None], pre["mean"], pre["std"])
+    tensor = to_input_tensor(x, dtype, scale, zero_point)
     shape = list(detail["shape"])
     if len(shape) == 4 and shape[1] == 3 and shape[3] != 3:  # NCHW model
         tensor = tensor.transpose(0, 3, 1, 2)
@@ -72,11 +66,7 @@ def logits(interpreter, tensor: np.ndarray) -> np.ndarray:
     out = interpreter.get_output_details()[0]
     interpreter.set_tensor(inp["index"], tensor)
     interpreter.invoke()
-    y = interpreter.get_tensor(out["index"]).reshape(-1)
-    scale, zero_point = out["quantization"]
-    if y.dtype.kind in "iu" and scale:
-        return (y.astype(np.float32) - np.float32(zero_point)) * np.float32(scale)
-    return y.astype(np.float32)
+    return from_output_tensor(interpreter.get_tensor(out["index"]).reshape(-1), *out["quantization"])
 
 
 def list_images(paths: list[Path]) -> list[Path]:

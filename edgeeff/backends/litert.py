@@ -33,7 +33,7 @@ import numpy as np
 
 from ..calibration import HARD_SWISH_FLOOR
 from ..choices import IO_DTYPES
-from ..device_preprocess import quantize
+from ..device_preprocess import from_output_tensor, takes_raw_pixels, to_input_tensor
 from ..errors import MissingBackendError, UserError
 from ..preprocess import PreprocessSpec
 from ..progress import progress
@@ -524,7 +524,7 @@ class LiteRTRunner:
         layout = "NCHW" if len(shape) == 4 and shape[1] == 3 and shape[3] != 3 else "NHWC"
         self.in_dtype = np.dtype(self.input["dtype"])
         self.in_scale, self.in_zero = self.input["quantization"]
-        raw_pixels = self.in_dtype == np.uint8 and not self.in_scale
+        raw_pixels = takes_raw_pixels(self.in_dtype, self.in_scale)
         if self.in_dtype.kind in "iu" and not self.in_scale and not raw_pixels:
             raise UserError(f"{path}: {self.in_dtype.name} input without quantization parameters; "
                             f"edgeeff cannot tell how to feed it")
@@ -532,24 +532,14 @@ class LiteRTRunner:
         self.spec = spec.with_layout(layout, "uint8" if raw_pixels else "float32")
         self.out_scale, self.out_zero = self.output["quantization"]
 
-    def _prepare(self, x: np.ndarray) -> np.ndarray:
-        if self.in_dtype.kind == "f":
-            return x.astype(self.in_dtype)
-        if self.spec.input_dtype == "uint8":
-            return x.astype(np.uint8)
-        return quantize(x, self.in_dtype, self.in_scale, self.in_zero)  # as a device does
-
     def predict(self, inputs: np.ndarray) -> np.ndarray:
         outputs = []
         index, out_index = self.input["index"], self.output["index"]
         for x in inputs:
-            self.interpreter.set_tensor(index, self._prepare(x[None]))
+            self.interpreter.set_tensor(index, to_input_tensor(x[None], self.in_dtype, self.in_scale, self.in_zero))
             self.interpreter.invoke()
             outputs.append(self.interpreter.get_tensor(out_index).reshape(-1).copy())
-        y = np.stack(outputs)
-        if y.dtype.kind in "iu" and self.out_scale:
-            y = (y.astype(np.float32) - np.float32(self.out_zero)) * np.float32(self.out_scale)
-        return y.astype(np.float32)
+        return from_output_tensor(np.stack(outputs), self.out_scale, self.out_zero)
 
 
 def open_runner(path: Path, threads: int, spec: PreprocessSpec) -> LiteRTRunner:
