@@ -46,6 +46,14 @@ SIMULATION_COST = 1.5
 LEARNING_RATES = {"bn": 1e-3, "all": 3e-5}
 
 
+class BadRecoverySetting(ValueError):
+    """A RecoverySettings field with a value recovery cannot use."""
+
+    def __init__(self, field_name: str, value, problem: str):
+        super().__init__(f"{field_name} {value!r}: {problem}")
+        self.field_name, self.value, self.problem = field_name, value, problem
+
+
 @dataclass
 class RecoverySettings:
     steps: int | None = None          # the determinism unit; None: planned from `minutes`
@@ -68,12 +76,22 @@ class RecoverySettings:
     seed: int = 0
 
     def __post_init__(self):
+        # The one place these values are checked; the pipeline turns the error into a one-line
+        # message naming the command-line flag of `field_name`.
         if self.train not in LEARNING_RATES:
-            raise ValueError(f"unknown recovery parameter set {self.train!r}; choose {' or '.join(LEARNING_RATES)}")
+            raise BadRecoverySetting("train", self.train, f"choose {' or '.join(LEARNING_RATES)}")
+        for name in ("steps", "batch"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise BadRecoverySetting(name, getattr(self, name), "must be at least 1")
+        for name in ("minutes", "lr", "temperature"):
+            if getattr(self, name) is not None and getattr(self, name) <= 0:
+                raise BadRecoverySetting(name, getattr(self, name), "must be more than 0")
+        if not 0.0 <= self.quant_aware <= 1.0:
+            raise BadRecoverySetting("quant_aware", self.quant_aware, "a fraction of the steps, from 0 to 1")
+        if self.steps is None and not self.minutes:
+            raise BadRecoverySetting("minutes", self.minutes, "without a step count, recovery needs a time budget")
         if self.lr is None:
             self.lr = LEARNING_RATES[self.train]
-        if not 0.0 <= self.quant_aware <= 1.0:
-            raise ValueError(f"quant_aware {self.quant_aware}: a fraction of the steps, from 0 to 1")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -246,8 +264,6 @@ def trainable_parameters(model: torch.nn.Module, which: str) -> list:
 def distill(student: torch.nn.Module, teacher: torch.nn.Module, crops: np.ndarray, spec: PreprocessSpec,
             settings: RecoverySettings, quiet: bool = False) -> RecoveryResult:
     """Fine-tune `student` in place towards `teacher` on uint8 crops (N, H, W, 3)."""
-    if settings.steps is None and not settings.minutes:
-        raise ValueError("recovery needs a step count or a time budget")
     if len(crops) == 0:
         raise ValueError("recovery needs at least one image")
     torch.manual_seed(settings.seed)

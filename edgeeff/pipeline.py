@@ -23,7 +23,7 @@ import torch
 from . import __version__
 from .backends import backend as load_backend
 from .cache import cached_array, content_key
-from .choices import RECOVER_METHODS, RECOVER_PARAMS, SCALE_GROUP_SETTINGS, SE_CHOICES
+from .choices import RECOVER_METHODS, SCALE_GROUP_SETTINGS, SE_CHOICES
 from .data import ImageSet, Labels, imagenet_labels, load_calibration, load_validation, read_synsets_file
 from .errors import AccuracyGateError, UserError
 from .evaluate import TorchRunner, align_classes, measure_latency, predict_all, score
@@ -257,20 +257,7 @@ def _check_variant_options(opts: CompileOptions) -> None:
                             "which is then used for both)")
         if opts.train is not None and not opts.train.is_dir():
             raise UserError(f"--train {opts.train}: not a folder; pass a folder of unlabelled images")
-        if opts.recover_steps is not None and opts.recover_steps < 1:
-            raise UserError(f"--recover-steps {opts.recover_steps}: must be at least 1")
-        if opts.recover_batch is not None and opts.recover_batch < 1:
-            raise UserError(f"--recover-batch {opts.recover_batch}: must be at least 1")
-        for flag, value in (("--recover-minutes", opts.recover_minutes), ("--recover-lr", opts.recover_lr),
-                            ("--recover-temperature", opts.recover_temperature)):
-            if value is not None and value <= 0:
-                raise UserError(f"{flag} {value:g}: must be more than 0")
-        if opts.recover_params is not None and opts.recover_params not in RECOVER_PARAMS:
-            raise UserError(f"--recover-params {opts.recover_params}: choose {' or '.join(RECOVER_PARAMS)}")
-        if opts.recover_quant_aware is not None and not 0 <= opts.recover_quant_aware <= 1:
-            raise UserError(f"--recover-quant-aware {opts.recover_quant_aware:g}: a fraction of the steps, from 0 to 1")
-        if opts.recover_steps is None and not opts.recover_minutes:
-            raise UserError("--recover distill needs --recover-minutes or --recover-steps")
+        recovery_settings(opts)  # its values, checked by RecoverySettings itself
         if opts.val is not None and opts.train is not None and opts.train.resolve() == opts.val.resolve():
             raise UserError("--train is the --val folder: training on the validation images would "
                             "make every accuracy figure meaningless")
@@ -278,6 +265,30 @@ def _check_variant_options(opts: CompileOptions) -> None:
             or opts.recover_quant_aware is not None:
         raise UserError("--train, --recover-steps, --recover-params and --recover-quant-aware only apply with "
                         "--recover distill")
+
+
+# RecoverySettings' fields, and the flag each comes from.
+RECOVERY_FLAGS = {"steps": "--recover-steps", "minutes": "--recover-minutes", "lr": "--recover-lr",
+                  "temperature": "--recover-temperature", "batch": "--recover-batch", "train": "--recover-params",
+                  "quant_aware": "--recover-quant-aware"}
+
+
+def recovery_settings(opts: CompileOptions):
+    """The RecoverySettings the --recover-* flags ask for; a bad value is a one-line UserError
+    naming its flag."""
+    from .distill import BadRecoverySetting, RecoverySettings
+
+    given = {"steps": opts.recover_steps, "minutes": opts.recover_minutes, "lr": opts.recover_lr,
+             "temperature": opts.recover_temperature, "batch": opts.recover_batch,
+             "train": opts.recover_params, "quant_aware": opts.recover_quant_aware}
+    # An option left unset (None) takes RecoverySettings' default, except the two that plan the
+    # run, where None means "no step count" / "no time budget".
+    kwargs = {key: value for key, value in given.items() if value is not None or key in ("steps", "minutes")}
+    try:
+        return RecoverySettings(seed=opts.seed, **kwargs)
+    except BadRecoverySetting as bad:
+        shown = "" if bad.value is None else f" {bad.value:g}" if isinstance(bad.value, float) else f" {bad.value}"
+        raise UserError(f"{RECOVERY_FLAGS[bad.field_name]}{shown}: {bad.problem}") from None
 
 
 def output_name(opts: CompileOptions, target: str, loaded: dict | None = None) -> str:
@@ -320,7 +331,7 @@ def make_variant_model(opts: CompileOptions, original, spec, calibration, watch)
     """Surgery (and recovery) on a copy of the original. Returns (variant, unrecovered copy or None, info)."""
     import copy
 
-    from .distill import RecoverySettings, distill
+    from .distill import distill
     from .surgery import make_variant, needs_surgery
 
     info: dict = {}
@@ -336,10 +347,7 @@ def make_variant_model(opts: CompileOptions, original, spec, calibration, watch)
         folder = opts.train or opts.calib
         with watch.stage("load_train_images"):
             train = load_calibration(folder, 10 ** 9, spec, opts.quiet)  # every image in the folder
-        given = {"train": opts.recover_params, "lr": opts.recover_lr, "temperature": opts.recover_temperature,
-                 "batch": opts.recover_batch, "quant_aware": opts.recover_quant_aware}
-        settings = RecoverySettings(steps=opts.recover_steps, minutes=opts.recover_minutes, seed=opts.seed,
-                                    **{key: value for key, value in given.items() if value is not None})
+        settings = recovery_settings(opts)
         budget = (f"{settings.steps} steps" if settings.steps else "") + (
             f"{', at most ' if settings.steps else ''}{settings.minutes:g} min" if settings.minutes else "")
         with watch.stage("recover", f"recovering by distillation from the original on {len(train)} "

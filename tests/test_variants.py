@@ -217,9 +217,16 @@ def test_cli_options_are_checked(tmp_path, capsys):
     weights = ["compile", "--variant", "b0", "--target", "onnx", "--weights", str(tmp_path / "missing.pth"),
                "--calib", str(tmp_path), "--out", str(tmp_path / "o")]
     assert main([*weights, "--recover-params", "all"]) == 2  # without --recover distill
-    assert main([*weights, "--recover", "distill", "--recover-lr", "0"]) == 2
-    assert main([*weights, "--recover", "distill", "--recover-temperature", "-1"]) == 2
     capsys.readouterr()
+    # Each value is checked once, by RecoverySettings; the message names the flag.
+    for flags, message in ((["--recover-lr", "0"], "--recover-lr 0: must be more than 0"),
+                           (["--recover-temperature", "-1"], "--recover-temperature -1: must be more than 0"),
+                           (["--recover-steps", "0"], "--recover-steps 0: must be at least 1"),
+                           (["--recover-batch", "0"], "--recover-batch 0: must be at least 1"),
+                           (["--recover-minutes", "0"], "--recover-minutes 0: must be more than 0")):
+        assert main([*weights, "--recover", "distill", *flags]) == 2
+        err = capsys.readouterr().err
+        assert message in err and len(err.strip().splitlines()) == 1, err
     assert main([*weights, "--recover", "distill", "--recover-quant-aware", "1.5"]) == 2
     assert "--recover-quant-aware 1.5: a fraction of the steps" in capsys.readouterr().err
     assert main([*weights, "--recover-quant-aware", "0.5"]) == 2
