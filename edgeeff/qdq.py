@@ -51,7 +51,8 @@ class QDQRuleError(UserError):
 
 
 def prepare_for_tensorrt(model: onnx.ModelProto, opset: int | None = None) -> onnx.ModelProto:
-    """ReduceMean over H, W -> GlobalAveragePool (+ Flatten when keepdims=0), then `opset`.
+    """ReduceMean over H, W -> GlobalAveragePool (+ Flatten when keepdims=0), HardSwish spelled
+    out below opset 14, then `opset`.
 
     torch's exporter writes average pooling as ReduceMean(axes=[2, 3]); from opset 18 its axes
     are an input, which TensorRT 8.2 (Jetson Nano, ONNX opsets <= 13) cannot parse, and ONNX
@@ -85,30 +86,61 @@ def prepare_for_tensorrt(model: onnx.ModelProto, opset: int | None = None) -> on
     del graph.node[:]
     graph.node.extend(new_nodes)
     strip_unused_initializers(model)
+    if opset is not None and opset < 14:
+        decompose_hard_swish(model)  # TensorRT 8.2 (Jetson Nano) parses opset 13, before HardSwish
     if opset is not None:
         set_opset(model, opset)
     del model.graph.value_info[:]
     return model
 
 
-# Ops whose ONNX definition is the same from opset 13 to 18 for the way the exporter uses them
-# (Add/Mul gained types in 14, Clip/Sigmoid/Gemm/Flatten/Q/DQ last changed at or before 13).
-_OPSET_STABLE_13_TO_18 = {"Conv", "Clip", "Sigmoid", "Mul", "Add", "Gemm", "GlobalAveragePool", "Flatten",
-                          "Relu", "QuantizeLinear", "DequantizeLinear", "Identity"}
+# Ops whose newer versions (14-16) only added tensor types (bfloat16, int8 Relu, optional
+# Identity) that the exporter's float32 graphs never use: the same op for us from opset 13 on.
+_TYPES_ONLY_CHANGES = {"Add", "Mul", "Relu", "Identity"}
+
+
+def _same_op(op_type: str, high: int, low: int) -> bool:
+    """Whether `op_type` at opset `high` is the op of the same definition at opset `low`
+    (onnx's own schemas: the version each opset resolves to)."""
+    try:
+        return (onnx.defs.get_schema(op_type, high).since_version == onnx.defs.get_schema(op_type, low).since_version
+                or op_type in _TYPES_ONLY_CHANGES)
+    except onnx.defs.SchemaError:  # the op does not exist at `low`
+        return False
+
+
+def decompose_hard_swish(model: onnx.ModelProto) -> int:
+    """HardSwish(x) -> x * HardSigmoid(x; 1/6, 1/2), the same function, for opsets before 14
+    (HardSwish's first) and parsers that lack it. Returns how many were rewritten."""
+    new_nodes, count = [], 0
+    for node in model.graph.node:
+        if node.op_type != "HardSwish":
+            new_nodes.append(node)
+            continue
+        gate = node.output[0] + "_hsig"
+        new_nodes.append(helper.make_node("HardSigmoid", [node.input[0]], [gate], alpha=1 / 6, beta=0.5,
+                                          name=node.name + "_hsig"))
+        new_nodes.append(helper.make_node("Mul", [node.input[0], gate], [node.output[0]], name=node.name))
+        count += 1
+    if count:
+        del model.graph.node[:]
+        model.graph.node.extend(new_nodes)
+    return count
 
 
 def set_opset(model: onnx.ModelProto, opset: int) -> None:
     """Re-declare the model at `opset` (13-18) when every op means the same there.
 
-    onnx's version converter has no down-adapters (e.g. Add 14 -> 13), so this checks the ops
-    instead and lets onnx.checker validate the result against the lower opset's schemas.
+    onnx's version converter has no down-adapters (e.g. Add 14 -> 13), so this checks each op's
+    definition in onnx's schemas instead and lets onnx.checker validate the result against the
+    lower opset's schemas.
     """
     entry = next(o for o in model.opset_import if o.domain in ("", "ai.onnx"))
     if entry.version == opset:
         return
     if not 13 <= opset <= 18 or entry.version > 18:
         raise UserError(f"cannot re-declare an opset-{entry.version} model at opset {opset} (13-18 only)")
-    others = sorted({n.op_type for n in model.graph.node} - _OPSET_STABLE_13_TO_18)
+    others = sorted({n.op_type for n in model.graph.node if not _same_op(n.op_type, entry.version, opset)})
     if others:
         raise UserError(f"cannot lower the model to opset {opset}: {', '.join(others)} changed meaning")
     entry.version = opset

@@ -9,7 +9,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 def tiny_efficientnet(opset: int = 18, act: str = "swish") -> onnx.ModelProto:
     """stem conv + act, a block (depthwise + act, SE, projection, residual Add), pool, classifier.
-    act: swish (Sigmoid + Mul) or relu6 (Clip 0..6)."""
+    act: swish (Sigmoid + Mul), hswish (HardSwish, opset >= 14) or relu6 (Clip 0..6)."""
     rng = np.random.default_rng(0)
     inits, nodes = [], []
 
@@ -25,6 +25,9 @@ def tiny_efficientnet(opset: int = 18, act: str = "swish") -> onnx.ModelProto:
     def swish(x, out):
         if act == "relu6":
             nodes.append(helper.make_node("Clip", [x, "six_min", "six_max"], [out], name=out))
+            return out
+        if act == "hswish":
+            nodes.append(helper.make_node("HardSwish", [x], [out], name=out))
             return out
         nodes.append(helper.make_node("Sigmoid", [x], [out + "_sig"], name=out + "_sig"))
         nodes.append(helper.make_node("Mul", [x, out + "_sig"], [out], name=out))

@@ -21,6 +21,7 @@ import pytest
 from onnx import helper, numpy_helper
 
 from edgeeff.backends import tensorrt as trt_backend
+from edgeeff.errors import UserError
 from edgeeff.qdq import (QDQRuleError, build_qdq, check_tensorrt_rules, plan_placement, prepare_for_tensorrt,
                          tensorrt_rule_violations)
 
@@ -47,6 +48,35 @@ def _run(model, x):
 
     return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(
         None, {"input": x})[0]
+
+
+@pytest.mark.parametrize("opset", [17, 13])
+def test_hard_swish_models_lower_to_each_jetson_opset(opset):
+    """Hard-swish variants (--act hswish) go to both Jetson targets: HardSwish is the same op at
+    opset 17 (Orin), and is spelled out as x * HardSigmoid(x) for opset 13 (Nano, TensorRT 8.2),
+    which predates it. Same outputs either way, and the QDQ model follows TensorRT's rules."""
+    raw = tiny_efficientnet(act="hswish")
+    prepared = prepare_for_tensorrt(raw, opset)
+    ops = [n.op_type for n in prepared.graph.node]
+    assert prepared.opset_import[0].version == opset
+    assert ("HardSwish" in ops) == (opset >= 14) and ("HardSigmoid" in ops) == (opset < 14)
+    onnx.checker.check_model(prepared, full_check=True)
+    x = np.random.default_rng(1).normal(size=(2, 3, 16, 16)).astype(np.float32) * 4
+    np.testing.assert_allclose(_run(prepared, x), _run(raw, x), rtol=1e-5, atol=1e-5)
+    qdq = build_qdq(prepared, plan_placement(prepared, "nvidia"), _ranges(prepared))
+    assert check_tensorrt_rules(qdq, max_opset=opset)["passed"]
+
+
+def test_an_op_that_changed_meaning_is_not_relabelled():
+    """ReduceMean's axes became an input in opset 18: one over channels (not rewritten into a
+    pool) cannot simply be re-declared at 17."""
+    raw = tiny_efficientnet()
+    for node in raw.graph.node:
+        if node.name == "se_pool":
+            node.input[1] = "channel_axis"
+    raw.graph.initializer.append(numpy_helper.from_array(np.array([1], np.int64), "channel_axis"))
+    with pytest.raises(UserError, match="opset 17: ReduceMean changed meaning"):
+        prepare_for_tensorrt(raw, 17)
 
 
 def test_prepare_rewrites_reducemean_and_lowers_the_opset():
