@@ -28,6 +28,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .evaluate import torch_batches
 from .preprocess import PreprocessSpec
 from .profiles import get_recipe
 from .progress import progress, say
@@ -310,8 +311,8 @@ def distill(student: torch.nn.Module, teacher: torch.nn.Module, crops: np.ndarra
                 # Its own generator: the training batches stay those of a float-only run with the same seed.
                 range_gen = torch.Generator().manual_seed(settings.seed + 1)
                 range_pick = torch.randperm(len(crops), generator=range_gen)[:settings.range_images].sort().values.numpy()
-                ranges = activation_ranges(student, list(torch.from_numpy(
-                    spec.to_model_input(crops[range_pick])).split(settings.batch)), get_recipe(SIMULATION_RECIPE))
+                ranges = activation_ranges(student, list(torch_batches(crops[range_pick], spec, settings.batch)),
+                                           get_recipe(SIMULATION_RECIPE))
                 simulation.enter_context(simulated_int8(student, ranges))
                 say(f"recovery: INT8 simulated from step {step} on (quantization-aware, "
                     f"ranges from {len(range_pick)} images)")

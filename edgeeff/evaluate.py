@@ -45,6 +45,14 @@ class TorchRunner:
             return self.model(torch.from_numpy(inputs)).numpy()
 
 
+def torch_batches(crops: np.ndarray, spec: PreprocessSpec, batch: int):
+    """uint8 crops (N, H, W, 3) -> the PyTorch model's inputs (NCHW float32), one tensor per
+    `batch` images, each made when it is consumed."""
+    nchw = spec.with_layout("NCHW", "float32")
+    for start in range(0, len(crops), batch):
+        yield torch.from_numpy(nchw.to_model_input(crops[start:start + batch]))
+
+
 def predict_all(runner: Runner, crops: np.ndarray, desc: str = "evaluating", quiet=False,
                 batch: int | None = None) -> np.ndarray:
     """Logits for every crop, in order."""

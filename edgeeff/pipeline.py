@@ -26,7 +26,7 @@ from .cache import cached_array, content_key
 from .choices import RECOVER_METHODS, SCALE_GROUP_SETTINGS, SE_CHOICES
 from .data import ImageSet, Labels, imagenet_labels, load_calibration, load_validation, read_synsets_file
 from .errors import AccuracyGateError, UserError
-from .evaluate import TorchRunner, align_classes, measure_latency, predict_all, score
+from .evaluate import TorchRunner, align_classes, measure_latency, predict_all, score, torch_batches
 from .export import export_onnx
 from .html_report import render as render_html
 from .model import count_macs, count_parameters
@@ -230,8 +230,7 @@ def split_scales(opts: CompileOptions, target: TargetProfile, model, spec, calib
     from .scale_groups import split_for_int8
 
     with watch.stage("scale_groups", "splitting wide-ranged channels into INT8 scale groups"):
-        batches = torch.from_numpy(spec.with_layout("NCHW", "float32").to_model_input(calibration.crops)).split(32)
-        deploy, info["sites"] = split_for_int8(model, list(batches))
+        deploy, info["sites"] = split_for_int8(model, list(torch_batches(calibration.crops, spec, 32)))
     return deploy, info
 
 
@@ -267,7 +266,8 @@ def _check_variant_options(opts: CompileOptions) -> None:
                         "--recover distill")
 
 
-# RecoverySettings' fields, and the flag each comes from.
+# RecoverySettings' fields, and the flag each comes from (CompileOptions names it the same way:
+# --recover-quant-aware is opts.recover_quant_aware).
 RECOVERY_FLAGS = {"steps": "--recover-steps", "minutes": "--recover-minutes", "lr": "--recover-lr",
                   "temperature": "--recover-temperature", "batch": "--recover-batch", "train": "--recover-params",
                   "quant_aware": "--recover-quant-aware"}
@@ -278,9 +278,7 @@ def recovery_settings(opts: CompileOptions):
     naming its flag."""
     from .distill import BadRecoverySetting, RecoverySettings
 
-    given = {"steps": opts.recover_steps, "minutes": opts.recover_minutes, "lr": opts.recover_lr,
-             "temperature": opts.recover_temperature, "batch": opts.recover_batch,
-             "train": opts.recover_params, "quant_aware": opts.recover_quant_aware}
+    given = {field_name: getattr(opts, flag[2:].replace("-", "_")) for field_name, flag in RECOVERY_FLAGS.items()}
     # An option left unset (None) takes RecoverySettings' default, except the two that plan the
     # run, where None means "no step count" / "no time budget".
     kwargs = {key: value for key, value in given.items() if value is not None or key in ("steps", "minutes")}

@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from .choices import SE_CHOICES
+from .evaluate import torch_batches
 from .family import ACTIVATIONS
 from .model import EfficientNet, MBConv, forward_with_hooks, make_activation
 from .preprocess import PreprocessSpec
@@ -97,9 +98,7 @@ def gate_statistics(model: EfficientNet, crops: np.ndarray, spec: PreprocessSpec
             acc[2] += gate.shape[0]
 
         hooks.append(block.se.gate.register_forward_hook(hook))
-    nchw = spec.with_layout("NCHW", "float32")
-    forward_with_hooks(model, hooks, (torch.from_numpy(nchw.to_model_input(crops[start:start + batch]))
-                                      for start in range(0, len(crops), batch)))
+    forward_with_hooks(model, hooks, torch_batches(crops, spec, batch))
     stats = {}
     for index, (s, sq, n) in sums.items():
         mean = s / n

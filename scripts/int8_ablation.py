@@ -29,6 +29,7 @@ import torch  # noqa: E402
 
 from edgeeff.data import imagenet_labels, load_calibration, load_validation, spread_choice  # noqa: E402
 from edgeeff.distill import kd_loss  # noqa: E402
+from edgeeff.evaluate import torch_batches  # noqa: E402
 from edgeeff.preprocess import spec_for_variant  # noqa: E402
 from edgeeff.profiles import get_recipe  # noqa: E402
 from edgeeff.progress import progress  # noqa: E402
@@ -93,7 +94,7 @@ def main() -> int:
     recipe = dict(get_recipe(args.recipe))
     if args.no_activation_aware:
         recipe["activation_aware"] = False
-    ranges = activation_ranges(model, list(torch.from_numpy(nchw.to_model_input(calibration.crops)).split(20)), recipe)
+    ranges = activation_ranges(model, list(torch_batches(calibration.crops, spec, 20)), recipe)
     reference = logits_of(model, inputs)
 
     def simulated(**parts) -> dict:

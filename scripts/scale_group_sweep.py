@@ -35,7 +35,7 @@ from edgeeff import scale_groups  # noqa: E402
 from edgeeff.backends import litert  # noqa: E402
 from edgeeff.backends import onnxruntime as ort_backend  # noqa: E402
 from edgeeff.data import imagenet_labels, load_calibration, load_validation  # noqa: E402
-from edgeeff.evaluate import TorchRunner, predict_all, score  # noqa: E402
+from edgeeff.evaluate import TorchRunner, predict_all, score, torch_batches  # noqa: E402
 from edgeeff.export import export_onnx  # noqa: E402
 from edgeeff.preprocess import spec_for_variant  # noqa: E402
 from edgeeff.profiles import get_recipe, get_target, recipe_for_model  # noqa: E402
@@ -148,11 +148,10 @@ def main() -> int:
     torch.set_num_threads(args.threads)
 
     spec = spec_for_variant(args.variant)
-    nchw = spec.with_layout("NCHW", "float32")
     model, _ = load_model(args.variant, args.weights)
     calibration = load_calibration(args.calib, args.calib_count, spec)
     validation = load_validation(args.val, imagenet_labels(), spec)
-    batches = list(torch.from_numpy(nchw.to_model_input(calibration.crops)).split(32))
+    batches = list(torch_batches(calibration.crops, spec, 32))
     target = get_target(args.target)
     recipe = recipe_for_model(target, get_recipe(target.calibration), model)
     int8_format = ".tflite" if args.target == "rpi" else "QDQ ONNX"
