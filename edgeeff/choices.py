@@ -4,7 +4,7 @@ same tuples. Torch-free on purpose, so that `edgeeff --help` stays fast."""
 
 from __future__ import annotations
 
-from .family import ACTIVATIONS  # noqa: F401  (--act; the family defines the activations)
+from .models.family import ACTIVATIONS  # noqa: F401  (--act; the family defines the activations)
 
 WEIGHT_FORMATS = ("auto", "edgeeff", "lukemelas", "timm", "timm-tf", "torchvision", "tf")  # --weights-format
 SE_CHOICES = ("keep", "remove")                 # --se

@@ -142,16 +142,16 @@ def _compile_options(args, target: str, **extra):
 
 
 def cmd_sensitivity(args) -> int:
-    from .sensitivity import compare_targets
+    from .across_targets import compare_targets
 
     compare_targets(args, [t.strip() for t in args.targets.split(",") if t.strip()], _compile_options)
     return 0
 
 
 def cmd_report(args) -> int:
-    from .html_report import render
     from .pipeline import over_budget
-    from .report import format_table, table_rows
+    from .report.contract import format_table, table_rows
+    from .report.html_page import render
 
     reports = []
     for folder in args.folders:
@@ -184,9 +184,9 @@ def cmd_eval(args) -> int:
 
 
 def cmd_variants(_args) -> int:
-    from .family import VARIANTS
-    from .model import build_model, count_macs, count_parameters
-    from .report import format_table
+    from .models.builder import build_model, count_macs, count_parameters
+    from .models.family import VARIANTS
+    from .report.contract import format_table
 
     rows = [["variant", "resolution", "width", "depth", "act", "SE", "params (M)", "MACs (G)"]]
     for name, v in VARIANTS.items():
@@ -200,7 +200,7 @@ def cmd_variants(_args) -> int:
 
 def cmd_targets(_args) -> int:
     from .profiles import all_targets
-    from .report import format_table
+    from .report.contract import format_table
 
     seen, rows = set(), [["target", "aliases", "backend", "devices"]]
     for profile in all_targets().values():

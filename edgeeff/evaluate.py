@@ -16,7 +16,7 @@ from typing import Protocol
 import numpy as np
 import torch
 
-from .preprocess import PreprocessSpec
+from .data.preprocess import PreprocessSpec
 from .progress import progress
 
 

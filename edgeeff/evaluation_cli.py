@@ -11,13 +11,12 @@ import json
 import sys
 
 from .backends import backend_for_file
-from .data import load_validation
+from .data.images import load_validation, resolve_labels
+from .data.preprocess import PreprocessSpec
 from .errors import UserError
 from .evaluate import align_classes, measure_latency, predict_all, score
-from .family import IMAGENET_MEAN, IMAGENET_STD
-from .pipeline import resolve_labels
-from .preprocess import PreprocessSpec
-from .report import format_table
+from .models.family import IMAGENET_MEAN, IMAGENET_STD
+from .report.contract import format_table
 
 
 def spec_from_manifest(manifest_path, artifact_name: str) -> PreprocessSpec:

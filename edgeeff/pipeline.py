@@ -24,18 +24,19 @@ from . import __version__
 from .backends import backend as load_backend
 from .cache import cached_array, content_key
 from .choices import RECOVER_METHODS, SCALE_GROUP_SETTINGS, SE_CHOICES
-from .data import ImageSet, Labels, imagenet_labels, load_calibration, load_validation, read_synsets_file
+from .data.images import ImageSet, load_calibration, load_validation, resolve_labels
+from .data.preprocess import PreprocessSpec
 from .errors import AccuracyGateError, UserError
 from .evaluate import TorchRunner, align_classes, measure_latency, predict_all, score, torch_batches
-from .export import export_onnx
-from .html_report import render as render_html
-from .model import count_macs, count_parameters
-from .preprocess import PreprocessSpec, spec_for_variant
+from .models.builder import count_macs, count_parameters
+from .models.export import export_onnx
+from .models.family import spec_for_variant
+from .models.weights import load_model
 from .profiles import TargetProfile, get_recipe, get_target, recipe_for_model
 from .progress import say
-from .report import artifact_row, format_table, library_versions, markdown, table_rows, write_manifest
+from .report.contract import artifact_row, format_table, library_versions, markdown, table_rows, write_manifest
+from .report.html_page import render as render_html
 from .util import write_json
-from .weights import load_model
 
 
 @dataclass
@@ -170,13 +171,9 @@ def over_budget(report: dict, max_drop: float) -> list[str]:
     return failures
 
 
-def resolve_labels(synsets: Path | None) -> Labels:
-    return read_synsets_file(synsets) if synsets else imagenet_labels()
-
-
 def check_inputs(opts: CompileOptions):
     """Every cheap check of the user's input, before any message or heavy work."""
-    from .family import VARIANTS, nearest_names
+    from .models.family import VARIANTS, nearest_names
 
     if opts.variant not in VARIANTS:
         raise UserError(f"--variant {opts.variant}: unknown{nearest_names(opts.variant, VARIANTS)}; "
@@ -208,7 +205,7 @@ def check_inputs(opts: CompileOptions):
     if opts.calib_count < 1:
         raise UserError(f"--calib-count {opts.calib_count}: must be at least 1")
     if opts.weights is None and not opts.random_weights:
-        from .weights import no_weights_message, packaged_weights_path
+        from .models.weights import no_weights_message, packaged_weights_path
 
         if packaged_weights_path(opts.variant) is None:
             raise UserError(no_weights_message(opts.variant))
@@ -227,7 +224,7 @@ def split_scales(opts: CompileOptions, target: TargetProfile, model, spec, calib
     info = {"setting": setting, "sites": []}
     if setting == "off":
         return model, info
-    from .scale_groups import split_for_int8
+    from .quant.scale_groups import split_for_int8
 
     with watch.stage("scale_groups", "splitting wide-ranged channels into INT8 scale groups"):
         deploy, info["sites"] = split_for_int8(model, list(torch_batches(calibration.crops, spec, 32)))
@@ -240,7 +237,7 @@ def _refuse_existing(folder: Path, force: bool) -> None:
 
 
 def _check_variant_options(opts: CompileOptions) -> None:
-    from .family import ACTIVATIONS
+    from .models.family import ACTIVATIONS
 
     if opts.act is not None and opts.act not in ACTIVATIONS:
         raise UserError(f"--act {opts.act}: choose one of {', '.join(ACTIVATIONS)}")
@@ -276,7 +273,7 @@ RECOVERY_FLAGS = {"steps": "--recover-steps", "minutes": "--recover-minutes", "l
 def recovery_settings(opts: CompileOptions):
     """The RecoverySettings the --recover-* flags ask for; a bad value is a one-line UserError
     naming its flag."""
-    from .distill import BadRecoverySetting, RecoverySettings
+    from .models.distill import BadRecoverySetting, RecoverySettings
 
     given = {field_name: getattr(opts, flag[2:].replace("-", "_")) for field_name, flag in RECOVERY_FLAGS.items()}
     # An option left unset (None) takes RecoverySettings' default, except the two that plan the
@@ -296,7 +293,7 @@ def output_name(opts: CompileOptions, target: str, loaded: dict | None = None) -
     The architecture is the one exported: the flags', else that of the loaded weights (`loaded`:
     the model's describe()). A recovered.pth records hard-swish and no SE, so compiling it for
     another target without flags lands in b0-hswish-nose-<target>, not over the original's b0-<target>."""
-    from .family import VARIANTS
+    from .models.family import VARIANTS
 
     v = VARIANTS[opts.variant]
     loaded = loaded or {}
@@ -329,8 +326,8 @@ def make_variant_model(opts: CompileOptions, original, spec, calibration, watch)
     """Surgery (and recovery) on a copy of the original. Returns (variant, unrecovered copy or None, info)."""
     import copy
 
-    from .distill import distill
-    from .surgery import make_variant, needs_surgery
+    from .models.distill import distill
+    from .models.surgery import make_variant, needs_surgery
 
     info: dict = {}
     if not needs_surgery(original, opts.act, opts.se) and opts.recover == "none":
@@ -373,7 +370,7 @@ def mixed_precision(backend, workdir: Path, artifacts: list, threads: int, opts:
     in the target's runtime on the validation images, until the budget is met or the limit is
     reached; the artifact file is rewritten with the best step's layers in float.
     """
-    from .sensitivity import DEFAULT_IMAGES, fallback, float_limit, rank_layers
+    from .quant.sensitivity import DEFAULT_IMAGES, fallback, float_limit, rank_layers
 
     with watch.stage("float_variants", "preparing the per-layer float variants"):
         variants = backend.float_variants(workdir, artifacts, threads)
@@ -457,7 +454,7 @@ def compile_model(opts: CompileOptions) -> tuple[Path, dict]:
         fp32_onnx.unlink(missing_ok=True)
 
         if "recovery" in variant_info:
-            from .distill import save_recovered
+            from .models.distill import save_recovered
 
             save_recovered(model, workdir / "recovered.pth", {"recovered_from": weights_info.sha256})
         reference = TorchRunner(original, spec, threads)

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import UserError
-from .family import nearest_names
+from .models.family import nearest_names
 
 _PACKAGE = Path(__file__).resolve().parent
 

@@ -34,7 +34,8 @@ from edgeeff import pipeline  # noqa: E402
 from edgeeff.backends import backend  # noqa: E402
 from edgeeff.pipeline import CompileOptions, compile_model  # noqa: E402
 from edgeeff.profiles import all_recipes, get_target  # noqa: E402
-from edgeeff.report import add_model_and_data_arguments, format_table  # noqa: E402
+from edgeeff.report.benchmarks import add_model_and_data_arguments  # noqa: E402
+from edgeeff.report.contract import format_table
 
 
 def interleaved_latency(folder: Path, report: dict, fp32: dict, int8: dict, rounds: int, runs: int = 20) -> dict:
@@ -42,7 +43,7 @@ def interleaved_latency(folder: Path, report: dict, fp32: dict, int8: dict, roun
     import statistics
     import time
 
-    from edgeeff.preprocess import PreprocessSpec
+    from edgeeff.data.preprocess import PreprocessSpec
 
     module = backend(report["backend"])
     spec = PreprocessSpec.from_dict(report["preprocess"])

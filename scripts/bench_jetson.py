@@ -21,16 +21,16 @@ import onnx
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from edgeeff.backends.onnxruntime import OrtRunner  # noqa: E402
-from edgeeff.calibration import cached_stats, tensor_ranges  # noqa: E402
-from edgeeff.data import imagenet_labels, load_calibration, load_validation  # noqa: E402
+from edgeeff.data.images import imagenet_labels, load_calibration, load_validation  # noqa: E402
 from edgeeff.evaluate import TorchRunner, predict_all, score  # noqa: E402
-from edgeeff.export import export_onnx  # noqa: E402
-from edgeeff.preprocess import spec_for_variant  # noqa: E402
+from edgeeff.models.export import export_onnx  # noqa: E402
+from edgeeff.models.family import spec_for_variant  # noqa: E402
+from edgeeff.models.weights import load_model  # noqa: E402
 from edgeeff.profiles import get_recipe  # noqa: E402
-from edgeeff.qdq import (PLACEMENTS, build_qdq, plan_placement, prepare_for_tensorrt,  # noqa: E402
-                         tensorrt_rule_violations)
-from edgeeff.report import add_model_and_data_arguments, format_table, report_row  # noqa: E402
-from edgeeff.weights import load_model  # noqa: E402
+from edgeeff.quant.calibration import cached_stats, tensor_ranges  # noqa: E402
+from edgeeff.quant.qdq import PLACEMENTS, build_qdq, plan_placement, prepare_for_tensorrt, tensorrt_rule_violations  # noqa: E402
+from edgeeff.report.benchmarks import add_model_and_data_arguments, report_row  # noqa: E402
+from edgeeff.report.contract import format_table
 
 
 def main() -> int:

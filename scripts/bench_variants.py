@@ -25,7 +25,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from edgeeff.pipeline import CompileOptions, compile_model  # noqa: E402
-from edgeeff.report import chain_rows, format_table, table_rows  # noqa: E402
+from edgeeff.report.contract import chain_rows, format_table, table_rows  # noqa: E402
 
 ARTIFACT_KEYS = ("file", "precision", "runtime", "top1", "top5", "top1_drop", "top1_agreement", "top1_vs_variant",
                  "size_bytes", "latency_ms")

@@ -39,14 +39,21 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from edgeeff.backends import backend as load_backend  # noqa: E402
-from edgeeff.data import imagenet_labels, load_calibration, load_validation  # noqa: E402
-from edgeeff.evaluate import TorchRunner, align_classes, predict_all, score  # noqa: E402
-from edgeeff.export import export_onnx  # noqa: E402
-from edgeeff.pipeline import CompileOptions, compile_model  # noqa: E402
-from edgeeff.preprocess import spec_for_variant  # noqa: E402
 from edgeeff.cache import cached_array, content_key  # noqa: E402
-from edgeeff.report import add_model_and_data_arguments, format_table, machine_info, machine_line, markdown_table, replace_section, report_row  # noqa: E402
-from edgeeff.weights import load_model  # noqa: E402
+from edgeeff.data.images import imagenet_labels, load_calibration, load_validation  # noqa: E402
+from edgeeff.evaluate import TorchRunner, align_classes, predict_all, score  # noqa: E402
+from edgeeff.models.export import export_onnx  # noqa: E402
+from edgeeff.models.family import spec_for_variant  # noqa: E402
+from edgeeff.models.weights import load_model  # noqa: E402
+from edgeeff.pipeline import CompileOptions, compile_model  # noqa: E402
+from edgeeff.report.benchmarks import (  # noqa: E402
+    add_model_and_data_arguments,
+    machine_info,
+    machine_line,
+    replace_section,
+    report_row,
+)
+from edgeeff.report.contract import format_table, markdown_table
 
 TARGET_FOR = {"onnxruntime": "onnx", "openvino": "intel", "litert": "rpi"}
 T0 = time.perf_counter()

@@ -2,8 +2,15 @@
 
 import pytest
 
-from .conftest import (artifact, check_fp32_matches_reference, check_int8_meets_the_bar, compile_model,
-                       eval_artifact, needs_shared, on_sample)
+from .conftest import (
+    artifact,
+    check_fp32_matches_reference,
+    check_int8_meets_the_bar,
+    compile_model,
+    eval_artifact,
+    needs_shared,
+    on_sample,
+)
 
 pytestmark = [needs_shared, pytest.mark.slow]
 

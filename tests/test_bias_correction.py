@@ -9,7 +9,7 @@ import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
-from edgeeff.bias_correction import correct_biases
+from edgeeff.quant.bias_correction import correct_biases
 
 
 def _depthwise(channels: int = 6) -> onnx.ModelProto:

@@ -1,9 +1,8 @@
 import numpy as np
-import pytest
 import onnx
 from onnx import TensorProto, helper
 
-from edgeeff.calibration import collect_stats, mse_range, percentile_range, tensor_ranges
+from edgeeff.quant.calibration import collect_stats, mse_range, percentile_range, tensor_ranges
 
 
 def _tiny_model(path):
@@ -38,7 +37,7 @@ def test_percentile_ignores_a_rare_outlier():
 
 
 def test_mse_clips_a_lone_outlier_and_never_does_worse_than_minmax():
-    from edgeeff.calibration import NUM_BINS, _bin_centres, quant_error
+    from edgeeff.quant.calibration import NUM_BINS, _bin_centres, quant_error
 
     rng = np.random.default_rng(2)
     # A million well-behaved values and one at 100: rounding everything to a 100-wide grid costs
@@ -67,7 +66,7 @@ def test_symmetric_ranges_for_zero_point_zero_targets(tmp_path):
 def test_histogram_sample_sees_every_column_of_a_7_wide_map(tmp_path):
     """A flat stride of 7 over (N, C, 7, 7) maps sampled only column 0: a map whose large values
     sit off the left edge must still reach its true percentile."""
-    from edgeeff.calibration import histogram_stride
+    from edgeeff.quant.calibration import histogram_stride
 
     for shape in [(10, 1152, 7, 7), (10, 1280, 7, 7), (10, 96, 56, 56), (10, 32, 112, 112), (10, 1280)]:
         per_sample = int(np.prod(shape[1:]))
@@ -106,7 +105,7 @@ def _hswish_model(path, decomposed: bool, extra_consumer: bool = False):
 
 
 def test_hard_swish_inputs_are_floored_at_minus_3(tmp_path):
-    from edgeeff.calibration import activation_floors
+    from edgeeff.quant.calibration import activation_floors
 
     for decomposed in (True, False):
         model = _hswish_model(tmp_path / "hs.onnx", decomposed)

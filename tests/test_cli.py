@@ -141,7 +141,9 @@ def test_existing_output_folder_is_refused_without_force(tmp_path):
 def test_option_choices_match_what_the_modules_accept():
     """edgeeff/choices.py is what the command line offers; the modules that act on a choice must
     accept exactly those values (device_preprocess cannot import choices: it ships standalone)."""
-    from edgeeff import choices, device_preprocess, distill, weights
+    from edgeeff import choices
+    from edgeeff.device import device_preprocess
+    from edgeeff.models import distill, weights
 
     assert tuple(distill.LEARNING_RATES) == choices.RECOVER_PARAMS
     assert tuple(device_preprocess.INTERPOLATIONS) == choices.INTERPOLATIONS

@@ -4,10 +4,16 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from edgeeff.data import (default_calibration_paths, imagenet_labels, load_calibration, load_validation,
-                          read_synsets_file, spread_choice)
+from edgeeff.data.images import (
+    default_calibration_paths,
+    imagenet_labels,
+    load_calibration,
+    load_validation,
+    read_synsets_file,
+    spread_choice,
+)
 from edgeeff.errors import UserError
-from edgeeff.preprocess import spec_for_variant
+from edgeeff.models.family import spec_for_variant
 
 from .conftest import needs_shared
 

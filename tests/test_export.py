@@ -4,10 +4,10 @@ import pytest
 import torch
 
 from edgeeff.backends.onnxruntime import OrtRunner
-from edgeeff.export import export_onnx
-from edgeeff.model import build_model
-from edgeeff.preprocess import spec_for_variant
-from edgeeff.weights import load_model
+from edgeeff.models.builder import build_model
+from edgeeff.models.export import export_onnx
+from edgeeff.models.family import spec_for_variant
+from edgeeff.models.weights import load_model
 
 
 @pytest.mark.parametrize("variant,real", [("lite0", True), ("b0", False)])

@@ -1,7 +1,7 @@
 import pytest
 
-from edgeeff.family import VARIANTS, block_plan, round_channels, round_repeats
-from edgeeff.model import build_model, count_macs, count_parameters
+from edgeeff.models.builder import build_model, count_macs, count_parameters
+from edgeeff.models.family import VARIANTS, block_plan, round_channels, round_repeats
 
 # Published parameter counts (EfficientNet paper, TF model zoo, timm): what the builder must reproduce.
 PUBLISHED_PARAMS = {"b0": 5.29e6, "b7": 66.3e6, "lite0": 4.65e6, "lite4": 13.0e6}

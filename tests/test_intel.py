@@ -27,15 +27,15 @@ def quick_intel(tmp_path_factory):
 
 def _photos(n: int) -> list[Path]:
     """Real photos scikit-image ships (what the quick compile calibrated on)."""
-    from edgeeff.data import default_calibration_paths
+    from edgeeff.data.images import default_calibration_paths
 
     return default_calibration_paths()[:n]
 
 
 def _runner_predictions(folder: Path, xml: str, photos: list[Path]) -> np.ndarray:
     from edgeeff.backends import openvino as ov_backend
+    from edgeeff.data.preprocess import crop_image, load_rgb
     from edgeeff.evaluation_cli import spec_from_manifest
-    from edgeeff.preprocess import crop_image, load_rgb
 
     spec = spec_from_manifest(folder / "manifest.json", xml)
     runner = ov_backend.open_runner(folder / xml, 2, spec)
@@ -121,8 +121,8 @@ def test_eval_reads_foreign_irs_with_a_background_class(quick_intel, tmp_path):
     from openvino import opset13 as ops
 
     # A float NCHW classifier (no baked preprocessing): the exported ONNX converted as is.
-    from edgeeff.export import export_onnx
-    from edgeeff.weights import load_model
+    from edgeeff.models.export import export_onnx
+    from edgeeff.models.weights import load_model
 
     torch_model, _ = load_model("lite0", None, "auto")
     export_onnx(torch_model, 224, tmp_path / "lite0.onnx")

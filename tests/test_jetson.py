@@ -22,11 +22,26 @@ from onnx import helper, numpy_helper
 
 from edgeeff.backends import tensorrt as trt_backend
 from edgeeff.errors import UserError
-from edgeeff.qdq import (QDQRuleError, build_qdq, check_tensorrt_rules, plan_placement, prepare_for_tensorrt,
-                         tensorrt_rule_violations)
+from edgeeff.quant.qdq import (
+    QDQRuleError,
+    build_qdq,
+    check_tensorrt_rules,
+    plan_placement,
+    prepare_for_tensorrt,
+    tensorrt_rule_violations,
+)
 
-from .conftest import (B0_TEST_WEIGHTS, REPO, check_int8_meets_the_bar, compile_model, copy_to_device,
-                       needs_b0_weights, needs_shared, on_sample, run_on_device)
+from .conftest import (
+    B0_TEST_WEIGHTS,
+    REPO,
+    check_int8_meets_the_bar,
+    compile_model,
+    copy_to_device,
+    needs_b0_weights,
+    needs_shared,
+    on_sample,
+    run_on_device,
+)
 from .graphs import tiny_efficientnet
 
 # ---------------------------------------------------------------------------------------------
@@ -220,7 +235,7 @@ def test_device_build_script_runs_the_manifest_command(tmp_path, version, precis
     (tmp_path / "manifest.json").write_text(json.dumps({"artifacts": [{"file": "model.engine", "build": plan}]}))
     exe, log = _fake_trtexec(tmp_path)
     env = {**os.environ, "TRTEXEC": str(exe), "TRT_VERSION": version}
-    subprocess.run(["bash", str(REPO / "scripts" / "jetson_build_engine.sh"), str(tmp_path), precision],
+    subprocess.run(["bash", str(REPO / "edgeeff" / "device" / "jetson_build_engine.sh"), str(tmp_path), precision],
                    check=True, env=env, capture_output=True)
     args = log.read_text()
     assert args.startswith(str(tmp_path)) and expect in args and "--saveEngine=model.engine" in args
@@ -271,8 +286,8 @@ def test_shipped_eval_script_runs_without_edgeeff(tiny_qdq, tmp_path):
     from PIL import Image
 
     from edgeeff.backends import ship_device_scripts
-    from edgeeff.data import default_calibration_paths
-    from edgeeff.preprocess import PreprocessSpec, crop_image, load_rgb
+    from edgeeff.data.images import default_calibration_paths
+    from edgeeff.data.preprocess import PreprocessSpec, crop_image, load_rgb
 
     _, qdq = tiny_qdq
     folder = tmp_path / "lite0-jetson-orin"
@@ -375,7 +390,7 @@ def test_lite0_engine_is_listed_unverified_with_its_command(lite0_jetson):
     if trt_backend.tensorrt_module() is None:
         assert engine["verified"] is False
         assert engine["reason"] == ("tensorrt is not installed on this machine: build it on the device with "
-                                    "scripts/jetson_build_engine.sh")
+                                    "jetson_build_engine.sh (in this folder)")
         assert not (folder / "model.engine").exists()
     for field in ("top1", "top5", "top1_drop", "top1_agreement", "size_bytes", "latency_ms", "runtime"):
         assert engine.get(field) is None, field
@@ -398,7 +413,7 @@ def _device_script(folder):
 @needs_shared
 @pytest.mark.slow
 def test_device_preprocessing_matches_edgeeff_on_real_photos(lite0_jetson, sample):
-    from edgeeff.preprocess import PreprocessSpec, crop_image, load_rgb
+    from edgeeff.data.preprocess import PreprocessSpec, crop_image, load_rgb
 
     folder, report = lite0_jetson
     device = _device_script(folder)

@@ -2,7 +2,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from edgeeff.preprocess import PreprocessSpec, UnreadableImage, crop_image, load_rgb, spec_for_variant
+from edgeeff.data.preprocess import PreprocessSpec, UnreadableImage, crop_image, load_rgb
+from edgeeff.models.family import spec_for_variant
 
 
 def test_variant_specs():
@@ -68,7 +69,7 @@ def test_spec_round_trips_through_dict():
 
 
 # ---------------------------------------------------------------------------------------------
-# edgeeff/device_preprocess.py: the file the device scripts import from the output folder
+# edgeeff/device/device_preprocess.py: the file the device scripts import from the output folder
 
 
 def _odd_images(folder):
@@ -107,7 +108,7 @@ def _specs():
 def test_device_module_imports_only_numpy_and_pillow():
     import ast
 
-    import edgeeff.device_preprocess as device
+    import edgeeff.device.device_preprocess as device
 
     tree = ast.parse(open(device.__file__).read())
     roots = set()
@@ -159,24 +160,49 @@ def test_shipped_device_module_gives_bit_identical_inputs(tmp_path):
             assert np.array_equal(got, ours), (spec, path.name)
 
 
-def test_every_shipped_device_script_is_in_the_wheel():
-    """A non-editable install copies the device scripts from edgeeff/_data/scripts: each script a
-    target ships must exist in scripts/ and be force-included by pyproject.toml (the
-    device_preprocess.py they import is package code, always in the wheel)."""
-    import tomllib
-
+def shipped_device_scripts() -> set[str]:
+    """Every device script some target copies into its output folder."""
     from edgeeff.backends import tensorrt
     from edgeeff.profiles import all_targets
 
-    from .conftest import REPO
-
-    wheel = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["hatch"]["build"]["targets"]["wheel"]
-    included = wheel["force-include"]
     shipped = {tensorrt.BUILD_SCRIPT, tensorrt.EVAL_SCRIPT}
     for target in all_targets().values():
         shipped.update(target.raw.get("device_scripts", []))
     assert {"rpi_classify.py", "openvino_classify.py"} <= shipped
-    for name in shipped:
-        assert (REPO / "scripts" / name).is_file(), name
-        assert included.get(f"scripts/{name}") == f"edgeeff/_data/scripts/{name}", name
-    assert "edgeeff" in wheel["packages"]
+    return shipped
+
+
+@pytest.mark.slow
+def test_wheel_ships_the_device_scripts_and_compile_copies_them_from_it(tmp_path):
+    """`pip wheel .` holds edgeeff/device/ (every script a target ships, and device_preprocess.py);
+    installed elsewhere, ship_device_scripts copies them from that installed package, not from
+    this checkout."""
+    import subprocess
+    import sys
+    import zipfile
+
+    from .conftest import REPO
+
+    wheels, site = tmp_path / "wheels", tmp_path / "site"
+    build = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
+                            "-w", str(wheels), str(REPO)], capture_output=True, text=True, timeout=300)
+    assert build.returncode == 0, build.stderr
+    wheel = next(wheels.glob("edgeeff-*.whl"))
+    names = set(zipfile.ZipFile(wheel).namelist())
+    scripts = shipped_device_scripts() | {"device_preprocess.py"}
+    assert {f"edgeeff/device/{name}" for name in scripts} <= names
+    install = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(site),
+                              str(wheel)], capture_output=True, text=True, timeout=300)
+    assert install.returncode == 0, install.stderr
+    out = tmp_path / "folder"
+    out.mkdir()
+    code = ("import sys; from pathlib import Path; import edgeeff.backends as b\n"
+            "assert Path(b.__file__).is_relative_to(sys.argv[1]), b.__file__\n"
+            "b.ship_device_scripts(Path(sys.argv[2]), *sys.argv[3:])\n")
+    # the checkout must not be importable: the copy has to come from the installed wheel
+    run = subprocess.run([sys.executable, "-c", code, str(site), str(out), *sorted(shipped_device_scripts())],
+                         capture_output=True, text=True, cwd=tmp_path, timeout=120,
+                         env={"PYTHONPATH": str(site), "PATH": "/usr/bin:/bin"})
+    assert run.returncode == 0, run.stderr
+    for name in scripts:
+        assert (out / name).read_bytes() == (site / "edgeeff" / "device" / name).read_bytes(), name

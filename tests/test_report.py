@@ -3,7 +3,8 @@
 import numpy as np
 
 from edgeeff.evaluate import score
-from edgeeff.report import machine_info, machine_line, markdown_table, replace_section, report_row
+from edgeeff.report.benchmarks import machine_info, machine_line, replace_section, report_row
+from edgeeff.report.contract import markdown_table
 
 
 def test_report_row_has_the_contract_fields_rounded_with_drop_as_reference_minus_artifact():
@@ -42,8 +43,8 @@ def test_machine_line_names_cores_cpu_and_load():
 def test_artifact_size_is_read_from_disk_and_counts_an_ir_weights_file(tmp_path):
     """An IR's size is its .xml plus .bin, as the files are when asked (the --max-drop fallback
     rewrites the IR after build()); a file that is not here (a device-built engine) has none."""
-    from edgeeff.artifacts import Artifact
-    from edgeeff.preprocess import spec_for_variant
+    from edgeeff.backends.artifact import Artifact
+    from edgeeff.models.family import spec_for_variant
 
     spec = spec_for_variant("lite0")
     (tmp_path / "model_int8.xml").write_bytes(b"x" * 10)

@@ -47,7 +47,7 @@ def data(tmp_path_factory):
     (root / "corrupt.xml").write_text("<?xml version='1.0'?>\n<net name='x' version='11'><layers><layer")
     (root / "model.pt").write_bytes(b"")
     # weights: a real b0-shaped lukemelas file, and a truncated copy
-    from edgeeff.model import build_model
+    from edgeeff.models.builder import build_model
     from tests.test_weights import to_lukemelas
     torch.save(to_lukemelas(build_model("b0").state_dict()), root / "b0.pth")
     (root / "b0_truncated.pth").write_bytes((root / "b0.pth").read_bytes()[:10000])
@@ -224,7 +224,7 @@ def test_report_command_compares_folders_in_one_page(twice, data, tmp_path, caps
 
 @pytest.mark.slow
 def test_html_report_is_self_contained(twice, tmp_path):
-    from edgeeff.html_report import render
+    from edgeeff.report.html_page import render
 
     page = render([twice.reports[0]])
     assert "<svg" in page and "<script" not in page

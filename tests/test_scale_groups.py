@@ -1,4 +1,4 @@
-"""Scale groups (edgeeff/scale_groups.py): the rewrite is exact in float, picks the wide channels,
+"""Scale groups (edgeeff/quant/scale_groups.py): the rewrite is exact in float, picks the wide channels,
 leaves ReLU6 models alone, and survives conversion to an INT8 .tflite."""
 
 from __future__ import annotations
@@ -10,11 +10,11 @@ import pytest
 import torch
 from torch import nn
 
-from edgeeff import quant_sim, scale_groups
 from edgeeff.errors import UserError
-from edgeeff.model import build_model
-from edgeeff.scale_groups import GroupedPath, Site, best_split, sites, split_for_int8, split_site
-from edgeeff.surgery import remove_se, swap_activation
+from edgeeff.models.builder import build_model
+from edgeeff.models.surgery import swap_activation
+from edgeeff.quant import scale_groups, simulation
+from edgeeff.quant.scale_groups import GroupedPath, Site, best_split, sites, split_for_int8, split_site
 
 RES = 64
 
@@ -87,15 +87,15 @@ def test_relu6_models_have_no_sites():
 def test_simulation_quantizes_the_concatenation_once():
     """Quantizers give a concatenation's inputs its output's scale: the simulation rounds there."""
     split, _ = split_for_int8(_model(), _batches(), min_gain=1.0, max_sites=1)
-    points = quant_sim.quant_points(split)
+    points = simulation.quant_points(split)
     assert "stem.out" in points
     assert "stem.producers.0.bn" in points and "stem.producers.0.act" in points
     assert "stem.depthwises.0.bn" in points and "stem.depthwises.0.act" not in points
-    ranges = quant_sim.activation_ranges(split, _batches(4), {"method": "minmax"})
+    ranges = simulation.activation_ranges(split, _batches(4), {"method": "minmax"})
     x = _batches()[0]
     with torch.no_grad():
         reference = split(x)
-        with quant_sim.simulated_int8(split, ranges):
+        with simulation.simulated_int8(split, ranges):
             simulated = split(x)
     assert not torch.equal(simulated, reference)
     assert (simulated.argmax(1) == reference.argmax(1)).float().mean() >= 0.5

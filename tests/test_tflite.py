@@ -20,7 +20,7 @@ from ai_edge_litert import schema_py_generated as schema  # noqa: E402
 
 from edgeeff.backends import litert  # noqa: E402
 from edgeeff.cli import main  # noqa: E402
-from edgeeff.preprocess import spec_for_variant  # noqa: E402
+from edgeeff.models.family import spec_for_variant  # noqa: E402
 from edgeeff.profiles import get_target  # noqa: E402
 from edgeeff.util import sha256_file  # noqa: E402
 
@@ -264,7 +264,7 @@ def test_targets_are_listed():
 def test_device_script_does_not_import_edgeeff():
     import re
 
-    source = (Path(__file__).resolve().parents[1] / "scripts" / "rpi_classify.py").read_text()
+    source = (Path(__file__).resolve().parents[1] / "edgeeff" / "device" / "rpi_classify.py").read_text()
     assert not re.search(r"^\s*(import|from)\s+edgeeff\b", source, re.MULTILINE)
     assert "ai_edge_litert.interpreter" in source and "tflite_runtime.interpreter" in source
     # its preprocessing is edgeeff's own file, imported by module name from beside the script
@@ -278,8 +278,8 @@ def test_shipped_script_classifies_as_edgeeff_does(rpi_quick, tmp_path):
     edgeeff's own crops, photos and odd image modes (alpha, 16-bit) alike."""
     from PIL import Image
 
-    from edgeeff.data import crop_all, default_calibration_paths
-    from edgeeff.preprocess import PreprocessSpec
+    from edgeeff.data.images import crop_all, default_calibration_paths
+    from edgeeff.data.preprocess import PreprocessSpec
 
     from .conftest import copy_to_device, run_on_device
 

@@ -7,15 +7,24 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from .conftest import (artifact, check_fp32_matches_reference, check_int8_meets_the_bar, compile_model,
-                       copy_to_device, eval_artifact, needs_shared, on_sample, run_on_device)
+from .conftest import (
+    artifact,
+    check_fp32_matches_reference,
+    check_int8_meets_the_bar,
+    compile_model,
+    copy_to_device,
+    eval_artifact,
+    needs_shared,
+    on_sample,
+    run_on_device,
+)
 
 pytest.importorskip("ai_edge_litert", reason="the tflite extra is not installed")
 pytest.importorskip("litert_torch", reason="the tflite extra is not installed")
 
 from edgeeff.backends import litert  # noqa: E402
-from edgeeff.data import crop_all  # noqa: E402
-from edgeeff.preprocess import PreprocessSpec  # noqa: E402
+from edgeeff.data.images import crop_all  # noqa: E402
+from edgeeff.data.preprocess import PreprocessSpec  # noqa: E402
 
 pytestmark = [needs_shared, pytest.mark.slow]
 

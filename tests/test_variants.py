@@ -10,11 +10,11 @@ import pytest
 import torch
 from torch import nn
 
-from edgeeff.distill import RecoverySettings, distill, kd_loss, save_recovered
-from edgeeff.model import SqueezeExcite, build_model, count_parameters
-from edgeeff.preprocess import PreprocessSpec
-from edgeeff.surgery import fold_gate, gate_statistics, make_variant, remove_se, swap_activation
-from edgeeff.weights import load_model
+from edgeeff.data.preprocess import PreprocessSpec
+from edgeeff.models.builder import SqueezeExcite, build_model, count_parameters
+from edgeeff.models.distill import RecoverySettings, distill, kd_loss, save_recovered
+from edgeeff.models.surgery import fold_gate, gate_statistics, make_variant, remove_se, swap_activation
+from edgeeff.models.weights import load_model
 
 from .conftest import B0_TEST_WEIGHTS, SAMPLE, needs_b0_weights, needs_shared
 
@@ -354,7 +354,7 @@ def _bn_output_stats(model, x):
 
 
 def test_alignment_gives_every_batchnorm_the_teachers_statistics():
-    from edgeeff.distill import align_statistics
+    from edgeeff.models.distill import align_statistics
 
     teacher = _model(seed=1)
     student = copy.deepcopy(teacher)
@@ -389,7 +389,7 @@ def test_training_only_batchnorm_and_biases_leaves_the_rest():
 
 
 def test_feature_distillation_pulls_block_outputs_towards_the_teacher():
-    from edgeeff.distill import _block_outputs, feature_loss
+    from edgeeff.models.distill import _block_outputs, feature_loss
 
     teacher = _model(seed=1)
     crops = _crops(8, seed=2)
@@ -419,7 +419,7 @@ def test_feature_distillation_pulls_block_outputs_towards_the_teacher():
 
 
 def test_mixup_blends_each_image_with_its_neighbour():
-    from edgeeff.distill import augment_batch
+    from edgeeff.models.distill import augment_batch
 
     # Flat images stay flat through crop, resize and flip, so each output is one number.
     x = torch.arange(6, dtype=torch.float32).view(6, 1, 1, 1).expand(6, 3, 16, 16).contiguous()

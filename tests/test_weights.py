@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from edgeeff.errors import UserError
-from edgeeff.family import VARIANTS, block_plan
-from edgeeff.model import TF_BN_EPS, TORCH_BN_EPS, build_model
-from edgeeff.weights import load_model, no_weights_message
+from edgeeff.models.builder import TF_BN_EPS, TORCH_BN_EPS, build_model
+from edgeeff.models.family import VARIANTS, block_plan
+from edgeeff.models.weights import load_model, no_weights_message
 
 from .conftest import B0_TEST_WEIGHTS, needs_b0_weights
 

@@ -57,18 +57,17 @@ DEVICE_MODULE = "device_preprocess.py"
 
 
 def ship_device_scripts(workdir: Path, *names: str) -> None:
-    """Copy device scripts (scripts/ in the repository, edgeeff/_data/scripts/ in a wheel) into the
-    output folder, with device_preprocess.py beside them. The scripts run where edgeeff is not
-    installed and import their preprocessing from that file: the device then runs the very
-    arithmetic edgeeff calibrated and measured with, not a hand copy that could drift."""
-    from .. import device_preprocess
-    from ..profiles import data_dir
+    """Copy device scripts (edgeeff/device/, package data in a wheel) into the output folder, with
+    device_preprocess.py beside them. The scripts run where edgeeff is not installed and import
+    their preprocessing from that file: the device then runs the very arithmetic edgeeff
+    calibrated and measured with, not a hand copy that could drift."""
+    from ..device import device_preprocess
 
-    scripts = data_dir("scripts")
+    device_dir = Path(device_preprocess.__file__).parent
     for name in names:
-        shutil.copyfile(scripts / name, workdir / name)
+        shutil.copyfile(device_dir / name, workdir / name)
         (workdir / name).chmod(0o755)
-    shutil.copyfile(device_preprocess.__file__, workdir / DEVICE_MODULE)
+    shutil.copyfile(device_dir / DEVICE_MODULE, workdir / DEVICE_MODULE)
 
 
 __all__ = ["backend", "backend_for_file", "ship_device_scripts", "MissingBackendError"]

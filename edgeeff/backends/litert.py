@@ -31,12 +31,12 @@ from pathlib import Path
 
 import numpy as np
 
-from ..calibration import HARD_SWISH_FLOOR
 from ..choices import IO_DTYPES
-from ..device_preprocess import from_output_tensor, takes_raw_pixels, to_input_tensor
+from ..data.preprocess import PreprocessSpec
+from ..device.device_preprocess import from_output_tensor, takes_raw_pixels, to_input_tensor
 from ..errors import MissingBackendError, UserError
-from ..preprocess import PreprocessSpec
 from ..progress import progress
+from ..quant.calibration import HARD_SWISH_FLOOR
 
 EXTRA = "tflite"
 SUFFIXES = (".tflite",)
@@ -208,7 +208,7 @@ def histogram_ranges(float_path: Path, calib_inputs: np.ndarray, ranges: dict, r
     """
     from ai_edge_litert.interpreter import Interpreter
 
-    from ..calibration import NUM_BINS, ActivationStats, histogram_counts, tensor_ranges
+    from ..quant.calibration import NUM_BINS, ActivationStats, histogram_counts, tensor_ranges
 
     with _captured_output():
         it = Interpreter(model_path=str(float_path), num_threads=threads, experimental_preserve_all_tensors=True)
@@ -578,7 +578,7 @@ def _io_fields(path: Path) -> dict:
 def build(job) -> list:
     """`--target rpi|android|ios`: float32 reference, full-integer INT8, and FP16 when the profile
     asks for it (GPU delegates)."""
-    from ..artifacts import Artifact
+    from .artifact import Artifact
 
     target = job.target
     io_dtype = target.input_dtype

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..data.preprocess import PreprocessSpec
 from ..errors import MissingBackendError, UserError
-from ..preprocess import PreprocessSpec
 
 EXTRA = "onnx"
 SUFFIXES = (".onnx",)
@@ -128,7 +128,7 @@ def quantize(fp32_path: Path, out_path: Path, calib_inputs: np.ndarray, recipe: 
 
     `recipe` is a calibration recipe (calib/*.toml); `quant` the target's quantization settings
     (activation/weight types, per-channel). minmax/percentile/mse ranges come from edgeeff's own
-    calibration (edgeeff/calibration.py, cached) and reach ONNX Runtime through its calibration
+    calibration (edgeeff/quant/calibration.py, cached) and reach ONNX Runtime through its calibration
     cache file; entropy/distribution use ONNX Runtime's calibrators. Returns what was done.
     """
     import onnx
@@ -136,8 +136,14 @@ def quantize(fp32_path: Path, out_path: Path, calib_inputs: np.ndarray, recipe: 
     from onnxruntime.quantization.calibrate import TensorsData, save_tensors_data
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    from ..calibration import (HISTOGRAM_METHODS, OWN_METHODS, activation_floors, cached_stats, elementwise_readers,
-                               tensor_ranges)
+    from ..quant.calibration import (
+        HISTOGRAM_METHODS,
+        OWN_METHODS,
+        activation_floors,
+        cached_stats,
+        elementwise_readers,
+        tensor_ranges,
+    )
 
     method = recipe["method"]
     symmetric_activations = bool(quant.get("activation_symmetric", False))
@@ -194,7 +200,7 @@ def quantize(fp32_path: Path, out_path: Path, calib_inputs: np.ndarray, recipe: 
                 calibration_cache_path=str(cache_file) if cache_file else None,
             )
         if quant.get("bias_correction"):
-            from ..bias_correction import correct_biases
+            from ..quant.bias_correction import correct_biases
 
             qdq = onnx.load(str(out_path))
             details["bias_correction"] = correct_biases(qdq, onnx.load(str(prepared)), calib_inputs,
@@ -249,7 +255,7 @@ def _input_name(path: Path) -> str:
 
 def build(job) -> list:
     """`--target onnx`: the FP32 ONNX as exported, and the INT8 QDQ ONNX."""
-    from ..artifacts import Artifact
+    from .artifact import Artifact
 
     fp32 = job.workdir / "model_fp32.onnx"
     shutil.copyfile(job.fp32_onnx, fp32)
@@ -264,7 +270,7 @@ def build(job) -> list:
 
 
 class QdqFloatVariants:
-    """The INT8 QDQ model with chosen layers kept in float, in memory (edgeeff/layers.py): what the
+    """The INT8 QDQ model with chosen layers kept in float, in memory (edgeeff/quant/layers.py): what the
     sensitivity analysis and the --max-drop fallback run. `fp32` is the float graph the QDQ model
     was made from, with the same node and weight names."""
 
@@ -272,7 +278,7 @@ class QdqFloatVariants:
                  needed_by: str = "neighbours", check=None):
         import onnx
 
-        from ..layers import find_layers
+        from ..quant.layers import find_layers
 
         self.int8_path = int8_path
         self.int8 = onnx.load(str(int8_path))
@@ -283,7 +289,7 @@ class QdqFloatVariants:
         self.check = check  # called on the model save() writes (TensorRT: its Q/DQ rules)
 
     def model(self, float_layers: list[str]):
-        from ..layers import keep_float
+        from ..quant.layers import keep_float
 
         return keep_float(self.int8, self.fp32, float_layers, self.needed_by)
 

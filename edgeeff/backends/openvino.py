@@ -25,8 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..data.preprocess import PreprocessSpec
 from ..errors import MissingBackendError, UserError
-from ..preprocess import PreprocessSpec
 
 EXTRA = "openvino"
 SUFFIXES = (".xml",)
@@ -240,7 +240,7 @@ def build(job) -> list:
     """`--target intel`: model_fp32.xml/.bin (f32 weights) and model_int8.xml/.bin, preprocessing baked in."""
     import openvino as ov
 
-    from ..artifacts import Artifact
+    from .artifact import Artifact
 
     quant = dict(job.target.quantization)
     # Swish and hard-swish outputs go below zero: symmetric activations ("performance") waste
@@ -316,7 +316,7 @@ class OvFloatVariants:
     backend = "openvino"
 
     def __init__(self, int8_xml: Path, fp32_xml: Path, spec: PreprocessSpec, threads: int):
-        from ..layers import Layer
+        from ..quant.layers import Layer
 
         self.int8_path, self.spec, self.threads = int8_xml, spec, threads
         self.artifact = int8_xml.name

@@ -1,7 +1,7 @@
 """TensorRT backend (Jetson targets): explicit-INT8 QDQ ONNX, and the engine or the command for it.
 
 TensorRT 10 deprecated implicit INT8 calibrators and 11 removed them: INT8 on TensorRT is an
-explicitly quantized ONNX (edgeeff/qdq.py places the Q/DQ nodes and checks TensorRT's rules on
+explicitly quantized ONNX (edgeeff/quant/qdq.py places the Q/DQ nodes and checks TensorRT's rules on
 every model it writes). The engine itself is specific to the GPU and TensorRT version it is
 built with, so it is built on the device: through the TensorRT Python API when `tensorrt`
 imports here, otherwise edgeeff writes the exact `trtexec` command into manifest.json and ships
@@ -18,8 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..data.preprocess import PreprocessSpec
 from ..errors import MissingBackendError, UserError
-from ..preprocess import PreprocessSpec
 from . import onnxruntime as ort_backend
 from . import ship_device_scripts
 
@@ -150,8 +150,8 @@ def quantize_for_tensorrt(fp32_path: Path, out_path: Path, calib_inputs: np.ndar
     """Write the QDQ model for TensorRT from a prepared FP32 ONNX, check it, return what was done."""
     import onnx
 
-    from ..calibration import HISTOGRAM_METHODS, OWN_METHODS, cached_stats, elementwise_readers, tensor_ranges
-    from ..qdq import build_qdq, check_tensorrt_rules, plan_placement
+    from ..quant.calibration import HISTOGRAM_METHODS, OWN_METHODS, cached_stats, elementwise_readers, tensor_ranges
+    from ..quant.qdq import build_qdq, check_tensorrt_rules, plan_placement
 
     method = recipe["method"]
     if method not in OWN_METHODS:
@@ -165,7 +165,7 @@ def quantize_for_tensorrt(fp32_path: Path, out_path: Path, calib_inputs: np.ndar
     qdq = build_qdq(fp32, plan, ranges)
     corrected = None
     if quant.get("bias_correction"):
-        from ..bias_correction import correct_biases
+        from ..quant.bias_correction import correct_biases
 
         # TensorRT keeps biases in float, so the correction is exact (no INT32 grid).
         corrected = correct_biases(qdq, fp32, calib_inputs, quiet=quiet)
@@ -184,8 +184,8 @@ def build(job) -> list:
     """--target jetson-*: model_fp32.onnx, model_qdq.onnx (checked), model.engine or its command."""
     import onnx
 
-    from ..artifacts import Artifact
-    from ..qdq import prepare_for_tensorrt
+    from ..quant.qdq import prepare_for_tensorrt
+    from .artifact import Artifact
 
     cfg = dict(job.target.raw.get("tensorrt", {}))
     spec = job.spec.with_layout("NCHW", "float32")
@@ -204,7 +204,7 @@ def build(job) -> list:
     ]
     trt = tensorrt_module()
     if trt is None:
-        reason = f"tensorrt is not installed on this machine: build it on the device with scripts/{BUILD_SCRIPT}"
+        reason = f"tensorrt is not installed on this machine: build it on the device with {BUILD_SCRIPT} (in this folder)"
         artifacts.append(Artifact(file=ENGINE, format="tensorrt", precision=plan["precision"], spec=spec,
                                   verified=False, runnable_here=False, reason=reason, extra={"build": plan}))
     else:
@@ -223,9 +223,8 @@ def float_variants(workdir: Path, artifacts: list, threads: int):
     TensorRT runs in FP16 (checked here in ONNX Runtime, like the QDQ model itself)."""
     import onnx
 
+    from ..quant.qdq import check_tensorrt_rules
     from .onnxruntime import QdqFloatVariants
-
-    from ..qdq import check_tensorrt_rules
 
     int8 = next(a for a in artifacts if a.precision == "int8")
 

