@@ -44,6 +44,12 @@ def _add_compile_flags(c: argparse.ArgumentParser) -> None:
     c.add_argument("--scale-groups", choices=choices.SCALE_GROUP_SETTINGS,
                    help="split channels whose ranges differ widely into groups with their own INT8 scale "
                         "(exact in float; default: the target's, auto for rpi/android/ios; docs/variants.md)")
+    c.add_argument("--optimize", choices=choices.OPTIMIZE_SETTINGS,
+                   help="rounding: learn each INT8 weight's rounding block by block against the FP32 model "
+                        "on calibration images and bake it into the artifact (onnx target; default off; "
+                        "docs/quantization.md)")
+    c.add_argument("--optimize-steps", type=int, metavar="N",
+                   help="--optimize rounding: learning steps per block (default 20)")
     v = c.add_argument_group("variants (docs/variants.md)")
     v.add_argument("--act", choices=choices.ACTIVATIONS,
                    help="swap every activation of the loaded model (default: keep the model's own)")
@@ -138,7 +144,8 @@ def _compile_options(args, target: str, **extra):
         recover_lr=args.recover_lr,
         recover_temperature=args.recover_temperature, recover_batch=args.recover_batch,
         recover_quant_aware=args.recover_quant_aware, train=args.train,
-        seed=args.seed, scale_groups=args.scale_groups, **extra)
+        seed=args.seed, scale_groups=args.scale_groups, optimize=args.optimize,
+        optimize_steps=args.optimize_steps, **extra)
 
 
 def cmd_sensitivity(args) -> int:

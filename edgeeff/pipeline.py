@@ -23,7 +23,7 @@ import torch
 from . import __version__
 from .backends import backend as load_backend
 from .cache import cached_array, content_key
-from .choices import RECOVER_METHODS, SCALE_GROUP_SETTINGS, SE_CHOICES
+from .choices import OPTIMIZE_SETTINGS, RECOVER_METHODS, SCALE_GROUP_SETTINGS, SE_CHOICES
 from .data.images import ImageSet, load_calibration, load_validation, resolve_labels
 from .data.preprocess import PreprocessSpec
 from .errors import AccuracyGateError, UserError
@@ -74,6 +74,8 @@ class CompileOptions:
     train: Path | None = None         # unlabelled images for recovery (default: the --calib folder)
     seed: int = 0
     scale_groups: str | None = None   # auto | off (scale_groups.py); None: the target's own setting
+    optimize: str | None = None       # off | rounding (quant/rounding.py); None: off
+    optimize_steps: int | None = None  # learning steps per block (None: rounding.DEFAULT_STEPS)
 
 
 @dataclass
@@ -90,6 +92,10 @@ class Job:
     fp32_onnx: Path  # exported only when the backend's NEEDS_ONNX is true (the default)
     threads: int
     quiet: bool = False
+    # --optimize: the same graph with weights on their learned INT8 grid (quant/rounding.py), for
+    # backends with OPTIMISED_WEIGHTS; the FP32 artifact stays fp32_onnx
+    int8_onnx: Path | None = None
+    optimisation: dict | None = None
     timings: dict = field(default_factory=dict)
 
 
@@ -212,6 +218,13 @@ def check_inputs(opts: CompileOptions):
     _check_variant_options(opts)
     if opts.scale_groups is not None and opts.scale_groups not in SCALE_GROUP_SETTINGS:
         raise UserError(f"--scale-groups {opts.scale_groups}: choose {' or '.join(SCALE_GROUP_SETTINGS)}")
+    if opts.optimize is not None and opts.optimize not in OPTIMIZE_SETTINGS:
+        raise UserError(f"--optimize {opts.optimize}: choose {' or '.join(OPTIMIZE_SETTINGS)}")
+    if opts.optimize == "rounding" and not getattr(backend, "OPTIMISED_WEIGHTS", False):
+        raise UserError(f"--optimize rounding: the {target.name} target cannot bake optimised weights yet; "
+                        f"use --target onnx, or leave --optimize off")
+    if opts.optimize_steps is not None and opts.optimize_steps < 1:
+        raise UserError(f"--optimize-steps {opts.optimize_steps}: must be at least 1")
     final = opts.out / output_name(opts, target.name)
     _refuse_existing(final, opts.force)
     return target, recipe, backend, final
@@ -229,6 +242,26 @@ def split_scales(opts: CompileOptions, target: TargetProfile, model, spec, calib
     with watch.stage("scale_groups", "splitting wide-ranged channels into INT8 scale groups"):
         deploy, info["sites"] = split_for_int8(model, list(torch_batches(calibration.crops, spec, 32)))
     return deploy, info
+
+
+def optimise_weights(opts: CompileOptions, deploy, spec, calibration, recipe: dict, workdir: Path, watch):
+    """--optimize rounding: the exported graph again, its weights on their learned INT8 grid
+    (quant/rounding.py), and what was done; (None, None) when off."""
+    if (opts.optimize or "off") == "off":
+        return None, None
+    from .quant.rounding import RoundingSettings, optimise_rounding
+    from .quant.simulation import activation_ranges
+
+    settings = RoundingSettings(seed=opts.seed, **({"steps": opts.optimize_steps} if opts.optimize_steps else {}))
+    chosen = np.unique(np.linspace(0, len(calibration.crops) - 1, min(settings.images, len(calibration.crops)))
+                       .round().astype(int))  # evenly spread over the calibration set, deterministic
+    batches = list(torch_batches(calibration.crops[chosen], spec, settings.batch))
+    with watch.stage("optimise", f"optimising INT8 weight rounding ({settings.steps} steps per block)"):
+        ranges = activation_ranges(deploy, batches, recipe)
+        model, info = optimise_rounding(deploy, torch.cat(batches), ranges, settings, opts.quiet)
+        path = workdir / ".export_int8.onnx"
+        export_onnx(model, spec.resolution, path)
+    return path, info
 
 
 def _refuse_existing(folder: Path, force: bool) -> None:
@@ -448,10 +481,14 @@ def compile_model(opts: CompileOptions) -> tuple[Path, dict]:
         # The target's default recipe, refined per activation (`calibration_by_activation` in its
         # file, chosen by measurement); a recipe the user chose with --calib-method stays as given.
         recipe = recipe_for_model(target, recipe, model)
-        job = Job(opts.variant, deploy, spec, target, recipe, calibration, workdir, fp32_onnx, threads, opts.quiet)
+        int8_onnx, optimisation = optimise_weights(opts, deploy, spec, calibration, recipe, workdir, watch)
+        job = Job(opts.variant, deploy, spec, target, recipe, calibration, workdir, fp32_onnx, threads, opts.quiet,
+                  int8_onnx=int8_onnx, optimisation=optimisation)
         with watch.stage("quantize", f"quantizing for {target.name} ({recipe['name']} calibration)"):
             artifacts = backend.build(job)
         fp32_onnx.unlink(missing_ok=True)
+        if int8_onnx is not None:
+            int8_onnx.unlink(missing_ok=True)
 
         if "recovery" in variant_info:
             from .models.distill import save_recovered

@@ -119,6 +119,10 @@ def _run(args, tmp_path):
      "argument --act: invalid choice: 'gelu' (choose from 'swish', 'hswish', 'relu6'); see edgeeff compile --help"),
     (["compile", "--variant", "lite0", "--target", "rpi", "--scale-groups", "always"],
      "argument --scale-groups: invalid choice: 'always'"),
+    (["compile", "--variant", "lite0", "--target", "rpi", "--optimize", "rounding"],
+     "--optimize rounding: the rpi target cannot bake optimised weights yet"),
+    (["compile", "--variant", "lite0", "--target", "onnx", "--optimize", "rounding", "--optimize-steps", "0"],
+     "--optimize-steps 0: must be at least 1"),
     (["compile", "--variant", "lite0"], "the following arguments are required: --target"),
     (["compile", "--variant", "lite0", "--target", "onnx", "--calib-count", "many"], "--calib-count: invalid int value"),
 ])

@@ -21,6 +21,9 @@ from ..errors import MissingBackendError, UserError
 EXTRA = "onnx"
 SUFFIXES = (".onnx",)
 RECIPE_METHODS = ("minmax", "percentile", "mse", "entropy", "distribution")
+# --optimize rounding: quantizes job.int8_onnx, whose weights ORT's per-channel rule (max|w| / 127)
+# rounds to exactly the learned integers (quant/rounding.py)
+OPTIMISED_WEIGHTS = True
 
 
 def available() -> None:
@@ -123,13 +126,16 @@ QUANT_TYPES = {"uint8": "QUInt8", "int8": "QInt8"}
 
 
 def quantize(fp32_path: Path, out_path: Path, calib_inputs: np.ndarray, recipe: dict, quant: dict,
-             nodes_to_exclude: list[str] | None = None, quiet: bool = False) -> dict:
+             nodes_to_exclude: list[str] | None = None, quiet: bool = False,
+             weights_path: Path | None = None) -> dict:
     """Static QDQ quantization of an FP32 ONNX with ONNX Runtime's quantizer.
 
     `recipe` is a calibration recipe (calib/*.toml); `quant` the target's quantization settings
     (activation/weight types, per-channel). minmax/percentile/mse ranges come from edgeeff's own
     calibration (edgeeff/quant/calibration.py, cached) and reach ONNX Runtime through its calibration
-    cache file; entropy/distribution use ONNX Runtime's calibrators. Returns what was done.
+    cache file; entropy/distribution use ONNX Runtime's calibrators. `weights_path`: the same graph
+    with optimised weights (--optimize), quantized instead; bias correction still aims at fp32_path.
+    Returns what was done.
     """
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
@@ -165,7 +171,11 @@ def quantize(fp32_path: Path, out_path: Path, calib_inputs: np.ndarray, recipe: 
         prepared = Path(tmp) / "prepared.onnx"
         # Shape inference + ORT's graph optimisations (BN folding, constant folding) first, as
         # ORT recommends: quantization then sees the graph the runtime will actually run.
-        quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=True)
+        quant_pre_process(str(weights_path or fp32_path), str(prepared), skip_symbolic_shape=True)
+        reference = prepared  # the float graph bias correction aims at: the FP32 model's own
+        if weights_path is not None:
+            reference = Path(tmp) / "reference.onnx"
+            quant_pre_process(str(fp32_path), str(reference), skip_symbolic_shape=True)
         reader, cache_file, calibrate_method = None, None, CALIBRATION_METHODS.get(method, "MinMax")
         if method in OWN_METHODS:
             stats, hit = cached_stats(prepared, calib_inputs, int(recipe.get("batch", 10)), quiet=quiet,
@@ -203,7 +213,7 @@ def quantize(fp32_path: Path, out_path: Path, calib_inputs: np.ndarray, recipe: 
             from ..quant.bias_correction import correct_biases
 
             qdq = onnx.load(str(out_path))
-            details["bias_correction"] = correct_biases(qdq, onnx.load(str(prepared)), calib_inputs,
+            details["bias_correction"] = correct_biases(qdq, onnx.load(str(reference)), calib_inputs,
                                                         quiet=quiet)
             onnx.save(qdq, str(out_path))
     if quant.get("float_output", True):
@@ -262,7 +272,9 @@ def build(job) -> list:
     int8 = job.workdir / "model_int8.onnx"
     spec = job.spec.with_layout("NCHW", "float32")
     details = quantize(fp32, int8, spec.to_model_input(job.calibration.crops), job.recipe,
-                       job.target.quantization, quiet=job.quiet)
+                       job.target.quantization, quiet=job.quiet, weights_path=job.int8_onnx)
+    if job.optimisation is not None:
+        details["optimisation"] = job.optimisation
     return [
         Artifact(file=fp32.name, format="onnx", precision="fp32", spec=spec),
         Artifact(file=int8.name, format="onnx", precision="int8", spec=spec, quantization=details),

@@ -1,0 +1,222 @@
+"""Learned INT8 weight rounding, reconstructed block by block, then baked into the float weights.
+
+Rounding every weight to its nearest INT8 step is not the best INT8 model: the errors of a layer's
+weights add up in its outputs, and rounding some weights the other way cancels them (AdaRound,
+Nagel et al. 2020). Here each unit of the network (the stem, every MBConv block, the head with the
+classifier) learns, for every weight, whether to round down or up, so that its output with the
+whole INT8 arithmetic simulated matches the FP32 model's output on calibration images (BRECQ's
+block reconstruction, Li et al. 2021). The unit's input comes from the INT8 model built so far, so
+later blocks correct what earlier ones could not, and while learning half of the activation
+quantizers are dropped at random per element (QDrop, Wei et al. 2022), which keeps the rounding
+from overfitting to one set of activation errors.
+
+What is simulated is quant/simulation.py's arithmetic: per-output-channel symmetric INT8 weights
+with scale max|w| / 127, per-tensor INT8 activations at every tensor an integer runtime stores,
+with the ranges the recipe gives. Because a per-channel factor (BatchNorm's fold) does not change
+which integer a weight rounds to, the learned integers are written back as float weights that
+lie exactly on that grid: w = scale * q, with each channel's largest weight left where it was so
+that max|w| and so the scale stay the same. Every backend's quantizer (ONNX Runtime, NNCF, LiteRT,
+the TensorRT QDQ writer) computes that same scale, folds BatchNorm, and rounds to exactly q: the
+integers the runtime holds are the optimised ones. `tests/test_rounding.py` reads them back.
+
+Deterministic: images, mini-batches and QDrop masks come from one seeded generator, and the
+number of steps is a count, not a time.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+
+from ..progress import progress
+from .simulation import ACT_QMAX, ACT_QMIN, WEIGHT_QMAX, _activation_qparams, _hook, quant_points
+
+# AdaRound's rectified sigmoid stretches sigmoid(v) to (GAMMA, ZETA), then clips it to [0, 1], so
+# the learned rounding can reach exactly 0 or 1 with a finite v.
+GAMMA, ZETA = -0.1, 1.1
+DEFAULT_STEPS = 20  # per unit: what 4 minutes allow on a 2-core host for B0 (docs/quantization.md)
+DEFAULT_IMAGES = 64
+DEFAULT_BATCH = 32
+LEARNING_RATE = 2e-2
+WARMUP = 0.2  # the first fifth of the steps learns without the push towards 0 or 1
+BETA = (20.0, 2.0)  # the push's exponent, annealed: soft at first, then every h to 0 or 1
+DROP_PROB = 0.5  # QDrop: each activation element is quantized with this probability while learning
+
+
+@dataclass
+class RoundingSettings:
+    steps: int = DEFAULT_STEPS
+    images: int = DEFAULT_IMAGES
+    batch: int = DEFAULT_BATCH
+    seed: int = 0
+
+
+class SoftRoundedWeight(nn.Module):
+    """A parametrization: the weight as scale * clamp(floor(w / scale) + h, -127, 127), where h in
+    [0, 1] is learned per weight (soft while learning, 0 or 1 once `hard`)."""
+
+    def __init__(self, weight: torch.Tensor):
+        super().__init__()
+        w = weight.detach()
+        bound = w.abs().flatten(1).amax(1).clamp_min(1e-12)
+        scale = (bound / WEIGHT_QMAX).reshape(-1, *([1] * (w.dim() - 1)))
+        ratio = w / scale
+        self.register_buffer("scale", scale)
+        self.register_buffer("base", torch.floor(ratio))
+        # Each channel's largest |w| stays exactly +-127: it sets the scale every backend computes.
+        self.register_buffer("pinned", ratio.abs() >= WEIGHT_QMAX - 1e-4)
+        self.register_buffer("nearest", torch.round(ratio) - torch.floor(ratio))
+        rest = (ratio - self.base).clamp(1e-4, 1 - 1e-4)
+        self.v = nn.Parameter(-torch.log((ZETA - GAMMA) / (rest - GAMMA) - 1))
+        self.mode = "soft"  # "soft" | "hard" | "nearest"
+
+    def h(self) -> torch.Tensor:
+        return torch.clamp(torch.sigmoid(self.v) * (ZETA - GAMMA) + GAMMA, 0, 1)
+
+    def integers(self) -> torch.Tensor:
+        up = {"soft": self.h, "hard": lambda: (self.v >= 0).float(), "nearest": lambda: self.nearest}[self.mode]()
+        return torch.clamp(self.base + torch.where(self.pinned, self.nearest, up), -WEIGHT_QMAX, WEIGHT_QMAX)
+
+    def forward(self, _weight: torch.Tensor) -> torch.Tensor:
+        return self.scale * self.integers()
+
+    def round_loss(self, beta: float) -> torch.Tensor:
+        return (1 - (2 * self.h() - 1).abs().pow(beta)).mean()
+
+
+class ActivationQuantizers:
+    """Per-tensor INT8 fake quantization at every point of quant_points (the logits excepted when
+    the artifact's output stays float); while learning, each element is quantized with
+    probability `drop_keep` (QDrop), from a seeded generator."""
+
+    def __init__(self, model: nn.Module, ranges: dict, generator: torch.Generator, skip=("logits",)):
+        self.generator, self.keep, self.hooks = generator, 1.0, []
+        for name, (module, where, _) in quant_points(model).items():
+            if name in skip or name not in ranges:
+                continue
+            scale, zero = _activation_qparams(*ranges[name])
+            self.hooks.append(_hook(module, where, lambda t, s=scale, z=zero: self._quantize(t, s, z)))
+
+    def _quantize(self, t: torch.Tensor, scale: float, zero: int) -> torch.Tensor:
+        q = torch.fake_quantize_per_tensor_affine(t, scale, zero, ACT_QMIN, ACT_QMAX)
+        if self.keep >= 1.0:
+            return q
+        mask = torch.rand(t.shape, generator=self.generator) < self.keep
+        return torch.where(mask, q, t)
+
+    def remove(self):
+        for h in self.hooks:
+            h.remove()
+
+
+class _Head(nn.Module):
+    """The last unit: head conv, global pool, classifier."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.head, self.classifier = model.head, model.classifier
+
+    def forward(self, x):
+        return self.classifier(self.head(x).mean((2, 3)))
+
+
+def units(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    return [("stem", model.stem)] + [(f"blocks.{i}", b) for i, b in enumerate(model.blocks)] + [("head", _Head(model))]
+
+
+def _weighted(module: nn.Module) -> list[nn.Module]:
+    return [m for m in module.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+
+
+def _relative_error(out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Squared error over the target's energy, per image, averaged: comparable across units."""
+    dims = tuple(range(1, target.dim()))
+    return (((out - target) ** 2).sum(dims) / (target ** 2).sum(dims).clamp_min(1e-12)).mean()
+
+
+@torch.no_grad()
+def _run(unit: nn.Module, x: torch.Tensor, batch: int) -> torch.Tensor:
+    return torch.cat([unit(x[i:i + batch]) for i in range(0, len(x), batch)])
+
+
+def optimise_rounding(model: nn.Module, images: torch.Tensor, ranges: dict, settings: RoundingSettings,
+                      quiet: bool = False, skip_activations=("logits",)) -> tuple[nn.Module, dict]:
+    """A copy of `model` whose conv and linear weights lie on their INT8 grid, rounded as learned
+    (see the module docstring), and what was done: per unit, the relative reconstruction error of
+    its output with nearest rounding and with the learned one (INT8 activations simulated)."""
+    start = time.monotonic()
+    generator = torch.Generator().manual_seed(settings.seed)
+    reference = model.eval()
+    quantized = copy.deepcopy(model).eval()
+    for p in quantized.parameters():
+        p.requires_grad_(False)
+    acts = ActivationQuantizers(quantized, ranges, generator, skip_activations)
+    x_fp = images
+    x_q = images
+    report = []
+    pairs = list(zip(units(reference), units(quantized)))
+    try:
+        for (name, fp_unit), (_, q_unit) in progress(pairs, "optimising INT8 rounding", "unit", quiet):
+            target = _run(fp_unit, x_fp, settings.batch)
+            rounders = []
+            for module in _weighted(q_unit):
+                parametrize.register_parametrization(module, "weight", SoftRoundedWeight(module.weight))
+                rounders.append(module.parametrizations.weight[0])
+            error_before = _unit_error(q_unit, rounders, "nearest", x_q, target, settings.batch)
+            _learn(q_unit, rounders, acts, x_q, target, settings, generator, error_before)
+            error_after = _unit_error(q_unit, rounders, "hard", x_q, target, settings.batch)
+            chosen = "learned" if error_after < error_before else "nearest"  # never worse than nearest
+            for r in rounders:
+                r.mode = "hard" if chosen == "learned" else "nearest"
+            for module in _weighted(q_unit):
+                parametrize.remove_parametrizations(module, "weight", leave_parametrized=True)
+                module.weight.requires_grad_(False)
+            report.append({"unit": name, "weights": sum(r.v.numel() for r in rounders),
+                           "error_nearest": float(f"{error_before:.6g}"),
+                           "error_learned": float(f"{min(error_after, error_before):.6g}"), "kept": chosen})
+            x_q = _run(q_unit, x_q, settings.batch)  # the INT8 model so far feeds the next unit
+            x_fp = target
+    finally:
+        acts.remove()
+    info = {"method": "adaround-block-reconstruction", "steps_per_unit": settings.steps,
+            "images": int(len(images)), "batch": settings.batch, "seed": settings.seed,
+            "activation_dropout": DROP_PROB, "seconds": round(time.monotonic() - start, 1), "units": report}
+    return quantized, info
+
+
+def _unit_error(unit, rounders, mode, x, target, batch) -> float:
+    for r in rounders:
+        r.mode = mode
+    return float(_relative_error(_run(unit, x, batch), target))
+
+
+def _learn(unit, rounders, acts, x, target, settings: RoundingSettings, generator, scale_hint: float) -> None:
+    if not rounders or settings.steps <= 0:
+        return
+    for r in rounders:
+        r.mode = "soft"
+    params = [r.v for r in rounders]
+    optimiser = torch.optim.Adam(params, lr=LEARNING_RATE)
+    warmup = int(settings.steps * WARMUP)
+    # The push towards 0/1 is weighed against this unit's own error, so one setting fits every unit.
+    weight = max(scale_hint, 1e-9)
+    acts.keep = 1 - DROP_PROB
+    try:
+        with torch.enable_grad():
+            for step in range(settings.steps):
+                idx = torch.randint(0, len(x), (min(settings.batch, len(x)),), generator=generator)
+                loss = _relative_error(unit(x[idx]), target[idx])
+                if step >= warmup:
+                    progress_ = (step - warmup) / max(1, settings.steps - warmup)
+                    beta = BETA[0] + (BETA[1] - BETA[0]) * progress_
+                    loss = loss + weight * sum(r.round_loss(beta) for r in rounders) / len(rounders)
+                optimiser.zero_grad(set_to_none=True)
+                loss.backward()
+                optimiser.step()
+    finally:
+        acts.keep = 1.0
