@@ -45,8 +45,9 @@ def _add_compile_flags(c: argparse.ArgumentParser) -> None:
                    help="split channels whose ranges differ widely into groups with their own INT8 scale "
                         "(exact in float; default: the target's, auto for rpi/android/ios; docs/variants.md)")
     c.add_argument("--optimize", choices=choices.OPTIMIZE_SETTINGS,
-                   help="rounding: learn each INT8 weight's rounding block by block against the FP32 model "
-                        "on calibration images and bake it into the artifact (onnx target; default off; "
+                   help="optimise the INT8 model block by block against the FP32 model on calibration "
+                        "images: ranges searches each activation range, rounding also learns each weight's "
+                        "rounding and bakes it into the artifact (default: the target's, ranges for onnx; "
                         "docs/quantization.md)")
     c.add_argument("--optimize-steps", type=int, metavar="N",
                    help="--optimize rounding: learning steps per block (default 20)")

@@ -74,7 +74,7 @@ class CompileOptions:
     train: Path | None = None         # unlabelled images for recovery (default: the --calib folder)
     seed: int = 0
     scale_groups: str | None = None   # auto | off (scale_groups.py); None: the target's own setting
-    optimize: str | None = None       # off | rounding (quant/rounding.py); None: off
+    optimize: str | None = None       # off | ranges | rounding (quant/rounding.py); None: the target's
     optimize_steps: int | None = None  # learning steps per block (None: rounding.DEFAULT_STEPS)
 
 
@@ -96,6 +96,7 @@ class Job:
     # backends with OPTIMISED_WEIGHTS; the FP32 artifact stays fp32_onnx
     int8_onnx: Path | None = None
     optimisation: dict | None = None
+    optimised_model: torch.nn.Module | None = None  # what int8_onnx (else fp32_onnx) was exported from
     timings: dict = field(default_factory=dict)
 
 
@@ -220,9 +221,11 @@ def check_inputs(opts: CompileOptions):
         raise UserError(f"--scale-groups {opts.scale_groups}: choose {' or '.join(SCALE_GROUP_SETTINGS)}")
     if opts.optimize is not None and opts.optimize not in OPTIMIZE_SETTINGS:
         raise UserError(f"--optimize {opts.optimize}: choose {' or '.join(OPTIMIZE_SETTINGS)}")
-    if opts.optimize == "rounding" and not getattr(backend, "OPTIMISED_WEIGHTS", False):
-        raise UserError(f"--optimize rounding: the {target.name} target cannot bake optimised weights yet; "
-                        f"use --target onnx, or leave --optimize off")
+    if opts.optimize not in (None, "off") and opts.optimize not in getattr(backend, "OPTIMIZE_MODES", ()):
+        offered = getattr(backend, "OPTIMIZE_MODES", ())
+        raise UserError(f"--optimize {opts.optimize}: the {target.name} target takes "
+                        f"{' or '.join(offered) if offered else 'no optimised model yet (onnx and jetson do)'}; "
+                        f"or leave --optimize off")
     if opts.optimize_steps is not None and opts.optimize_steps < 1:
         raise UserError(f"--optimize-steps {opts.optimize_steps}: must be at least 1")
     final = opts.out / output_name(opts, target.name)
@@ -244,24 +247,34 @@ def split_scales(opts: CompileOptions, target: TargetProfile, model, spec, calib
     return deploy, info
 
 
-def optimise_weights(opts: CompileOptions, deploy, spec, calibration, recipe: dict, workdir: Path, watch):
-    """--optimize rounding: the exported graph again, its weights on their learned INT8 grid
-    (quant/rounding.py), and what was done; (None, None) when off."""
-    if (opts.optimize or "off") == "off":
-        return None, None
+def optimise_int8(opts: CompileOptions, target: TargetProfile, backend, deploy, spec, calibration, recipe: dict,
+                  workdir: Path, watch):
+    """--optimize (quant/rounding.py), unit by unit against the FP32 model: `ranges` searches each
+    activation range; `rounding` also learns each weight's rounding and exports the graph again
+    with its weights on their learned INT8 grid. Returns (that ONNX or None, what was done, the
+    model the quantized graph comes from); (None, None, deploy) when off."""
+    mode = opts.optimize or target.quantization.get("optimize", "off")
+    if mode == "off":
+        return None, None, deploy
     from .quant.rounding import RoundingSettings, optimise_rounding
     from .quant.simulation import activation_ranges
 
-    settings = RoundingSettings(seed=opts.seed, **({"steps": opts.optimize_steps} if opts.optimize_steps else {}))
+    steps = 0 if mode == "ranges" else opts.optimize_steps
+    simulation = getattr(backend, "SIMULATION", {})  # how the runtime quantizes (TensorRT: symmetric)
+    settings = RoundingSettings(seed=opts.seed, **simulation, **({"steps": steps} if steps is not None else {}))
     chosen = np.unique(np.linspace(0, len(calibration.crops) - 1, min(settings.images, len(calibration.crops)))
                        .round().astype(int))  # evenly spread over the calibration set, deterministic
     batches = list(torch_batches(calibration.crops[chosen], spec, settings.batch))
-    with watch.stage("optimise", f"optimising INT8 weight rounding ({settings.steps} steps per block)"):
-        ranges = activation_ranges(deploy, batches, recipe)
+    what = "activation ranges" + (f" and weight rounding ({settings.steps} steps per block)" if settings.steps else "")
+    with watch.stage("optimise", f"optimising INT8 {what}"):
+        ranges = activation_ranges(deploy, batches, recipe, symmetric=settings.symmetric)
         model, info = optimise_rounding(deploy, torch.cat(batches), ranges, settings, opts.quiet)
+        info["setting"] = mode
+        if mode == "ranges":  # weights stay the model's own: the quantizer rounds them to nearest
+            return None, info, deploy
         path = workdir / ".export_int8.onnx"
         export_onnx(model, spec.resolution, path)
-    return path, info
+    return path, info, model
 
 
 def _refuse_existing(folder: Path, force: bool) -> None:
@@ -481,9 +494,10 @@ def compile_model(opts: CompileOptions) -> tuple[Path, dict]:
         # The target's default recipe, refined per activation (`calibration_by_activation` in its
         # file, chosen by measurement); a recipe the user chose with --calib-method stays as given.
         recipe = recipe_for_model(target, recipe, model)
-        int8_onnx, optimisation = optimise_weights(opts, deploy, spec, calibration, recipe, workdir, watch)
+        int8_onnx, optimisation, optimised = optimise_int8(opts, target, backend, deploy, spec, calibration,
+                                                            recipe, workdir, watch)
         job = Job(opts.variant, deploy, spec, target, recipe, calibration, workdir, fp32_onnx, threads, opts.quiet,
-                  int8_onnx=int8_onnx, optimisation=optimisation)
+                  int8_onnx=int8_onnx, optimisation=optimisation, optimised_model=optimised)
         with watch.stage("quantize", f"quantizing for {target.name} ({recipe['name']} calibration)"):
             artifacts = backend.build(job)
         fp32_onnx.unlink(missing_ok=True)

@@ -120,7 +120,7 @@ def _run(args, tmp_path):
     (["compile", "--variant", "lite0", "--target", "rpi", "--scale-groups", "always"],
      "argument --scale-groups: invalid choice: 'always'"),
     (["compile", "--variant", "lite0", "--target", "rpi", "--optimize", "rounding"],
-     "--optimize rounding: the rpi target cannot bake optimised weights yet"),
+     "--optimize rounding: the rpi target takes no optimised model yet (onnx and jetson do)"),
     (["compile", "--variant", "lite0", "--target", "onnx", "--optimize", "rounding", "--optimize-steps", "0"],
      "--optimize-steps 0: must be at least 1"),
     (["compile", "--variant", "lite0"], "the following arguments are required: --target"),

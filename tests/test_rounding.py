@@ -23,7 +23,8 @@ def _optimised(seed=0, steps=40):
     model = _model(se=True)
     images = _input(_crops(12, seed=7))
     ranges = activation_ranges(model, [images], get_recipe("percentile"))
-    optimised, info = optimise_rounding(model, images, ranges, RoundingSettings(steps=steps, batch=6, seed=seed),
+    settings = RoundingSettings(steps=steps, batch=6, seed=seed, search_ranges=False)  # rounding alone
+    optimised, info = optimise_rounding(model, images, ranges, settings,
                                         quiet=True)
     return model, optimised, info
 
@@ -108,3 +109,42 @@ def test_onnx_runtime_artifact_holds_the_learned_integers(optimised, tmp_path):
     equal = sum(int((s == q).sum()) for s, q in zip(stored, learned))
     total = sum(q.size for q in learned)
     assert equal / total >= 0.999, f"{equal}/{total}"
+
+
+def test_every_quantization_point_finds_its_onnx_tensor(tmp_path):
+    """quant/onnx_names.py pairs each PyTorch point with the tensors holding its values in the
+    BN-folded graph ONNX Runtime quantizes: all of them, and the right kind of node."""
+    pytest.importorskip("onnxruntime")
+    import onnx
+
+    from edgeeff.backends.onnxruntime import prepared_fp32
+    from edgeeff.models.export import export_onnx
+    from edgeeff.quant.onnx_names import onnx_tensors_for_points
+    from edgeeff.quant.simulation import quant_points
+
+    model = _model(se=True)
+    export_onnx(model, RES, tmp_path / "fp32.onnx")
+    graph = prepared_fp32(tmp_path / "fp32.onnx")
+    matches = onnx_tensors_for_points(model, graph, _input(_crops(2, seed=4)).numpy())
+    assert set(matches) == set(quant_points(model))
+    producer = {o: n.op_type for n in graph.graph.node for o in n.output}
+    assert matches["input"] == [graph.graph.input[0].name]
+    assert {producer[t] for t in matches["stem.bn"]} == {"Conv"}  # BatchNorm folded into the conv
+    assert {producer[t] for t in matches["blocks.0.se.gate"]} == {"Sigmoid"}
+    assert {producer[t] for t in matches["blocks.0.se.out"]} == {"Mul"}
+    assert {producer[t] for t in matches["pooled"]} <= {"ReduceMean", "Reshape", "Flatten", "Squeeze"}
+    assert isinstance(graph, onnx.ModelProto)
+
+
+def test_range_search_lowers_most_units_error_and_is_deterministic():
+    model = _model(se=True)
+    images = _input(_crops(12, seed=7))
+    ranges = activation_ranges(model, [images], get_recipe("percentile"))
+    runs = [optimise_rounding(model, images, ranges, RoundingSettings(steps=0, batch=6), quiet=True)[1]
+            for _ in range(2)]
+    assert runs[0]["ranges"] == runs[1]["ranges"]
+    units = runs[0]["units"]
+    lower = sum(u["error_nearest"] < u["error_recipe_ranges"] for u in units)
+    assert lower > len(units) / 2, [(u["unit"], u["error_recipe_ranges"], u["error_nearest"]) for u in units]
+    assert any(u["ranges_changed"] for u in units)
+    assert set(runs[0]["ranges"]) == set(ranges) - {"logits"}  # every point searched, the float logits not

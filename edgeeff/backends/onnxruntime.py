@@ -21,9 +21,10 @@ from ..errors import MissingBackendError, UserError
 EXTRA = "onnx"
 SUFFIXES = (".onnx",)
 RECIPE_METHODS = ("minmax", "percentile", "mse", "entropy", "distribution")
-# --optimize rounding: quantizes job.int8_onnx, whose weights ORT's per-channel rule (max|w| / 127)
-# rounds to exactly the learned integers (quant/rounding.py)
-OPTIMISED_WEIGHTS = True
+# --optimize: the searched activation ranges replace the recipe's for the tensors they match
+# (quant/onnx_names.py); with rounding, quantizes job.int8_onnx, whose weights ORT's per-channel
+# rule (max|w| / 127) rounds to exactly the learned integers (quant/rounding.py)
+OPTIMIZE_MODES = ("ranges", "rounding")
 
 
 def available() -> None:
@@ -127,7 +128,7 @@ QUANT_TYPES = {"uint8": "QUInt8", "int8": "QInt8"}
 
 def quantize(fp32_path: Path, out_path: Path, calib_inputs: np.ndarray, recipe: dict, quant: dict,
              nodes_to_exclude: list[str] | None = None, quiet: bool = False,
-             weights_path: Path | None = None) -> dict:
+             weights_path: Path | None = None, range_overrides=None) -> dict:
     """Static QDQ quantization of an FP32 ONNX with ONNX Runtime's quantizer.
 
     `recipe` is a calibration recipe (calib/*.toml); `quant` the target's quantization settings
@@ -135,6 +136,8 @@ def quantize(fp32_path: Path, out_path: Path, calib_inputs: np.ndarray, recipe: 
     calibration (edgeeff/quant/calibration.py, cached) and reach ONNX Runtime through its calibration
     cache file; entropy/distribution use ONNX Runtime's calibrators. `weights_path`: the same graph
     with optimised weights (--optimize), quantized instead; bias correction still aims at fp32_path.
+    `range_overrides(graph) -> ({tensor: (low, high)}, info)`: ranges that replace the recipe's
+    for those tensors (the optimisation's searched ranges; edgeeff's own recipes only).
     Returns what was done.
     """
     import onnx
@@ -183,9 +186,12 @@ def quantize(fp32_path: Path, out_path: Path, calib_inputs: np.ndarray, recipe: 
             graph = onnx.load(str(prepared), load_external_data=False)
             readers = elementwise_readers(graph)  # swish / sigmoid / hard-swish inputs (activation_aware)
             floors = activation_floors(graph)  # hard-swish inputs: exact below -3
+            ranges = tensor_ranges(stats, recipe, symmetric=symmetric_activations, readers=readers, floors=floors)
+            if range_overrides is not None:
+                searched, details["searched_ranges"] = range_overrides(graph)
+                ranges.update({name: r for name, r in searched.items() if name in ranges})
             ranges = {name: (np.float32(low), np.float32(high))  # ORT wants float32 scalars
-                      for name, (low, high) in tensor_ranges(stats, recipe, symmetric=symmetric_activations,
-                                                             readers=readers, floors=floors).items()}
+                      for name, (low, high) in ranges.items()}
             if floors:
                 details["range_floors"] = {"tensors": len(floors), "why": "hard-swish inputs: exact below -3"}
             cache_file = Path(tmp) / "ranges.json"
@@ -220,6 +226,16 @@ def quantize(fp32_path: Path, out_path: Path, calib_inputs: np.ndarray, recipe: 
         details["float_output"] = dequantize_outputs(out_path)
     details["extra_options"] = {k: v for k, v in extra.items() if k != "CalibStridedMinMax"}
     return details
+
+
+def searched_ranges(job, calib_inputs: np.ndarray):
+    """--optimize's searched activation ranges as a `range_overrides(graph)` for an ONNX graph
+    exported from job.optimised_model (tensors found by value, quant/onnx_names.py), or None."""
+    if job.optimisation is None or not job.optimisation.get("ranges"):
+        return None
+    from ..quant.onnx_names import ranges_for_graph
+
+    return lambda graph: ranges_for_graph(job.optimised_model, graph, job.optimisation["ranges"], calib_inputs[:2])
 
 
 def dequantize_outputs(path: Path) -> list[str]:
@@ -271,8 +287,9 @@ def build(job) -> list:
     shutil.copyfile(job.fp32_onnx, fp32)
     int8 = job.workdir / "model_int8.onnx"
     spec = job.spec.with_layout("NCHW", "float32")
-    details = quantize(fp32, int8, spec.to_model_input(job.calibration.crops), job.recipe,
-                       job.target.quantization, quiet=job.quiet, weights_path=job.int8_onnx)
+    calib_inputs = spec.to_model_input(job.calibration.crops)
+    details = quantize(fp32, int8, calib_inputs, job.recipe, job.target.quantization, quiet=job.quiet,
+                       weights_path=job.int8_onnx, range_overrides=searched_ranges(job, calib_inputs))
     if job.optimisation is not None:
         details["optimisation"] = job.optimisation
     return [

@@ -145,8 +145,15 @@ def build_engine_here(trt, onnx_path: Path, out_dir: Path, plan: dict, resolutio
 # build(job)
 
 
+# --optimize: searched ranges replace the recipe's for the tensors they match; the optimisation
+# simulates TensorRT's arithmetic: symmetric activations, no Q/DQ on conv outputs (the placement)
+OPTIMIZE_MODES = ("ranges",)
+SIMULATION = {"symmetric": True, "float_points": (".bn", ".se.reduce", ".se.expand")}
+
+
 def quantize_for_tensorrt(fp32_path: Path, out_path: Path, calib_inputs: np.ndarray, recipe: dict,
-                          quant: dict, max_opset: int | None = None, quiet: bool = False) -> dict:
+                          quant: dict, max_opset: int | None = None, quiet: bool = False,
+                          range_overrides=None) -> dict:
     """Write the QDQ model for TensorRT from a prepared FP32 ONNX, check it, return what was done."""
     import onnx
 
@@ -161,6 +168,10 @@ def quantize_for_tensorrt(fp32_path: Path, out_path: Path, calib_inputs: np.ndar
                               histograms=method in HISTOGRAM_METHODS)
     fp32 = onnx.load(str(fp32_path))
     ranges = tensor_ranges(stats, recipe, symmetric=True, readers=elementwise_readers(fp32))
+    searched_info = None
+    if range_overrides is not None:  # --optimize: the searched ranges (see onnxruntime.quantize)
+        searched, searched_info = range_overrides(fp32)
+        ranges.update({name: r for name, r in searched.items() if name in ranges})
     plan = plan_placement(fp32, quant.get("placement", "nvidia"))
     qdq = build_qdq(fp32, plan, ranges)
     corrected = None
@@ -177,7 +188,8 @@ def quantize_for_tensorrt(fp32_path: Path, out_path: Path, calib_inputs: np.ndar
             "activations": "int8 symmetric per-tensor", "weights": "int8 symmetric per-channel (axis 0)",
             "bias": "float", "calibration": method, "calibration_stats_cached": hit,
             "placement": plan.name, "qdq_pairs": plan.counts(), "tensorrt_rules_check": summary,
-            **({"bias_correction": corrected} if corrected else {})}
+            **({"bias_correction": corrected} if corrected else {}),
+            **({"searched_ranges": searched_info} if searched_info else {})}
 
 
 def build(job) -> list:
@@ -192,8 +204,12 @@ def build(job) -> list:
     fp32 = job.workdir / "model_fp32.onnx"
     onnx.save(prepare_for_tensorrt(onnx.load(str(job.fp32_onnx)), int(cfg.get("opset", 17))), str(fp32))
     qdq = job.workdir / "model_qdq.onnx"
-    details = quantize_for_tensorrt(fp32, qdq, spec.to_model_input(job.calibration.crops), job.recipe,
-                                    job.target.quantization, max_opset=cfg.get("max_opset"), quiet=job.quiet)
+    calib_inputs = spec.to_model_input(job.calibration.crops)
+    details = quantize_for_tensorrt(fp32, qdq, calib_inputs, job.recipe, job.target.quantization,
+                                    max_opset=cfg.get("max_opset"), quiet=job.quiet,
+                                    range_overrides=ort_backend.searched_ranges(job, calib_inputs))
+    if job.optimisation is not None:
+        details["optimisation"] = job.optimisation
     ship_device_scripts(job.workdir, BUILD_SCRIPT, EVAL_SCRIPT)  # + device_preprocess.py
     plan = build_plan(cfg, spec.resolution)
     artifacts = [

@@ -46,6 +46,10 @@ LEARNING_RATE = 2e-2
 WARMUP = 0.2  # the first fifth of the steps learns without the push towards 0 or 1
 BETA = (20.0, 2.0)  # the push's exponent, annealed: soft at first, then every h to 0 or 1
 DROP_PROB = 0.5  # QDrop: each activation element is quantized with this probability while learning
+# Range search: each point's recipe range scaled by these factors, the one with the lowest unit
+# error kept (one pass, in forward order, on SEARCH_IMAGES of the unit's inputs).
+RANGE_FACTORS = (0.5, 0.7, 0.85, 1.0, 1.15, 1.3)
+SEARCH_IMAGES = 16
 
 
 @dataclass
@@ -54,6 +58,11 @@ class RoundingSettings:
     images: int = DEFAULT_IMAGES
     batch: int = DEFAULT_BATCH
     seed: int = 0
+    search_ranges: bool = True
+    # How the target's runtime quantizes activations: zero point 0 (TensorRT), and the points it
+    # leaves in float (name suffixes; TensorRT's placement quantizes no conv output)
+    symmetric: bool = False
+    float_points: tuple[str, ...] = ()
 
 
 class SoftRoundedWeight(nn.Module):
@@ -91,16 +100,29 @@ class SoftRoundedWeight(nn.Module):
 
 class ActivationQuantizers:
     """Per-tensor INT8 fake quantization at every point of quant_points (the logits excepted when
-    the artifact's output stays float); while learning, each element is quantized with
-    probability `drop_keep` (QDrop), from a seeded generator."""
+    the artifact's output stays float), each with a range that can be changed (the range search);
+    while learning, each element is quantized with probability `keep` (QDrop), from a seeded
+    generator."""
 
-    def __init__(self, model: nn.Module, ranges: dict, generator: torch.Generator, skip=("logits",)):
-        self.generator, self.keep, self.hooks = generator, 1.0, []
+    def __init__(self, model: nn.Module, ranges: dict, generator: torch.Generator, skip=("logits",),
+                 symmetric: bool = False, float_points: tuple[str, ...] = ()):
+        self.generator, self.keep, self.hooks, self.symmetric = generator, 1.0, [], symmetric
+        self.ranges, self.modules, self.qparams = {}, {}, {}
         for name, (module, where, _) in quant_points(model).items():
-            if name in skip or name not in ranges:
+            if name in skip or name not in ranges or (float_points and name.endswith(float_points)):
                 continue
-            scale, zero = _activation_qparams(*ranges[name])
-            self.hooks.append(_hook(module, where, lambda t, s=scale, z=zero: self._quantize(t, s, z)))
+            self.modules[name] = module
+            self.set_range(name, *ranges[name])
+            self.hooks.append(_hook(module, where, lambda t, n=name: self._quantize(t, *self.qparams[n])))
+
+    def set_range(self, name: str, low: float, high: float) -> None:
+        self.ranges[name] = (float(low), float(high))
+        self.qparams[name] = _activation_qparams(low, high, self.symmetric)
+
+    def inside(self, unit: nn.Module) -> list[str]:
+        """The points whose tensors this unit computes (or, for the model's input, reads first)."""
+        members = set(unit.modules())
+        return [name for name, module in self.modules.items() if module in members]
 
     def _quantize(self, t: torch.Tensor, scale: float, zero: int) -> torch.Tensor:
         q = torch.fake_quantize_per_tensor_affine(t, scale, zero, ACT_QMIN, ACT_QMAX)
@@ -155,7 +177,8 @@ def optimise_rounding(model: nn.Module, images: torch.Tensor, ranges: dict, sett
     quantized = copy.deepcopy(model).eval()
     for p in quantized.parameters():
         p.requires_grad_(False)
-    acts = ActivationQuantizers(quantized, ranges, generator, skip_activations)
+    acts = ActivationQuantizers(quantized, ranges, generator, skip_activations, settings.symmetric,
+                                settings.float_points)
     x_fp = images
     x_q = images
     report = []
@@ -167,6 +190,9 @@ def optimise_rounding(model: nn.Module, images: torch.Tensor, ranges: dict, sett
             for module in _weighted(q_unit):
                 parametrize.register_parametrization(module, "weight", SoftRoundedWeight(module.weight))
                 rounders.append(module.parametrizations.weight[0])
+            error_recipe = _unit_error(q_unit, rounders, "nearest", x_q, target, settings.batch)
+            searched = _search_ranges(q_unit, rounders, acts, x_q, target, settings.batch) \
+                if settings.search_ranges else {}
             error_before = _unit_error(q_unit, rounders, "nearest", x_q, target, settings.batch)
             _learn(q_unit, rounders, acts, x_q, target, settings, generator, error_before)
             error_after = _unit_error(q_unit, rounders, "hard", x_q, target, settings.batch)
@@ -177,6 +203,7 @@ def optimise_rounding(model: nn.Module, images: torch.Tensor, ranges: dict, sett
                 parametrize.remove_parametrizations(module, "weight", leave_parametrized=True)
                 module.weight.requires_grad_(False)
             report.append({"unit": name, "weights": sum(r.v.numel() for r in rounders),
+                           "error_recipe_ranges": float(f"{error_recipe:.6g}"), "ranges_changed": searched,
                            "error_nearest": float(f"{error_before:.6g}"),
                            "error_learned": float(f"{min(error_after, error_before):.6g}"), "kept": chosen})
             x_q = _run(q_unit, x_q, settings.batch)  # the INT8 model so far feeds the next unit
@@ -184,9 +211,30 @@ def optimise_rounding(model: nn.Module, images: torch.Tensor, ranges: dict, sett
     finally:
         acts.remove()
     info = {"method": "adaround-block-reconstruction", "steps_per_unit": settings.steps,
+            "range_search": settings.search_ranges, "ranges": acts.ranges,
+            "activations": "symmetric" if settings.symmetric else "asymmetric",
             "images": int(len(images)), "batch": settings.batch, "seed": settings.seed,
             "activation_dropout": DROP_PROB, "seconds": round(time.monotonic() - start, 1), "units": report}
     return quantized, info
+
+
+def _search_ranges(unit, rounders, acts: ActivationQuantizers, x, target, batch) -> dict:
+    """Each activation range of this unit, scaled by the RANGE_FACTORS one at a time (forward
+    order), kept where the unit's output error with nearest weights is lowest; returns the factors
+    that changed."""
+    x, target = x[:SEARCH_IMAGES], target[:SEARCH_IMAGES]
+    changed = {}
+    for name in acts.inside(unit):
+        low, high = acts.ranges[name]
+        errors = []
+        for factor in RANGE_FACTORS:
+            acts.set_range(name, low * factor, high * factor)
+            errors.append(_unit_error(unit, rounders, "nearest", x, target, batch))
+        best = RANGE_FACTORS[min(range(len(errors)), key=errors.__getitem__)]
+        acts.set_range(name, low * best, high * best)
+        if best != 1.0:
+            changed[name] = best
+    return changed
 
 
 def _unit_error(unit, rounders, mode, x, target, batch) -> float:

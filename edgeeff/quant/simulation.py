@@ -108,16 +108,19 @@ def collect_stats(model: nn.Module, batches: list[torch.Tensor]) -> ActivationSt
                            np.array([high[n] for n in names], np.float32), np.stack([hist[n] for n in names]))
 
 
-def activation_ranges(model: nn.Module, batches: list[torch.Tensor], recipe: dict) -> dict[str, tuple[float, float]]:
+def activation_ranges(model: nn.Module, batches: list[torch.Tensor], recipe: dict,
+                      symmetric: bool = False) -> dict[str, tuple[float, float]]:
     """Per quantization point, the (low, high) the recipe gives (calibration.tensor_ranges);
-    hard-swish inputs need nothing below HARD_SWISH_FLOOR."""
+    hard-swish inputs need nothing below HARD_SWISH_FLOOR. `symmetric`: zero point 0 (TensorRT)."""
     points = quant_points(model)
     readers = {n: fn for n, (_, _, fn) in points.items() if fn is not None}
     floors = {n: HARD_SWISH_FLOOR for n, fn in readers.items() if fn == "hardswish"}
-    return tensor_ranges(collect_stats(model, batches), recipe, readers=readers, floors=floors)
+    return tensor_ranges(collect_stats(model, batches), recipe, symmetric=symmetric, readers=readers, floors=floors)
 
 
-def _activation_qparams(low: float, high: float) -> tuple[float, int]:
+def _activation_qparams(low: float, high: float, symmetric: bool = False) -> tuple[float, int]:
+    if symmetric:  # zero point 0, [-127, 127] (TensorRT: quant/qdq.py's activation_scale)
+        return max(max(abs(low), abs(high)) / 127, 1e-8), 0
     low, high = min(low, 0.0), max(high, 0.0)  # zero must be exact (padding, ReLU)
     scale = max((high - low) / (ACT_QMAX - ACT_QMIN), 1e-8)
     zero_point = int(np.clip(round(ACT_QMIN - low / scale), ACT_QMIN, ACT_QMAX))

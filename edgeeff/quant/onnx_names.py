@@ -1,0 +1,86 @@
+"""Which ONNX tensor is which PyTorch quantization point: found by value, not by name.
+
+The optimisation (quant/rounding.py) chooses activation ranges per quantization point of the
+PyTorch model (quant/simulation.py's names: `blocks.3.dw.bn`, `blocks.3.se.gate`, ...); the ONNX
+quantizers want them per tensor of the graph they quantize, whose names the exporter makes up
+(`silu_3`, `mul_12`) and whose BatchNorms are folded. Running both on the same images and pairing
+every point with the graph tensors that hold the same values is exact, and survives any change in
+the exporter's naming. A tensor no point matches keeps the recipe's range.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from .simulation import _hook, quant_points
+
+MATCH_TOLERANCE = 1e-3  # of the tensor's largest magnitude: float export noise is ~1e-6
+
+
+def point_values(model: nn.Module, x: torch.Tensor) -> dict[str, np.ndarray]:
+    """Each quantization point's tensor on input `x`."""
+    seen: dict[str, np.ndarray] = {}
+
+    def keep(name, t):
+        seen[name] = t.detach().numpy().copy()
+
+    hooks = [_hook(module, where, lambda t, n=name: keep(n, t)) for name, (module, where, _)
+             in quant_points(model).items()]
+    try:
+        with torch.no_grad():
+            model.eval()(x)
+    finally:
+        for h in hooks:
+            h.remove()
+    return seen
+
+
+def graph_values(graph, x: np.ndarray) -> dict[str, np.ndarray]:
+    """Every float tensor a node of the ONNX model computes, on input `x` (ONNX Runtime, CPU)."""
+    import onnx
+    import onnxruntime as ort
+
+    model = onnx.ModelProto()
+    model.CopyFrom(graph)
+    known = {o.name for o in model.graph.output}
+    for node in model.graph.node:
+        for name in node.output:
+            if name and name not in known:
+                model.graph.output.append(onnx.helper.make_empty_tensor_value_info(name))
+                known.add(name)
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # keep every tensor
+    options.log_severity_level = 3
+    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    names = [o.name for o in session.get_outputs()]
+    values = session.run(names, {session.get_inputs()[0].name: x})
+    return {n: v for n, v in zip(names, values) if isinstance(v, np.ndarray) and v.dtype == np.float32}
+
+
+def onnx_tensors_for_points(model: nn.Module, graph, x: np.ndarray) -> dict[str, list[str]]:
+    """point name -> the graph tensors holding its values (several where the graph has copies)."""
+    ours = point_values(model, torch.from_numpy(x))
+    theirs = {**graph_values(graph, x), graph.graph.input[0].name: x}
+    by_shape: dict[tuple, list[str]] = {}
+    for name, value in theirs.items():
+        by_shape.setdefault(tuple(value.shape), []).append(name)
+    found = {}
+    for point, value in ours.items():
+        bound = MATCH_TOLERANCE * max(float(np.abs(value).max()), 1e-6)
+        matches = [n for n in by_shape.get(tuple(value.shape), [])
+                   if float(np.abs(theirs[n] - value).max()) <= bound]
+        if matches:
+            found[point] = matches
+    return found
+
+
+def ranges_for_graph(model: nn.Module, graph, point_ranges: dict[str, tuple[float, float]],
+                     x: np.ndarray) -> tuple[dict[str, tuple[float, float]], dict]:
+    """The optimised ranges, renamed to the graph's tensors, and how many points found a tensor."""
+    matches = onnx_tensors_for_points(model, graph, x)
+    ranges = {tensor: point_ranges[point] for point, tensors in matches.items() if point in point_ranges
+              for tensor in tensors}
+    return ranges, {"points": len(point_ranges), "matched": sum(1 for p in point_ranges if p in matches),
+                    "tensors": len(ranges)}
