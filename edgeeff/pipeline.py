@@ -32,7 +32,7 @@ from .models.builder import count_macs, count_parameters
 from .models.export import export_onnx
 from .models.family import spec_for_variant
 from .models.weights import load_model
-from .profiles import TargetProfile, get_recipe, get_target, recipe_for_model
+from .profiles import TargetProfile, get_recipe, get_target, optimize_for_model, recipe_for_model
 from .progress import say
 from .report.contract import artifact_row, format_table, library_versions, markdown, table_rows, write_manifest
 from .report.html_page import render as render_html
@@ -223,8 +223,8 @@ def check_inputs(opts: CompileOptions):
         raise UserError(f"--optimize {opts.optimize}: choose {' or '.join(OPTIMIZE_SETTINGS)}")
     if opts.optimize not in (None, "off") and opts.optimize not in getattr(backend, "OPTIMIZE_MODES", ()):
         offered = getattr(backend, "OPTIMIZE_MODES", ())
-        raise UserError(f"--optimize {opts.optimize}: the {target.name} target takes "
-                        f"{' or '.join(offered) if offered else 'no optimised model yet (onnx and jetson do)'}; "
+        takes = " or ".join(offered) if offered else "no optimised model yet (onnx, jetson and the LiteRT targets do)"
+        raise UserError(f"--optimize {opts.optimize}: the {target.name} target takes {takes}; "
                         f"or leave --optimize off")
     if opts.optimize_steps is not None and opts.optimize_steps < 1:
         raise UserError(f"--optimize-steps {opts.optimize_steps}: must be at least 1")
@@ -253,9 +253,10 @@ def optimise_int8(opts: CompileOptions, target: TargetProfile, backend, deploy, 
     activation range; `rounding` also learns each weight's rounding and exports the graph again
     with its weights on their learned INT8 grid. Returns (that ONNX or None, what was done, the
     model the quantized graph comes from); (None, None, deploy) when off."""
-    mode = opts.optimize or target.quantization.get("optimize", "off")
+    mode = opts.optimize or optimize_for_model(target, deploy)
     if mode == "off":
         return None, None, deploy
+    from .quant.calibration import OWN_METHODS
     from .quant.rounding import RoundingSettings, optimise_rounding
     from .quant.simulation import activation_ranges
 
@@ -267,9 +268,12 @@ def optimise_int8(opts: CompileOptions, target: TargetProfile, backend, deploy, 
     batches = list(torch_batches(calibration.crops[chosen], spec, settings.batch))
     what = "activation ranges" + (f" and weight rounding ({settings.steps} steps per block)" if settings.steps else "")
     with watch.stage("optimise", f"optimising INT8 {what}"):
-        ranges = activation_ranges(deploy, batches, recipe, symmetric=settings.symmetric)
+        # Where the target's recipe is its quantizer's own (LiteRT's sample_percentile), the search
+        # starts from edgeeff's percentile ranges, the closest of its own recipes.
+        start = recipe if recipe["method"] in OWN_METHODS else get_recipe("percentile")
+        ranges = activation_ranges(deploy, batches, start, symmetric=settings.symmetric)
         model, info = optimise_rounding(deploy, torch.cat(batches), ranges, settings, opts.quiet)
-        info["setting"] = mode
+        info["setting"], info["starting_ranges"] = mode, start["name"]
         if mode == "ranges":  # weights stay the model's own: the quantizer rounds them to nearest
             return None, info, deploy
         path = workdir / ".export_int8.onnx"

@@ -92,6 +92,14 @@ def get_recipe(name: str) -> dict:
                     f"known: {', '.join(recipes)} (or a path to a recipe .toml)")
 
 
+def optimize_for_model(target: TargetProfile, model) -> str:
+    """The target's --optimize default for the model's activation: `[quantization] optimize`,
+    refined by `optimize_by_activation` (chosen by measurement, docs/quantization.md)."""
+    act = model.describe().get("act") if hasattr(model, "describe") else None
+    quant = target.quantization
+    return dict(quant.get("optimize_by_activation", {})).get(act, quant.get("optimize", "off"))
+
+
 def recipe_for_model(target: TargetProfile, recipe: dict, model) -> dict:
     """The target's default recipe refined for the model's activation (`calibration_by_activation`
     in the target file, chosen by measurement). A recipe the user chose with --calib-method other

@@ -112,14 +112,14 @@ def test_onnx_runtime_artifact_holds_the_learned_integers(optimised, tmp_path):
 
 
 def test_every_quantization_point_finds_its_onnx_tensor(tmp_path):
-    """quant/onnx_names.py pairs each PyTorch point with the tensors holding its values in the
+    """quant/tensor_names.py pairs each PyTorch point with the tensors holding its values in the
     BN-folded graph ONNX Runtime quantizes: all of them, and the right kind of node."""
     pytest.importorskip("onnxruntime")
     import onnx
 
     from edgeeff.backends.onnxruntime import prepared_fp32
     from edgeeff.models.export import export_onnx
-    from edgeeff.quant.onnx_names import onnx_tensors_for_points
+    from edgeeff.quant.tensor_names import onnx_tensors_for_points
     from edgeeff.quant.simulation import quant_points
 
     model = _model(se=True)
@@ -148,3 +148,19 @@ def test_range_search_lowers_most_units_error_and_is_deterministic():
     assert lower > len(units) / 2, [(u["unit"], u["error_recipe_ranges"], u["error_nearest"]) for u in units]
     assert any(u["ranges_changed"] for u in units)
     assert set(runs[0]["ranges"]) == set(ranges) - {"logits"}  # every point searched, the float logits not
+
+
+def test_every_quantization_point_finds_its_tflite_tensor(tmp_path):
+    """The same match on the float .tflite the LiteRT targets quantize (NHWC, BN folded)."""
+    pytest.importorskip("ai_edge_litert")
+    pytest.importorskip("litert_torch")
+    from edgeeff.backends.litert import convert_float
+    from edgeeff.quant.simulation import quant_points
+    from edgeeff.quant.tensor_names import tflite_tensors_for_points
+
+    model = _model(se=True)
+    convert_float(model, RES, tmp_path / "fp32.tflite")
+    x = _input(_crops(1, seed=4)).numpy().transpose(0, 2, 3, 1)
+    matches = tflite_tensors_for_points(model, tmp_path / "fp32.tflite", x)
+    missing = set(quant_points(model)) - set(matches)
+    assert not missing, sorted(missing)

@@ -235,10 +235,17 @@ def histogram_ranges(float_path: Path, calib_inputs: np.ndarray, ranges: dict, r
     return out
 
 
+# --optimize ranges: the searched ranges replace the recipe's for the tensors they match (by value,
+# quant/tensor_names.py); LOGISTIC outputs keep TFLite's fixed scale 1/256, zero point -128
+OPTIMIZE_MODES = ("ranges",)
+SIMULATION = {"fixed_ranges": {".se.gate": (0.0, 255 / 256)}}
+
+
 def quantize_int8(float_path: Path, out_path: Path, calib_inputs: np.ndarray, recipe: dict,
-                  threads: int = 2, quiet: bool = False, batch: int = 25) -> dict:
+                  threads: int = 2, quiet: bool = False, batch: int = 25, range_overrides=None) -> dict:
     """Static full-integer INT8 with ai-edge-quantizer. `calib_inputs`: float NHWC, preprocessed.
 
+    `range_overrides(float_path) -> ({tensor: (low, high)}, info)`: ranges replacing the recipe's.
     Returns the settings used (for the report).
     """
     from ai_edge_litert.interpreter import Interpreter
@@ -274,6 +281,14 @@ def quantize_int8(float_path: Path, out_path: Path, calib_inputs: np.ndarray, re
     hard_swish = hard_swish_inputs(float_path)
     if recipe["method"] in ("percentile", "mse"):
         ranges = histogram_ranges(float_path, calib_inputs, ranges, recipe, hard_swish, threads, quiet)
+    searched_info = None
+    if range_overrides is not None:
+        searched, searched_info = range_overrides(float_path)
+        for name, (low, high) in searched.items():
+            if name in ranges and np.size(ranges[name]["min"]) == 1:
+                shape = np.shape(ranges[name]["min"])
+                ranges[name] = {**ranges[name], "min": np.full(shape, low, np.float32),
+                                "max": np.full(shape, high, np.float32)}
     ranges = floor_hard_swish_inputs(ranges, hard_swish)
     with _captured_output(), warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
@@ -293,6 +308,8 @@ def quantize_int8(float_path: Path, out_path: Path, calib_inputs: np.ndarray, re
             details["percentile"] = float(recipe.get("percentile", 99.999))
     else:
         details["range_percentile_over_images"] = percentile
+    if searched_info:
+        details["searched_ranges"] = searched_info
     if hard_swish:
         details["hard_swish_inputs_floored_at"] = {"value": HARD_SWISH_FLOOR, "tensors": len(hard_swish)}
     return details
@@ -575,6 +592,19 @@ def _io_fields(path: Path) -> dict:
     return fields
 
 
+def _searched_ranges(job, calib_nhwc: np.ndarray):
+    """--optimize's searched ranges as a `range_overrides(float_path)` for the .tflite converted
+    from job.optimised_model, or None."""
+    if job.optimisation is None or not job.optimisation.get("ranges"):
+        return None
+    from ..quant.tensor_names import ranges_for_graph, tflite_tensors_for_points
+
+    def overrides(float_path):
+        matches = tflite_tensors_for_points(job.optimised_model, float_path, calib_nhwc)
+        return ranges_for_graph(job.optimised_model, None, job.optimisation["ranges"], None, matches)
+    return overrides
+
+
 def build(job) -> list:
     """`--target rpi|android|ios`: float32 reference, full-integer INT8, and FP16 when the profile
     asks for it (GPU delegates)."""
@@ -590,13 +620,16 @@ def build(job) -> list:
     calib = spec.to_model_input(job.calibration.crops)
     with tempfile.TemporaryDirectory(prefix="edgeeff-litert-") as tmp:
         native = Path(tmp) / "int8_io.tflite"
-        details = quantize_int8(fp32, native, calib, job.recipe, threads=job.threads, quiet=job.quiet)
+        details = quantize_int8(fp32, native, calib, job.recipe, threads=job.threads, quiet=job.quiet,
+                                range_overrides=_searched_ranges(job, calib))
         if io_dtype == "uint8":
             int8_io_to_uint8(native, int8)
             details["io"] = "uint8 (integer QUANTIZE int8<->uint8 at input and output)"
         else:
             native.replace(int8)
             details["io"] = "int8"
+    if job.optimisation is not None:
+        details["optimisation"] = job.optimisation
     artifacts = [
         Artifact(file=fp32.name, format="tflite", precision="fp32", spec=spec, extra=_io_fields(fp32)),
         Artifact(file=int8.name, format="tflite", precision="int8", spec=spec, quantization=details,

@@ -22,7 +22,7 @@ EXTRA = "onnx"
 SUFFIXES = (".onnx",)
 RECIPE_METHODS = ("minmax", "percentile", "mse", "entropy", "distribution")
 # --optimize: the searched activation ranges replace the recipe's for the tensors they match
-# (quant/onnx_names.py); with rounding, quantizes job.int8_onnx, whose weights ORT's per-channel
+# (quant/tensor_names.py); with rounding, quantizes job.int8_onnx, whose weights ORT's per-channel
 # rule (max|w| / 127) rounds to exactly the learned integers (quant/rounding.py)
 OPTIMIZE_MODES = ("ranges", "rounding")
 
@@ -201,6 +201,8 @@ def quantize(fp32_path: Path, out_path: Path, calib_inputs: np.ndarray, recipe: 
             if recipe.get("activation_aware"):
                 details["activation_aware_tensors"] = sum(1 for name in readers if name in ranges)
         else:
+            if range_overrides is not None:
+                details["searched_ranges"] = f"not applied: {method} is ONNX Runtime's own calibrator"
             reader = _BatchReader(_input_name(prepared), calib_inputs, int(recipe.get("batch", 10)))
         # ORT prints a line per calibration batch; the progress we show is our own.
         with contextlib.redirect_stdout(io.StringIO()):
@@ -230,10 +232,10 @@ def quantize(fp32_path: Path, out_path: Path, calib_inputs: np.ndarray, recipe: 
 
 def searched_ranges(job, calib_inputs: np.ndarray):
     """--optimize's searched activation ranges as a `range_overrides(graph)` for an ONNX graph
-    exported from job.optimised_model (tensors found by value, quant/onnx_names.py), or None."""
+    exported from job.optimised_model (tensors found by value, quant/tensor_names.py), or None."""
     if job.optimisation is None or not job.optimisation.get("ranges"):
         return None
-    from ..quant.onnx_names import ranges_for_graph
+    from ..quant.tensor_names import ranges_for_graph
 
     return lambda graph: ranges_for_graph(job.optimised_model, graph, job.optimisation["ranges"], calib_inputs[:2])
 

@@ -26,8 +26,7 @@ number of steps is a count, not a time.
 from __future__ import annotations
 
 import copy
-import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -63,6 +62,8 @@ class RoundingSettings:
     # leaves in float (name suffixes; TensorRT's placement quantizes no conv output)
     symmetric: bool = False
     float_points: tuple[str, ...] = ()
+    # points whose range the runtime fixes, by name suffix (TFLite's LOGISTIC output: [0, 255/256])
+    fixed_ranges: dict[str, tuple[float, float]] = field(default_factory=dict)
 
 
 class SoftRoundedWeight(nn.Module):
@@ -105,14 +106,17 @@ class ActivationQuantizers:
     generator."""
 
     def __init__(self, model: nn.Module, ranges: dict, generator: torch.Generator, skip=("logits",),
-                 symmetric: bool = False, float_points: tuple[str, ...] = ()):
+                 symmetric: bool = False, float_points: tuple[str, ...] = (), fixed_ranges=None):
         self.generator, self.keep, self.hooks, self.symmetric = generator, 1.0, [], symmetric
-        self.ranges, self.modules, self.qparams = {}, {}, {}
+        self.ranges, self.modules, self.qparams, self.fixed = {}, {}, {}, set()
         for name, (module, where, _) in quant_points(model).items():
             if name in skip or name not in ranges or (float_points and name.endswith(float_points)):
                 continue
             self.modules[name] = module
-            self.set_range(name, *ranges[name])
+            fixed = next((r for suffix, r in (fixed_ranges or {}).items() if name.endswith(suffix)), None)
+            if fixed is not None:
+                self.fixed.add(name)
+            self.set_range(name, *(fixed or ranges[name]))
             self.hooks.append(_hook(module, where, lambda t, n=name: self._quantize(t, *self.qparams[n])))
 
     def set_range(self, name: str, low: float, high: float) -> None:
@@ -122,7 +126,7 @@ class ActivationQuantizers:
     def inside(self, unit: nn.Module) -> list[str]:
         """The points whose tensors this unit computes (or, for the model's input, reads first)."""
         members = set(unit.modules())
-        return [name for name, module in self.modules.items() if module in members]
+        return [name for name, module in self.modules.items() if module in members and name not in self.fixed]
 
     def _quantize(self, t: torch.Tensor, scale: float, zero: int) -> torch.Tensor:
         q = torch.fake_quantize_per_tensor_affine(t, scale, zero, ACT_QMIN, ACT_QMAX)
@@ -171,14 +175,13 @@ def optimise_rounding(model: nn.Module, images: torch.Tensor, ranges: dict, sett
     """A copy of `model` whose conv and linear weights lie on their INT8 grid, rounded as learned
     (see the module docstring), and what was done: per unit, the relative reconstruction error of
     its output with nearest rounding and with the learned one (INT8 activations simulated)."""
-    start = time.monotonic()
     generator = torch.Generator().manual_seed(settings.seed)
     reference = model.eval()
     quantized = copy.deepcopy(model).eval()
     for p in quantized.parameters():
         p.requires_grad_(False)
     acts = ActivationQuantizers(quantized, ranges, generator, skip_activations, settings.symmetric,
-                                settings.float_points)
+                                settings.float_points, settings.fixed_ranges)
     x_fp = images
     x_q = images
     report = []
@@ -211,10 +214,11 @@ def optimise_rounding(model: nn.Module, images: torch.Tensor, ranges: dict, sett
     finally:
         acts.remove()
     info = {"method": "adaround-block-reconstruction", "steps_per_unit": settings.steps,
-            "range_search": settings.search_ranges, "ranges": acts.ranges,
+            "range_search": settings.search_ranges,
+            "ranges": {name: r for name, r in acts.ranges.items() if name not in acts.fixed},
             "activations": "symmetric" if settings.symmetric else "asymmetric",
             "images": int(len(images)), "batch": settings.batch, "seed": settings.seed,
-            "activation_dropout": DROP_PROB, "seconds": round(time.monotonic() - start, 1), "units": report}
+            "activation_dropout": DROP_PROB, "units": report}  # its time: timings_s["optimise"]
     return quantized, info
 
 

@@ -1,4 +1,4 @@
-"""Which ONNX tensor is which PyTorch quantization point: found by value, not by name.
+"""Which ONNX or TFLite tensor is which PyTorch quantization point: found by value, not by name.
 
 The optimisation (quant/rounding.py) chooses activation ranges per quantization point of the
 PyTorch model (quant/simulation.py's names: `blocks.3.dw.bn`, `blocks.3.se.gate`, ...); the ONNX
@@ -59,10 +59,7 @@ def graph_values(graph, x: np.ndarray) -> dict[str, np.ndarray]:
     return {n: v for n, v in zip(names, values) if isinstance(v, np.ndarray) and v.dtype == np.float32}
 
 
-def onnx_tensors_for_points(model: nn.Module, graph, x: np.ndarray) -> dict[str, list[str]]:
-    """point name -> the graph tensors holding its values (several where the graph has copies)."""
-    ours = point_values(model, torch.from_numpy(x))
-    theirs = {**graph_values(graph, x), graph.graph.input[0].name: x}
+def _match(ours: dict[str, np.ndarray], theirs: dict[str, np.ndarray]) -> dict[str, list[str]]:
     by_shape: dict[tuple, list[str]] = {}
     for name, value in theirs.items():
         by_shape.setdefault(tuple(value.shape), []).append(name)
@@ -76,10 +73,39 @@ def onnx_tensors_for_points(model: nn.Module, graph, x: np.ndarray) -> dict[str,
     return found
 
 
+def onnx_tensors_for_points(model: nn.Module, graph, x: np.ndarray) -> dict[str, list[str]]:
+    """point name -> the graph tensors holding its values (several where the graph has copies).
+    `x`: NCHW float inputs."""
+    theirs = {**graph_values(graph, x), graph.graph.input[0].name: x}
+    return _match(point_values(model, torch.from_numpy(x)), theirs)
+
+
+def tflite_tensors_for_points(model: nn.Module, path, x_nhwc: np.ndarray) -> dict[str, list[str]]:
+    """The same for a float .tflite (NHWC), run on one image in the LiteRT interpreter."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    it = Interpreter(model_path=str(path), experimental_preserve_all_tensors=True)
+    it.allocate_tensors()
+    it.set_tensor(it.get_input_details()[0]["index"], x_nhwc[:1].astype(np.float32))
+    it.invoke()
+    theirs = {}
+    for detail in it.get_tensor_details():
+        try:
+            value = it.get_tensor(detail["index"])
+        except ValueError:  # tensors the interpreter did not keep
+            continue
+        if value.dtype == np.float32 and value.ndim >= 1:
+            theirs[detail["name"]] = value
+    ours = point_values(model, torch.from_numpy(np.ascontiguousarray(x_nhwc[:1].transpose(0, 3, 1, 2))))
+    ours = {k: v.transpose(0, 2, 3, 1) if v.ndim == 4 else v for k, v in ours.items()}
+    return _match(ours, theirs)
+
+
 def ranges_for_graph(model: nn.Module, graph, point_ranges: dict[str, tuple[float, float]],
-                     x: np.ndarray) -> tuple[dict[str, tuple[float, float]], dict]:
-    """The optimised ranges, renamed to the graph's tensors, and how many points found a tensor."""
-    matches = onnx_tensors_for_points(model, graph, x)
+                     x: np.ndarray, matches: dict[str, list[str]] | None = None) -> tuple[dict, dict]:
+    """The optimised ranges, renamed to the graph's tensors (ONNX `graph`, or pass `matches`),
+    and how many points found a tensor."""
+    matches = onnx_tensors_for_points(model, graph, x) if matches is None else matches
     ranges = {tensor: point_ranges[point] for point, tensors in matches.items() if point in point_ranges
               for tensor in tensors}
     return ranges, {"points": len(point_ranges), "matched": sum(1 for p in point_ranges if p in matches),
