@@ -74,7 +74,7 @@ class CompileOptions:
     train: Path | None = None         # unlabelled images for recovery (default: the --calib folder)
     seed: int = 0
     scale_groups: str | None = None   # auto | off (scale_groups.py); None: the target's own setting
-    optimize: str | None = None       # off | ranges | rounding (quant/rounding.py); None: the target's
+    optimize: str | None = None       # off | ranges | rounding (quant/optimise.py); None: the target's
     optimize_steps: int | None = None  # learning steps per block (None: rounding.DEFAULT_STEPS)
 
 
@@ -92,8 +92,8 @@ class Job:
     fp32_onnx: Path  # exported only when the backend's NEEDS_ONNX is true (the default)
     threads: int
     quiet: bool = False
-    # --optimize: the same graph with weights on their learned INT8 grid (quant/rounding.py), for
-    # backends with OPTIMISED_WEIGHTS; the FP32 artifact stays fp32_onnx
+    # --optimize: the same graph with weights on their learned INT8 grid (quant/optimise.py), for
+    # backends whose OPTIMIZE_MODES take rounding; the FP32 artifact stays fp32_onnx
     int8_onnx: Path | None = None
     optimisation: dict | None = None
     optimised_model: torch.nn.Module | None = None  # what int8_onnx (else fp32_onnx) was exported from
@@ -249,7 +249,7 @@ def split_scales(opts: CompileOptions, target: TargetProfile, model, spec, calib
 
 def optimise_int8(opts: CompileOptions, target: TargetProfile, backend, deploy, spec, calibration, recipe: dict,
                   workdir: Path, watch):
-    """--optimize (quant/rounding.py), unit by unit against the FP32 model: `ranges` searches each
+    """--optimize (quant/optimise.py), unit by unit against the FP32 model: `ranges` searches each
     activation range; `rounding` also learns each weight's rounding and exports the graph again
     with its weights on their learned INT8 grid. Returns (that ONNX or None, what was done, the
     model the quantized graph comes from); (None, None, deploy) when off."""
@@ -257,12 +257,12 @@ def optimise_int8(opts: CompileOptions, target: TargetProfile, backend, deploy, 
     if mode == "off":
         return None, None, deploy
     from .quant.calibration import OWN_METHODS
-    from .quant.rounding import RoundingSettings, optimise_rounding
+    from .quant.optimise import OptimiseSettings, optimise_int8_model
     from .quant.simulation import activation_ranges
 
     steps = 0 if mode == "ranges" else opts.optimize_steps
     simulation = getattr(backend, "SIMULATION", {})  # how the runtime quantizes (TensorRT: symmetric)
-    settings = RoundingSettings(seed=opts.seed, **simulation, **({"steps": steps} if steps is not None else {}))
+    settings = OptimiseSettings(seed=opts.seed, **simulation, **({"steps": steps} if steps is not None else {}))
     chosen = np.unique(np.linspace(0, len(calibration.crops) - 1, min(settings.images, len(calibration.crops)))
                        .round().astype(int))  # evenly spread over the calibration set, deterministic
     batches = list(torch_batches(calibration.crops[chosen], spec, settings.batch))
@@ -272,7 +272,7 @@ def optimise_int8(opts: CompileOptions, target: TargetProfile, backend, deploy, 
         # starts from edgeeff's percentile ranges, the closest of its own recipes.
         start = recipe if recipe["method"] in OWN_METHODS else get_recipe("percentile")
         ranges = activation_ranges(deploy, batches, start, symmetric=settings.symmetric)
-        model, info = optimise_rounding(deploy, torch.cat(batches), ranges, settings, opts.quiet)
+        model, info = optimise_int8_model(deploy, torch.cat(batches), ranges, settings, opts.quiet)
         info["setting"], info["starting_ranges"] = mode, start["name"]
         if mode == "ranges":  # weights stay the model's own: the quantizer rounds them to nearest
             return None, info, deploy

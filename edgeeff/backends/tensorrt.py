@@ -220,7 +220,8 @@ def build(job) -> list:
     ]
     trt = tensorrt_module()
     if trt is None:
-        reason = f"tensorrt is not installed on this machine: build it on the device with {BUILD_SCRIPT} (in this folder)"
+        reason = (f"tensorrt is not installed on this machine: build it on the device with {BUILD_SCRIPT} "
+                  f"(in this folder)")
         artifacts.append(Artifact(file=ENGINE, format="tensorrt", precision=plan["precision"], spec=spec,
                                   verified=False, runnable_here=False, reason=reason, extra={"build": plan}))
     else:

@@ -1,6 +1,6 @@
 """Which ONNX or TFLite tensor is which PyTorch quantization point: found by value, not by name.
 
-The optimisation (quant/rounding.py) chooses activation ranges per quantization point of the
+The optimisation (quant/optimise.py) chooses activation ranges per quantization point of the
 PyTorch model (quant/simulation.py's names: `blocks.3.dw.bn`, `blocks.3.se.gate`, ...); the ONNX
 quantizers want them per tensor of the graph they quantize, whose names the exporter makes up
 (`silu_3`, `mul_12`) and whose BatchNorms are folded. Running both on the same images and pairing

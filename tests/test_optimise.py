@@ -1,8 +1,9 @@
-"""Learned INT8 weight rounding (quant/rounding.py): the mechanism, not a score.
+"""The INT8 model optimised against the FP32 model (quant/optimise.py): the mechanism, not a score.
 
-Every block's reconstruction error goes down, the learned weights lie on the per-channel INT8 grid
-with each channel's scale unchanged, the result is deterministic, and ONNX Runtime's quantizer,
-fed the baked float weights, holds exactly the learned integers.
+Learned rounding never loses to nearest and mostly beats it, its weights lie on the per-channel
+INT8 grid with each channel's scale unchanged, the result is deterministic, ONNX Runtime's
+quantizer, fed the baked float weights, holds exactly the learned integers; the range search
+lowers most units' error; every PyTorch point finds its ONNX and TFLite tensor.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import torch
 from torch import nn
 
 from edgeeff.profiles import get_recipe
-from edgeeff.quant.rounding import RoundingSettings, optimise_rounding
+from edgeeff.quant.optimise import OptimiseSettings, optimise_int8_model
 from edgeeff.quant.simulation import WEIGHT_QMAX, activation_ranges
 
 from .test_variants import RES, _crops, _input, _model
@@ -23,8 +24,8 @@ def _optimised(seed=0, steps=40):
     model = _model(se=True)
     images = _input(_crops(12, seed=7))
     ranges = activation_ranges(model, [images], get_recipe("percentile"))
-    settings = RoundingSettings(steps=steps, batch=6, seed=seed, search_ranges=False)  # rounding alone
-    optimised, info = optimise_rounding(model, images, ranges, settings,
+    settings = OptimiseSettings(steps=steps, batch=6, seed=seed, search_ranges=False)  # rounding alone
+    optimised, info = optimise_int8_model(model, images, ranges, settings,
                                         quiet=True)
     return model, optimised, info
 
@@ -119,8 +120,8 @@ def test_every_quantization_point_finds_its_onnx_tensor(tmp_path):
 
     from edgeeff.backends.onnxruntime import prepared_fp32
     from edgeeff.models.export import export_onnx
-    from edgeeff.quant.tensor_names import onnx_tensors_for_points
     from edgeeff.quant.simulation import quant_points
+    from edgeeff.quant.tensor_names import onnx_tensors_for_points
 
     model = _model(se=True)
     export_onnx(model, RES, tmp_path / "fp32.onnx")
@@ -140,7 +141,7 @@ def test_range_search_lowers_most_units_error_and_is_deterministic():
     model = _model(se=True)
     images = _input(_crops(12, seed=7))
     ranges = activation_ranges(model, [images], get_recipe("percentile"))
-    runs = [optimise_rounding(model, images, ranges, RoundingSettings(steps=0, batch=6), quiet=True)[1]
+    runs = [optimise_int8_model(model, images, ranges, OptimiseSettings(steps=0, batch=6), quiet=True)[1]
             for _ in range(2)]
     assert runs[0]["ranges"] == runs[1]["ranges"]
     units = runs[0]["units"]

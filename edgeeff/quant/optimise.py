@@ -1,23 +1,30 @@
-"""Learned INT8 weight rounding, reconstructed block by block, then baked into the float weights.
+"""The INT8 model optimised unit by unit against the FP32 model: activation ranges, weight rounding.
 
-Rounding every weight to its nearest INT8 step is not the best INT8 model: the errors of a layer's
-weights add up in its outputs, and rounding some weights the other way cancels them (AdaRound,
-Nagel et al. 2020). Here each unit of the network (the stem, every MBConv block, the head with the
-classifier) learns, for every weight, whether to round down or up, so that its output with the
-whole INT8 arithmetic simulated matches the FP32 model's output on calibration images (BRECQ's
-block reconstruction, Li et al. 2021). The unit's input comes from the INT8 model built so far, so
-later blocks correct what earlier ones could not, and while learning half of the activation
-quantizers are dropped at random per element (QDrop, Wei et al. 2022), which keeps the rounding
-from overfitting to one set of activation errors.
+The network is walked unit by unit (the stem, every MBConv block, the head with the classifier).
+Each unit's input comes from the INT8 model built so far, so later blocks correct what earlier
+ones could not; its target is the FP32 model's output on calibration images; the whole INT8
+arithmetic is simulated (quant/simulation.py: per-output-channel symmetric weights with scale
+max|w| / 127, per-tensor activations at every tensor an integer runtime stores, as the target's
+runtime quantizes them: symmetric for TensorRT, TFLite's fixed LOGISTIC scale, ...). Per unit:
 
-What is simulated is quant/simulation.py's arithmetic: per-output-channel symmetric INT8 weights
-with scale max|w| / 127, per-tensor INT8 activations at every tensor an integer runtime stores,
-with the ranges the recipe gives. Because a per-channel factor (BatchNorm's fold) does not change
-which integer a weight rounds to, the learned integers are written back as float weights that
-lie exactly on that grid: w = scale * q, with each channel's largest weight left where it was so
-that max|w| and so the scale stay the same. Every backend's quantizer (ONNX Runtime, NNCF, LiteRT,
-the TensorRT QDQ writer) computes that same scale, folds BatchNorm, and rounds to exactly q: the
-integers the runtime holds are the optimised ones. `tests/test_rounding.py` reads them back.
+1. Activation ranges (--optimize ranges): each range the recipe gave is scaled by RANGE_FACTORS
+   in turn, in forward order, and the factor with the lowest error of the unit's output is kept;
+   a histogram rule cannot see what a clipped range costs after swish, the SE gate and the next
+   conv, the unit's output can. The backends receive the searched ranges by tensor
+   (quant/tensor_names.py).
+2. Weight rounding (--optimize rounding): rounding every weight to its nearest INT8 step is not the
+   best INT8 model; the errors of a layer's weights add up in its outputs, and rounding some
+   weights the other way cancels them (AdaRound, Nagel et al. 2020). Each weight learns whether to
+   round down or up against the unit's output (BRECQ's block reconstruction, Li et al. 2021), with
+   half the activation quantizers dropped at random per element while learning (QDrop, Wei et al.
+   2022). A unit keeps nearest rounding where learning did not lower its error.
+
+The learned integers are written back as float weights that lie exactly on their grid:
+w = scale * q, with each channel's largest weight left where it was so that max|w|, and so the
+scale, stay the same. A per-channel factor (BatchNorm's fold) does not change which integer a
+weight rounds to, so a backend's quantizer that computes that scale and folds BatchNorm (ONNX
+Runtime's) rounds to exactly q: the integers the runtime holds are the optimised ones
+(`tests/test_optimise.py` reads them back).
 
 Deterministic: images, mini-batches and QDrop masks come from one seeded generator, and the
 number of steps is a count, not a time.
@@ -52,7 +59,7 @@ SEARCH_IMAGES = 16
 
 
 @dataclass
-class RoundingSettings:
+class OptimiseSettings:
     steps: int = DEFAULT_STEPS
     images: int = DEFAULT_IMAGES
     batch: int = DEFAULT_BATCH
@@ -170,11 +177,12 @@ def _run(unit: nn.Module, x: torch.Tensor, batch: int) -> torch.Tensor:
     return torch.cat([unit(x[i:i + batch]) for i in range(0, len(x), batch)])
 
 
-def optimise_rounding(model: nn.Module, images: torch.Tensor, ranges: dict, settings: RoundingSettings,
+def optimise_int8_model(model: nn.Module, images: torch.Tensor, ranges: dict, settings: OptimiseSettings,
                       quiet: bool = False, skip_activations=("logits",)) -> tuple[nn.Module, dict]:
     """A copy of `model` whose conv and linear weights lie on their INT8 grid, rounded as learned
-    (see the module docstring), and what was done: per unit, the relative reconstruction error of
-    its output with nearest rounding and with the learned one (INT8 activations simulated)."""
+    (nearest where learning did not help, or with steps=0), and what was done: the searched ranges
+    and, per unit, the relative error of its output with the recipe's ranges, with the searched
+    ones, and with the learned rounding (INT8 simulated throughout)."""
     generator = torch.Generator().manual_seed(settings.seed)
     reference = model.eval()
     quantized = copy.deepcopy(model).eval()
@@ -187,7 +195,7 @@ def optimise_rounding(model: nn.Module, images: torch.Tensor, ranges: dict, sett
     report = []
     pairs = list(zip(units(reference), units(quantized)))
     try:
-        for (name, fp_unit), (_, q_unit) in progress(pairs, "optimising INT8 rounding", "unit", quiet):
+        for (name, fp_unit), (_, q_unit) in progress(pairs, "optimising INT8", "unit", quiet):
             target = _run(fp_unit, x_fp, settings.batch)
             rounders = []
             for module in _weighted(q_unit):
@@ -213,7 +221,9 @@ def optimise_rounding(model: nn.Module, images: torch.Tensor, ranges: dict, sett
             x_fp = target
     finally:
         acts.remove()
-    info = {"method": "adaround-block-reconstruction", "steps_per_unit": settings.steps,
+    method = [m for m, on in (("range-search", settings.search_ranges),
+                              ("adaround-block-reconstruction", settings.steps > 0)) if on]
+    info = {"method": "+".join(method) or "none", "steps_per_unit": settings.steps,
             "range_search": settings.search_ranges,
             "ranges": {name: r for name, r in acts.ranges.items() if name not in acts.fixed},
             "activations": "symmetric" if settings.symmetric else "asymmetric",
@@ -247,7 +257,7 @@ def _unit_error(unit, rounders, mode, x, target, batch) -> float:
     return float(_relative_error(_run(unit, x, batch), target))
 
 
-def _learn(unit, rounders, acts, x, target, settings: RoundingSettings, generator, scale_hint: float) -> None:
+def _learn(unit, rounders, acts, x, target, settings: OptimiseSettings, generator, scale_hint: float) -> None:
     if not rounders or settings.steps <= 0:
         return
     for r in rounders:
