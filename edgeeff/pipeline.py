@@ -75,7 +75,7 @@ class CompileOptions:
     seed: int = 0
     scale_groups: str | None = None   # auto | off (scale_groups.py); None: the target's own setting
     optimize: str | None = None       # off | ranges | rounding (quant/optimise.py); None: the target's
-    optimize_steps: int | None = None  # learning steps per block (None: rounding.DEFAULT_STEPS)
+    optimize_steps: int | None = None  # learning steps per block (None: optimise.DEFAULT_STEPS)
 
 
 @dataclass
