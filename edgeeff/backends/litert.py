@@ -230,9 +230,14 @@ def histogram_ranges(float_path: Path, calib_inputs: np.ndarray, ranges: dict, r
                            floors={name: HARD_SWISH_FLOOR for name in hard_swish})
     out = dict(ranges)
     for name, (low, high) in chosen.items():
-        shape = np.shape(ranges[name]["min"])
-        out[name] = {**ranges[name], "min": np.full(shape, low, np.float32), "max": np.full(shape, high, np.float32)}
+        out[name] = _with_range(ranges[name], low, high)
     return out
+
+
+def _with_range(entry: dict, low: float, high: float) -> dict:
+    """An ai-edge-quantizer range entry with its min/max set to (low, high), shapes kept."""
+    shape = np.shape(entry["min"])
+    return {**entry, "min": np.full(shape, low, np.float32), "max": np.full(shape, high, np.float32)}
 
 
 # --optimize ranges: the searched ranges replace the recipe's for the tensors they match (by value,
@@ -286,9 +291,7 @@ def quantize_int8(float_path: Path, out_path: Path, calib_inputs: np.ndarray, re
         searched, searched_info = range_overrides(float_path)
         for name, (low, high) in searched.items():
             if name in ranges and np.size(ranges[name]["min"]) == 1:
-                shape = np.shape(ranges[name]["min"])
-                ranges[name] = {**ranges[name], "min": np.full(shape, low, np.float32),
-                                "max": np.full(shape, high, np.float32)}
+                ranges[name] = _with_range(ranges[name], low, high)
     ranges = floor_hard_swish_inputs(ranges, hard_swish)
     with _captured_output(), warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
@@ -597,12 +600,10 @@ def _searched_ranges(job, calib_nhwc: np.ndarray):
     from job.optimised_model, or None."""
     if job.optimisation is None or not job.optimisation.get("ranges"):
         return None
-    from ..quant.tensor_names import ranges_for_graph, tflite_tensors_for_points
+    from ..quant.tensor_names import rename_ranges, tflite_tensors_for_points
 
-    def overrides(float_path):
-        matches = tflite_tensors_for_points(job.optimised_model, float_path, calib_nhwc)
-        return ranges_for_graph(job.optimised_model, None, job.optimisation["ranges"], None, matches)
-    return overrides
+    return lambda float_path: rename_ranges(job.optimisation["ranges"],
+                                            tflite_tensors_for_points(job.optimised_model, float_path, calib_nhwc))
 
 
 def build(job) -> list:

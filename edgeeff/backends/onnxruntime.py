@@ -235,9 +235,10 @@ def searched_ranges(job, calib_inputs: np.ndarray):
     exported from job.optimised_model (tensors found by value, quant/tensor_names.py), or None."""
     if job.optimisation is None or not job.optimisation.get("ranges"):
         return None
-    from ..quant.tensor_names import ranges_for_graph
+    from ..quant.tensor_names import onnx_tensors_for_points, rename_ranges
 
-    return lambda graph: ranges_for_graph(job.optimised_model, graph, job.optimisation["ranges"], calib_inputs[:2])
+    return lambda graph: rename_ranges(job.optimisation["ranges"],
+                                       onnx_tensors_for_points(job.optimised_model, graph, calib_inputs[:2]))
 
 
 def dequantize_outputs(path: Path) -> list[str]:

@@ -206,7 +206,9 @@ def optimise_int8_model(model: nn.Module, images: torch.Tensor, ranges: dict, se
                 if settings.search_ranges else {}
             error_before = _unit_error(q_unit, rounders, "nearest", x_q, target, settings.batch)
             _learn(q_unit, rounders, acts, x_q, target, settings, generator, error_before)
-            error_after = _unit_error(q_unit, rounders, "hard", x_q, target, settings.batch)
+            # with nothing learned, hard rounding is nearest rounding: no second pass to find that out
+            error_after = _unit_error(q_unit, rounders, "hard", x_q, target, settings.batch) \
+                if settings.steps else error_before
             chosen = "learned" if error_after < error_before else "nearest"  # never worse than nearest
             for r in rounders:
                 r.mode = "hard" if chosen == "learned" else "nearest"

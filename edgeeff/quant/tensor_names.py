@@ -101,11 +101,9 @@ def tflite_tensors_for_points(model: nn.Module, path, x_nhwc: np.ndarray) -> dic
     return _match(ours, theirs)
 
 
-def ranges_for_graph(model: nn.Module, graph, point_ranges: dict[str, tuple[float, float]],
-                     x: np.ndarray, matches: dict[str, list[str]] | None = None) -> tuple[dict, dict]:
-    """The optimised ranges, renamed to the graph's tensors (ONNX `graph`, or pass `matches`),
-    and how many points found a tensor."""
-    matches = onnx_tensors_for_points(model, graph, x) if matches is None else matches
+def rename_ranges(point_ranges: dict[str, tuple[float, float]],
+                  matches: dict[str, list[str]]) -> tuple[dict[str, tuple[float, float]], dict]:
+    """The optimised ranges, renamed to the tensors their points matched, and how many matched."""
     ranges = {tensor: point_ranges[point] for point, tensors in matches.items() if point in point_ranges
               for tensor in tensors}
     return ranges, {"points": len(point_ranges), "matched": sum(1 for p in point_ranges if p in matches),
