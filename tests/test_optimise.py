@@ -165,3 +165,64 @@ def test_every_quantization_point_finds_its_tflite_tensor(tmp_path):
     matches = tflite_tensors_for_points(model, tmp_path / "fp32.tflite", x)
     missing = set(quant_points(model)) - set(matches)
     assert not missing, sorted(missing)
+
+
+def test_simulated_placements_leave_the_targets_float_tensors_float():
+    """TensorRT fuses each residual block's project conv with its Add (no quantizer between);
+    NNCF quantizes depthwise inputs per channel: both stay float in the search's simulation."""
+    from edgeeff.quant.optimise import ActivationQuantizers, depthwise_input_points, residual_branch_points
+    from edgeeff.quant.simulation import quant_points
+
+    model = _model(se=True)
+    points = quant_points(model)
+    residual = residual_branch_points(points)
+    assert residual and all(model.blocks[int(n.split(".")[1])].has_residual for n in residual)
+    assert len(residual) == sum(b.has_residual for b in model.blocks)
+    depthwise = depthwise_input_points(model, points)
+    assert depthwise[0] == "stem.act" and len(depthwise) == len(model.blocks)  # B0's block 0 has no expand
+    assert all(n.endswith(".expand.act") for n in depthwise[1:])
+    ranges = activation_ranges(model, [_input(_crops(4, seed=7))], get_recipe("percentile"))
+    generator = torch.Generator().manual_seed(0)
+    acts = ActivationQuantizers(model, ranges, generator, float_residual_branches=True,
+                                float_depthwise_inputs=True)
+    try:
+        assert not (set(residual) | set(depthwise)) & set(acts.modules)
+        assert set(acts.modules) == set(ranges) - set(residual) - set(depthwise) - {"logits"}
+    finally:
+        acts.remove()
+
+
+def test_searched_ranges_reach_openvino_fake_quantizes(tmp_path):
+    """The intel target: every per-tensor activation FakeQuantize NNCF placed (mixed preset) finds
+    its point through the FP32 ONNX, and takes that point's range, zero exactly on the grid;
+    the per-channel ones (depthwise inputs) keep NNCF's."""
+    pytest.importorskip("nncf")
+    import onnx
+
+    from edgeeff.backends.openvino import quantize, set_searched_ranges
+    from edgeeff.models.export import export_onnx
+    from edgeeff.quant.simulation import _activation_qparams
+    from edgeeff.quant.tensor_names import onnx_tensors_for_points, rename_ranges
+
+    import openvino as ov
+
+    model = _model(se=True)
+    export_onnx(model, RES, tmp_path / "fp32.onnx")
+    x = _input(_crops(6, seed=4)).numpy()
+    quantized, _ = quantize(ov.convert_model(str(tmp_path / "fp32.onnx")), x,
+                            {"method": "mean_minmax", "name": "mean_minmax"}, {"preset": "mixed"}, quiet=True)
+    searched = {k: (low * 0.8, high * 0.7) for k, (low, high) in
+                activation_ranges(model, [torch.from_numpy(x)], get_recipe("percentile")).items()}
+    ranges, _ = rename_ranges(searched, onnx_tensors_for_points(model, onnx.load(str(tmp_path / "fp32.onnx")), x[:2]))
+    counts = set_searched_ranges(quantized, ranges)
+    fqs = [op for op in quantized.get_ordered_ops() if op.get_type_name() == "FakeQuantize"
+           and op.input_value(0).get_node().get_type_name() != "Constant"]
+    per_channel = [fq for fq in fqs if fq.input_value(1).get_node().get_data().size > 1]
+    assert per_channel and counts["fake_quantize_kept"] == len(per_channel)
+    assert counts["fake_quantize_rewritten"] == len(fqs) - len(per_channel) > 0
+    for fq in set(fqs) - set(per_channel):
+        low, high = (float(fq.input_value(i).get_node().get_data()) for i in (1, 2))
+        wanted = next(ranges[n] for n in sorted(fq.input_value(0).get_names()) if n in ranges)
+        scale, zero_point = _activation_qparams(*wanted)
+        assert high - low == pytest.approx(255 * scale, rel=1e-5)
+        assert -low / scale == pytest.approx(zero_point + 128, abs=1e-3)  # zero on the grid

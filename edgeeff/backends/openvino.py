@@ -37,6 +37,14 @@ DEVICE = "CPU"  # where edgeeff evaluates here; the same IR runs on Intel GPU/NP
 # FP32 figures are f32, and the float parts of the INT8 IR run in f32 too, so results do not
 # depend on which Intel CPU evaluated them.
 PRECISION_HINT = "f32"
+# --optimize ranges: the searched ranges replace NNCF's in the FakeQuantize ops of the tensors
+# they match (by value, through the FP32 ONNX the IR is converted from). The search simulates
+# NNCF's placement for OpenVINO's CPU: no quantizer on conv outputs before their activation nor
+# inside squeeze-excitation (NNCF leaves its convs float), and depthwise conv inputs quantized per
+# channel (close to float; their ranges stay NNCF's).
+OPTIMIZE_MODES = ("ranges",)
+SIMULATION = {"float_points": (".bn", ".se.pooled", ".se.reduce", ".se.act", ".se.expand"),
+              "float_depthwise_inputs": True}
 
 
 def available() -> None:
@@ -236,6 +244,54 @@ def quantize(model, calib_inputs: np.ndarray, recipe: dict, quant: dict, quiet: 
     return quantized, details
 
 
+def set_searched_ranges(model, ranges: dict[str, tuple[float, float]]) -> dict:
+    """Rewrite the limits of each per-tensor activation FakeQuantize whose input tensor has a
+    searched range (asymmetric, 256 levels, zero exactly on the grid as the simulation has it).
+    Per-channel FakeQuantizes (depthwise inputs) keep NNCF's ranges. Mutates `model`; returns counts."""
+    import openvino as ov
+
+    from ..quant.simulation import _activation_qparams
+
+    rewritten = kept = 0
+    for fq in model.get_ordered_ops():
+        if fq.get_type_name() != "FakeQuantize" or fq.input_value(0).get_node().get_type_name() == "Constant":
+            continue
+        names = fq.input_value(0).get_names()
+        found = next((ranges[n] for n in sorted(names) if n in ranges), None)
+        limits = [fq.input_value(i).get_node() for i in range(1, 5)]
+        if found is None or int(fq.get_attributes()["levels"]) != 256 or any(
+                lim.get_type_name() != "Constant" or lim.get_data().size != 1 for lim in limits):
+            kept += 1
+            continue
+        scale, zero_point = _activation_qparams(*found)  # int8 [-128, 127]: u8 is the same grid shifted
+        low = np.float32((-128 - zero_point) * scale)
+        high = np.float32((127 - zero_point) * scale)
+        for i, value in zip(range(1, 5), (low, high, low, high)):
+            shape = limits[i - 1].get_data().shape
+            fq.input(i).replace_source_output(ov.op.Constant(np.full(shape, value, np.float32)).output(0))
+        rewritten += 1
+    return {"fake_quantize_rewritten": rewritten, "fake_quantize_kept": kept}
+
+
+def apply_searched_ranges(job, model, calib_inputs: np.ndarray, details: dict) -> None:
+    """--optimize ranges: the searched ranges into NNCF's FakeQuantize ops (asymmetric presets only:
+    the search simulates asymmetric activations)."""
+    from . import onnxruntime as ort_backend
+
+    overrides = ort_backend.searched_ranges(job, calib_inputs)
+    if overrides is None:
+        return
+    if details["preset"] != "mixed":
+        details["searched_ranges"] = f"not applied: NNCF preset {details['preset']} quantizes symmetrically"
+        return
+    import onnx
+
+    ranges, info = overrides(onnx.load(str(job.fp32_onnx)))
+    info.update(set_searched_ranges(model, ranges))
+    model.validate_nodes_and_infer_types()
+    details["searched_ranges"] = info
+
+
 def build(job) -> list:
     """`--target intel`: model_fp32.xml/.bin (f32 weights) and model_int8.xml/.bin, preprocessing baked in."""
     import openvino as ov
@@ -255,6 +311,9 @@ def build(job) -> list:
     model = convert(job)
     quantized, details = quantize(model.clone(), calib_inputs, job.recipe, quant, quiet=job.quiet)
     details["convert_from"] = quant.get("convert_from", "onnx")
+    apply_searched_ranges(job, quantized, calib_inputs, details)
+    if job.optimisation is not None:
+        details["optimisation"] = job.optimisation
     details["preprocessing"] = "baked into the IR (PrePostProcessor): uint8 RGB NHWC in, mean/scale inside"
 
     u8_spec = job.spec.with_layout("NHWC", "uint8")

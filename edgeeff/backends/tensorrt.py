@@ -146,9 +146,11 @@ def build_engine_here(trt, onnx_path: Path, out_dir: Path, plan: dict, resolutio
 
 
 # --optimize: searched ranges replace the recipe's for the tensors they match; the optimisation
-# simulates TensorRT's arithmetic: symmetric activations, no Q/DQ on conv outputs (the placement)
+# simulates TensorRT's arithmetic: symmetric activations, no Q/DQ on conv outputs (the placement),
+# the residual branch's project conv fused with its Add (float until the sum is quantized)
 OPTIMIZE_MODES = ("ranges",)
-SIMULATION = {"symmetric": True, "float_points": (".bn", ".se.reduce", ".se.expand")}
+SIMULATION = {"symmetric": True, "float_points": (".bn", ".se.reduce", ".se.expand"),
+              "float_residual_branches": True}
 
 
 def quantize_for_tensorrt(fp32_path: Path, out_path: Path, calib_inputs: np.ndarray, recipe: dict,

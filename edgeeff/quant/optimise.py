@@ -65,12 +65,21 @@ class OptimiseSettings:
     batch: int = DEFAULT_BATCH
     seed: int = 0
     search_ranges: bool = True
+    range_factors: tuple[float, ...] = RANGE_FACTORS
+    search_images: int = SEARCH_IMAGES
+    search_passes: int = 1  # a second pass revisits each range with the unit's later ranges set
     # How the target's runtime quantizes activations: zero point 0 (TensorRT), and the points it
     # leaves in float (name suffixes; TensorRT's placement quantizes no conv output)
     symmetric: bool = False
     float_points: tuple[str, ...] = ()
     # points whose range the runtime fixes, by name suffix (TFLite's LOGISTIC output: [0, 255/256])
     fixed_ranges: dict[str, tuple[float, float]] = field(default_factory=dict)
+    # The project conv's output of a residual block stays float: TensorRT fuses the conv with the
+    # residual Add (the sum is quantized, at the next block's input), so no quantizer sits between.
+    float_residual_branches: bool = False
+    # Each depthwise conv's input stays float: NNCF quantizes it per channel for OpenVINO's CPU,
+    # close enough to float that a per-tensor simulation would only mislead the search.
+    float_depthwise_inputs: bool = False
 
 
 class SoftRoundedWeight(nn.Module):
@@ -113,11 +122,15 @@ class ActivationQuantizers:
     generator."""
 
     def __init__(self, model: nn.Module, ranges: dict, generator: torch.Generator, skip=("logits",),
-                 symmetric: bool = False, float_points: tuple[str, ...] = (), fixed_ranges=None):
+                 symmetric: bool = False, float_points: tuple[str, ...] = (), fixed_ranges=None,
+                 float_residual_branches: bool = False, float_depthwise_inputs: bool = False):
         self.generator, self.keep, self.hooks, self.symmetric = generator, 1.0, [], symmetric
         self.ranges, self.modules, self.qparams, self.fixed = {}, {}, {}, set()
-        for name, (module, where, _) in quant_points(model).items():
-            if name in skip or name not in ranges or (float_points and name.endswith(float_points)):
+        points = quant_points(model)
+        floats = set(residual_branch_points(points)) if float_residual_branches else set()
+        floats |= set(depthwise_input_points(model, points)) if float_depthwise_inputs else set()
+        for name, (module, where, _) in points.items():
+            if name in skip or name not in ranges or name in floats or (float_points and name.endswith(float_points)):
                 continue
             self.modules[name] = module
             fixed = next((r for suffix, r in (fixed_ranges or {}).items() if name.endswith(suffix)), None)
@@ -145,6 +158,29 @@ class ActivationQuantizers:
     def remove(self):
         for h in self.hooks:
             h.remove()
+
+
+def residual_branch_points(points: dict) -> list[str]:
+    """The project conv outputs that a residual Add reads (`blocks.N.project.out` where the block
+    has a `blocks.N.sum`)."""
+    return [name for name in points if name.endswith(".project.out")
+            and name.removesuffix(".project.out") + ".sum" in points]
+
+
+def depthwise_input_points(model: nn.Module, points: dict) -> list[str]:
+    """The points whose tensor a depthwise conv reads: the expand conv's output, or (a block
+    without one) the previous unit's output."""
+    def output_of(prefix: str) -> str | None:
+        return next((f"{prefix}{end}" for end in (".sum", ".act", ".out", ".project.out")
+                     if f"{prefix}{end}" in points), None)
+
+    found = []
+    for i, block in enumerate(model.blocks):
+        if block.expand is not None:
+            found.append(output_of(f"blocks.{i}.expand"))
+        else:
+            found.append(output_of("stem") if i == 0 else output_of(f"blocks.{i - 1}"))
+    return [name for name in found if name is not None]
 
 
 class _Head(nn.Module):
@@ -189,7 +225,8 @@ def optimise_int8_model(model: nn.Module, images: torch.Tensor, ranges: dict, se
     for p in quantized.parameters():
         p.requires_grad_(False)
     acts = ActivationQuantizers(quantized, ranges, generator, skip_activations, settings.symmetric,
-                                settings.float_points, settings.fixed_ranges)
+                                settings.float_points, settings.fixed_ranges, settings.float_residual_branches,
+                                settings.float_depthwise_inputs)
     x_fp = images
     x_q = images
     report = []
@@ -202,7 +239,7 @@ def optimise_int8_model(model: nn.Module, images: torch.Tensor, ranges: dict, se
                 parametrize.register_parametrization(module, "weight", SoftRoundedWeight(module.weight))
                 rounders.append(module.parametrizations.weight[0])
             error_recipe = _unit_error(q_unit, rounders, "nearest", x_q, target, settings.batch)
-            searched = _search_ranges(q_unit, rounders, acts, x_q, target, settings.batch) \
+            searched = _search_ranges(q_unit, rounders, acts, x_q, target, settings) \
                 if settings.search_ranges else {}
             error_before = _unit_error(q_unit, rounders, "nearest", x_q, target, settings.batch)
             _learn(q_unit, rounders, acts, x_q, target, settings, generator, error_before)
@@ -234,22 +271,26 @@ def optimise_int8_model(model: nn.Module, images: torch.Tensor, ranges: dict, se
     return quantized, info
 
 
-def _search_ranges(unit, rounders, acts: ActivationQuantizers, x, target, batch) -> dict:
-    """Each activation range of this unit, scaled by the RANGE_FACTORS one at a time (forward
-    order), kept where the unit's output error with nearest weights is lowest; returns the factors
-    that changed."""
-    x, target = x[:SEARCH_IMAGES], target[:SEARCH_IMAGES]
+def _search_ranges(unit, rounders, acts: ActivationQuantizers, x, target, settings: OptimiseSettings) -> dict:
+    """Each activation range of this unit, scaled by the range factors one at a time (forward
+    order, `search_passes` times), kept where the unit's output error with nearest weights is
+    lowest; returns each changed range's overall factor."""
+    x, target = x[:settings.search_images], target[:settings.search_images]
+    start = {name: acts.ranges[name] for name in acts.inside(unit)}
+    for _ in range(settings.search_passes):
+        for name in start:
+            low, high = acts.ranges[name]
+            errors = []
+            for factor in settings.range_factors:
+                acts.set_range(name, low * factor, high * factor)
+                errors.append(_unit_error(unit, rounders, "nearest", x, target, settings.batch))
+            best = settings.range_factors[min(range(len(errors)), key=errors.__getitem__)]
+            acts.set_range(name, low * best, high * best)
     changed = {}
-    for name in acts.inside(unit):
-        low, high = acts.ranges[name]
-        errors = []
-        for factor in RANGE_FACTORS:
-            acts.set_range(name, low * factor, high * factor)
-            errors.append(_unit_error(unit, rounders, "nearest", x, target, batch))
-        best = RANGE_FACTORS[min(range(len(errors)), key=errors.__getitem__)]
-        acts.set_range(name, low * best, high * best)
-        if best != 1.0:
-            changed[name] = best
+    for name, (low, high) in start.items():
+        factor = acts.ranges[name][1] / high if high else acts.ranges[name][0] / low if low else 1.0
+        if abs(factor - 1.0) > 1e-9:
+            changed[name] = round(factor, 6)
     return changed
 
 
