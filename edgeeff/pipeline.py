@@ -463,14 +463,17 @@ def mixed_precision(backend, workdir: Path, artifacts: list, threads: int, opts:
 def compile_model(opts: CompileOptions) -> tuple[Path, dict]:
     watch = Stopwatch()
     target, recipe, backend, final = check_inputs(opts)
-    if opts.val is None:
-        say("note: no --val given: artifacts are built and timed, accuracy is not measured")
     # The profile's threads are the device's; evaluating here, never ask for more than the host has.
     threads = opts.threads or max(1, min(target.threads, os.cpu_count() or 1))
     torch.set_num_threads(threads)
-    with watch.stage("load_model", f"loading {opts.variant} weights"):
+    # Weights that do not fit the variant are the user's mistake: loaded before any message, so
+    # the error is the only line they see (loading takes a second or two, even for B7).
+    with watch.stage("load_model"):
         original, weights_info = load_model(opts.variant, opts.weights, opts.weights_format,
                                             random_weights=opts.random_weights)
+    say(f"loaded {opts.variant} weights ({weights_info.source}, {weights_info.format} layout)")
+    if opts.val is None:
+        say("note: no --val given: artifacts are built and timed, accuracy is not measured")
     named = opts.out / output_name(opts, target.name, original.describe())
     if named != final:  # the weights carry their own architecture (e.g. a recovered.pth)
         _refuse_existing(named, opts.force)

@@ -69,6 +69,7 @@ BAD_INPUTS = {
     "malformed validation list file": (BASE + ["--val", "{d}/list.txt"], "expected `relative/path label`"),
     "missing synsets file": (BASE + ["--val", "{d}/val", "--synsets", "{d}/nope.txt"], "--synsets {d}/nope.txt: no such file"),
     "weights of another variant": (["compile", "--variant", "b2", "--target", "onnx", "--weights", "{d}/b0.pth"], "use --variant b0"),
+    "B0 weights given as Lite0 (same shapes but SE)": (BASE + ["--weights", "{d}/b0.pth"], "--weights {d}/b0.pth does not fit --variant lite0"),
     "truncated weights file": (["compile", "--variant", "b0", "--target", "onnx", "--weights", "{d}/b0_truncated.pth"], "truncated"),
     "weights in an unknown layout": (["compile", "--variant", "b0", "--target", "onnx", "--weights", "{d}/odd.pth"], "--weights-format"),
     "output folder exists": (BASE + ["--out", "{d}/out"], "already exists; pass --force"),

