@@ -7,7 +7,8 @@ import json
 import sys
 from pathlib import Path
 
-from . import __version__, choices, progress
+from . import choices, progress
+from .version import __version__
 from .errors import AccuracyGateError, UserError
 
 EPILOG = "Docs: README.md and docs/ in the edgeeff repository."
@@ -86,9 +87,21 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}; see {self.prog} --help\n")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="edgeeff", description="Compile EfficientNets into verified INT8 edge artifacts.",
-                                     epilog=EPILOG)
+class RaisingParser(_Parser):
+    """The same parser for the Python API (api.py): a mistake is a UserError, never an exit, and
+    an option is spelled out (argparse would take `calib_c=8` as --calib-count: a typo must not run)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **{**kwargs, "allow_abbrev": False})
+
+    def error(self, message: str):
+        raise UserError(message)
+
+
+def build_parser(parser_class: type[argparse.ArgumentParser] = _Parser) -> argparse.ArgumentParser:
+    # Subparsers are built with the parent's class, so one class decides how every command errs.
+    parser = parser_class(prog="edgeeff", description="Compile EfficientNets into verified INT8 edge artifacts.",
+                          epilog=EPILOG)
     parser.add_argument("--version", action="version", version=f"edgeeff {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -126,13 +139,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_compile(args) -> int:
-    from .pipeline import compile_model
-
-    compile_model(_compile_options(args, args.target, sensitivity=args.sensitivity))
+    run_compile(args)
     return 0
 
 
-def _compile_options(args, target: str, **extra):
+def run_compile(args) -> tuple[Path, dict]:
+    """`edgeeff compile` on parsed arguments: the output folder and the report (api.compile too)."""
+    from .pipeline import compile_model
+
+    return compile_model(compile_options(args, args.target, sensitivity=args.sensitivity))
+
+
+def compile_options(args, target: str, **extra):
     from .pipeline import CompileOptions
 
     return CompileOptions(
@@ -152,7 +170,7 @@ def _compile_options(args, target: str, **extra):
 def cmd_sensitivity(args) -> int:
     from .across_targets import compare_targets
 
-    compare_targets(args, [t.strip() for t in args.targets.split(",") if t.strip()], _compile_options)
+    compare_targets(args, [t.strip() for t in args.targets.split(",") if t.strip()], compile_options)
     return 0
 
 
@@ -183,12 +201,18 @@ def cmd_report(args) -> int:
 
 
 def cmd_eval(args) -> int:
+    run_eval(args)
+    return 0
+
+
+def run_eval(args) -> dict:
+    """`edgeeff eval` on parsed arguments: the scores (written to --json too; api.evaluate too)."""
     from .evaluation_cli import evaluate_artifact
 
     result = evaluate_artifact(args)
     if args.json:
         args.json.write_text(json.dumps(result, indent=2) + "\n")
-    return 0
+    return result
 
 
 def cmd_variants(_args) -> int:

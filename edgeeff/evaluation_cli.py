@@ -14,7 +14,7 @@ from .backends import backend_for_file
 from .data.images import load_validation, resolve_labels
 from .data.preprocess import PreprocessSpec
 from .errors import UserError
-from .evaluate import align_classes, measure_latency, predict_all, score
+from .scoring import align_classes, measure_latency, predict_all, score
 from .models.family import IMAGENET_MEAN, IMAGENET_STD
 from .report.contract import format_table
 

@@ -20,14 +20,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import __version__
+from .version import __version__
 from .backends import backend as load_backend
 from .cache import cached_array, content_key
 from .choices import OPTIMIZE_SETTINGS, RECOVER_METHODS, SCALE_GROUP_SETTINGS, SE_CHOICES
 from .data.images import ImageSet, load_calibration, load_validation, resolve_labels
 from .data.preprocess import PreprocessSpec
 from .errors import AccuracyGateError, UserError
-from .evaluate import TorchRunner, align_classes, measure_latency, predict_all, score, torch_batches
+from .scoring import TorchRunner, align_classes, measure_latency, predict_all, score, torch_batches
 from .models.builder import count_macs, count_parameters
 from .models.export import export_onnx
 from .models.family import spec_for_variant

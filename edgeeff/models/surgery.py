@@ -27,7 +27,7 @@ from torch import nn
 
 from ..choices import SE_CHOICES
 from ..data.preprocess import PreprocessSpec
-from ..evaluate import torch_batches
+from ..scoring import torch_batches
 from .builder import EfficientNet, MBConv, forward_with_hooks, make_activation
 from .family import ACTIVATIONS
 
