@@ -13,6 +13,7 @@ import os
 import resource
 import shutil
 import signal
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -125,11 +126,15 @@ def atomic_folder(final: Path, force: bool):
     """Yield a temporary folder that becomes `final` only if the block finishes."""
     if final.exists() and not force:
         raise UserError(f"--out: {final} already exists; pass --force to replace it or choose another --out")
-    final.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_partials(final)
     tmp = final.parent / f".{final.name}.partial-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
+    try:  # checked by check_out_folder already; this is for a folder removed or locked since
+        final.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_partials(final)
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+    except OSError as err:
+        raise UserError(f"--out {final.parent}: cannot create a folder there ({err.strerror or err}); "
+                        f"choose another --out") from None
 
     def on_signal(signum, _frame):  # turn SIGTERM into the same clean-up path as Ctrl-C
         raise KeyboardInterrupt(f"signal {signum}")
@@ -228,9 +233,37 @@ def check_inputs(opts: CompileOptions):
                         f"or leave --optimize off")
     if opts.optimize_steps is not None and opts.optimize_steps < 1:
         raise UserError(f"--optimize-steps {opts.optimize_steps}: must be at least 1")
+    check_out_folder(opts.out)
     final = opts.out / output_name(opts, target.name)
     _refuse_existing(final, opts.force)
     return target, recipe, backend, final
+
+
+def check_out_folder(out: Path) -> None:
+    """--out must be a folder edgeeff can create and write in. Tried for real before any heavy work
+    (permissions alone do not tell: root may "write" to /proc, where mkdir still fails): the missing
+    folders are created, a file is written in the last one, and all of it is removed again, so a
+    compile that fails later leaves nothing behind."""
+    existing = out
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if existing.exists() and not existing.is_dir():
+        where = "is a file" if existing == out else f"is under {existing}, which is a file"
+        raise UserError(f"--out {out}: {where}, not a folder; choose another --out")
+    created = []
+    try:
+        for folder in reversed([out, *out.parents]):
+            if not folder.exists():
+                folder.mkdir()
+                created.append(folder)
+        with tempfile.TemporaryFile(dir=out, prefix=".edgeeff-write-check-"):
+            pass
+    except OSError as err:
+        raise UserError(f"--out {out}: cannot create or write a folder there ({err.strerror or err}); "
+                        f"choose another --out") from None
+    finally:
+        for folder in reversed(created):
+            folder.rmdir()
 
 
 def split_scales(opts: CompileOptions, target: TargetProfile, model, spec, calibration, watch):
@@ -282,6 +315,8 @@ def optimise_int8(opts: CompileOptions, target: TargetProfile, backend, deploy, 
 
 
 def _refuse_existing(folder: Path, force: bool) -> None:
+    if folder.exists() and not folder.is_dir():  # --force would not replace a file: it is not ours
+        raise UserError(f"--out: {folder} is a file, not an output folder; move it or choose another --out")
     if folder.exists() and not force:
         raise UserError(f"--out: {folder} already exists; pass --force to replace it or choose another --out")
 

@@ -53,6 +53,8 @@ def data(tmp_path_factory):
     (root / "b0_truncated.pth").write_bytes((root / "b0.pth").read_bytes()[:10000])
     torch.save({"foo": torch.zeros(3)}, root / "odd.pth")
     (root / "out" / "lite0-onnx").mkdir(parents=True)
+    (root / "outfile").mkdir()
+    (root / "outfile" / "lite0-onnx").write_text("a file of the user's, where the output folder would go")
     return root
 
 
@@ -73,6 +75,11 @@ BAD_INPUTS = {
     "truncated weights file": (["compile", "--variant", "b0", "--target", "onnx", "--weights", "{d}/b0_truncated.pth"], "truncated"),
     "weights in an unknown layout": (["compile", "--variant", "b0", "--target", "onnx", "--weights", "{d}/odd.pth"], "--weights-format"),
     "output folder exists": (BASE + ["--out", "{d}/out"], "already exists; pass --force"),
+    "--out that cannot be created (/proc)": (BASE + ["--out", "/proc/edgeeff-out"], "--out /proc/edgeeff-out: cannot create"),
+    "--out that is a file": (BASE + ["--out", "{d}/list.txt"], "--out {d}/list.txt: is a file, not a folder"),
+    "--out under a file": (BASE + ["--out", "{d}/list.txt/sub"], "is under {d}/list.txt, which is a file"),
+    "output folder that is a file, even with --force": (BASE + ["--out", "{d}/outfile", "--force"],
+                                                        "lite0-onnx is a file, not an output folder"),
     "calibration count of zero": (BASE + ["--calib-count", "0"], "--calib-count 0"),
     "--max-drop without --val": (BASE + ["--max-drop", "0.5"], "--max-drop needs --val"),
     "unknown calibration recipe": (BASE + ["--calib-method", "kl"], "--calib-method kl: unknown"),
