@@ -60,10 +60,12 @@ def _add_compile_flags(c: argparse.ArgumentParser) -> None:
                         "folded into the next conv (exact when the gate is constant)")
     v.add_argument("--recover", choices=choices.RECOVER_METHODS, default="none",
                    help="recover the variant's accuracy by distillation from the original on unlabelled images")
-    v.add_argument("--recover-minutes", type=float, default=15.0, metavar="N",
-                   help="wall-clock budget for recovery (default 15); the step count is planned from it")
+    v.add_argument("--recover-minutes", type=float, metavar="N",
+                   help="wall-clock budget for recovery (default 15 without --recover-steps, none with it); "
+                        "the step count is planned from it")
     v.add_argument("--recover-steps", type=int, metavar="N",
-                   help="exact number of recovery steps (reproducible); --recover-minutes then only caps it")
+                   help="exact number of recovery steps (reproducible), never cut by a default budget; "
+                        "--recover-minutes, if given too, caps it")
     v.add_argument("--recover-params", choices=choices.RECOVER_PARAMS,
                    help="what recovery trains: all = every weight (default), bn = BatchNorm scales/shifts and biases only")
     v.add_argument("--recover-lr", type=float, metavar="LR",

@@ -16,6 +16,7 @@ from .data.preprocess import PreprocessSpec
 from .errors import UserError
 from .scoring import align_classes, measure_latency, predict_all, score
 from .models.family import IMAGENET_MEAN, IMAGENET_STD
+from .pipeline import check_threads
 from .report.contract import format_table
 
 
@@ -48,6 +49,7 @@ def spec_from_flags(args, inspected: dict) -> tuple[PreprocessSpec, list[str]]:
 
 
 def evaluate_artifact(args) -> dict:
+    check_threads(args.threads)
     path = args.artifact
     if not path.is_file():
         raise UserError(f"{path}: no such artifact file")

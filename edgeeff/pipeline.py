@@ -34,7 +34,7 @@ from .models.export import export_onnx
 from .models.family import spec_for_variant
 from .models.weights import load_model
 from .profiles import TargetProfile, get_recipe, get_target, optimize_for_model, recipe_for_model
-from .progress import say
+from .progress import say, warn
 from .report.contract import artifact_row, format_table, library_versions, markdown, table_rows, write_manifest
 from .report.html_page import render as render_html
 from .util import write_json
@@ -65,7 +65,7 @@ class CompileOptions:
     act: str | None = None            # swish | hswish | relu6; None: the model's own
     se: str | None = None             # keep | remove; None: the model's own
     recover: str = "none"             # none | distill
-    recover_minutes: float | None = 15.0
+    recover_minutes: float | None = None  # None: RecoverySettings' 15 without recover_steps, no cap with them
     recover_steps: int | None = None
     recover_params: str | None = None  # bn | all; None: RecoverySettings' default
     recover_lr: float | None = None
@@ -216,6 +216,7 @@ def check_inputs(opts: CompileOptions):
         raise UserError(f"--max-drop {opts.max_drop}: must be zero or more points")
     if opts.calib_count < 1:
         raise UserError(f"--calib-count {opts.calib_count}: must be at least 1")
+    check_threads(opts.threads)
     if opts.weights is None and not opts.random_weights:
         from .models.weights import no_weights_message, packaged_weights_path
 
@@ -237,6 +238,27 @@ def check_inputs(opts: CompileOptions):
     final = opts.out / output_name(opts, target.name)
     _refuse_existing(final, opts.force)
     return target, recipe, backend, final
+
+
+def calibration_warning(opts: CompileOptions, calibration: ImageSet) -> str | None:
+    """Fewer calibration images than --calib-count asked for (the default 300 included): a warning,
+    not an error. A small set is a legitimate choice for a quick run (edgeeff's own tests calibrate
+    on 8), and a one-image folder still quantizes; but the user should know their INT8 ranges come
+    from those few images, so the console and report.json say how many were used."""
+    used = len(calibration)
+    if used >= opts.calib_count:
+        return None
+    where = f"--calib {opts.calib}" if opts.calib else "scikit-image's sample photos (no --calib given)"
+    unreadable = f", {len(calibration.skipped)} unreadable skipped" if calibration.skipped else ""
+    return (f"--calib-count {opts.calib_count}: {where} gave only {used} image{'s' if used != 1 else ''}"
+            f"{unreadable}; calibrated on {'those' if used != 1 else 'that one'}: INT8 ranges from few images "
+            f"may not fit your data")
+
+
+def check_threads(threads: int | None) -> None:
+    # 0 is falsy: `threads or default` would quietly run with the target's count instead.
+    if threads is not None and threads < 1:
+        raise UserError(f"--threads {threads}: must be at least 1; leave it out for the target's own count")
 
 
 def check_out_folder(out: Path) -> None:
@@ -362,7 +384,10 @@ def recovery_settings(opts: CompileOptions):
 
     given = {field_name: getattr(opts, flag[2:].replace("-", "_")) for field_name, flag in RECOVERY_FLAGS.items()}
     # An option left unset (None) takes RecoverySettings' default, except the two that plan the
-    # run, where None means "no step count" / "no time budget".
+    # run: steps given and minutes not => no time budget (a default budget the user never asked
+    # for must not cut the steps they did ask for: 620 stopped at 408); neither => the default budget.
+    if given["steps"] is None and given["minutes"] is None:
+        given["minutes"] = RecoverySettings.minutes
     kwargs = {key: value for key, value in given.items() if value is not None or key in ("steps", "minutes")}
     try:
         return RecoverySettings(seed=opts.seed, **kwargs)
@@ -518,6 +543,9 @@ def compile_model(opts: CompileOptions) -> tuple[Path, dict]:
     with watch.stage("load_images"):
         validation = load_validation(opts.val, labels, spec, opts.quiet) if opts.val else None
         calibration = load_calibration(opts.calib, opts.calib_count, spec, opts.quiet)
+    warnings = [w for w in (calibration_warning(opts, calibration),) if w]
+    for message in warnings:
+        warn(message)
     num_classes = original.classifier.out_features
     if num_classes != len(labels.synsets):
         raise UserError(f"the model has {num_classes} classes but the label list has {len(labels.synsets)}: "
@@ -659,6 +687,7 @@ def compile_model(opts: CompileOptions) -> tuple[Path, dict]:
         }
         if calibration.skipped or (validation and validation.skipped):
             report["skipped_images"] = calibration.skipped + (validation.skipped if validation else [])
+        report["warnings"] = warnings
         report["timings_s"] = watch.timings
         report["peak_rss_mb"] = watch.peak_rss_mb
         (workdir / "labels.txt").write_text("\n".join(labels.names) + "\n")

@@ -43,6 +43,7 @@ def data(tmp_path_factory):
     (root / "corrupt" / "sub" / "bad.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
     _photo(root / "badval" / "kittens" / "k.png")
     (root / "list.txt").write_text("calib/a/0.jpg\n")
+    (root / "missing_list.txt").write_text("val/n01443537/x.png n01443537\nval/n01443537/gone.png n01443537\n")
     (root / "corrupt.onnx").write_bytes(b"\x08\x07garbage")
     (root / "corrupt.xml").write_text("<?xml version='1.0'?>\n<net name='x' version='11'><layers><layer")
     (root / "model.pt").write_bytes(b"")
@@ -81,6 +82,10 @@ BAD_INPUTS = {
     "output folder that is a file, even with --force": (BASE + ["--out", "{d}/outfile", "--force"],
                                                         "lite0-onnx is a file, not an output folder"),
     "calibration count of zero": (BASE + ["--calib-count", "0"], "--calib-count 0"),
+    "zero threads (would run with the target's)": (BASE + ["--threads", "0"], "--threads 0: must be at least 1"),
+    "eval with zero threads": (["eval", "{d}/corrupt.onnx", "--val", "{d}/val", "--threads", "0"], "--threads 0: must be at least 1"),
+    "validation list naming a missing image": (BASE + ["--val", "{d}/missing_list.txt"],
+                                               "--val {d}/missing_list.txt:2: {d}/val/n01443537/gone.png does not exist"),
     "--max-drop without --val": (BASE + ["--max-drop", "0.5"], "--max-drop needs --val"),
     "unknown calibration recipe": (BASE + ["--calib-method", "kl"], "--calib-method kl: unknown"),
     "eval of a corrupt model": (["eval", "{d}/corrupt.onnx", "--val", "{d}/val"], "corrupt.onnx"),
@@ -105,6 +110,20 @@ def test_bad_input_is_a_one_line_error_and_writes_nothing(case, data, capsys, mo
     assert expected.format(d=data) in err
     assert not (data / "fresh").exists()
     assert list((data / "out").iterdir()) == [data / "out" / "lite0-onnx"]
+
+
+def test_fewer_calibration_images_than_asked_is_a_warning_with_the_count(data, tmp_path, capsys):
+    """--calib-count 5000 on a folder of 3: calibrated on the 3, and the console (even with --quiet)
+    and report.json say so."""
+    code = main(BASE + ["--calib", str(data / "calib"), "--calib-count", "5000", "--latency-runs", "1",
+                        "--out", str(tmp_path), "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 0, err
+    expected = f"--calib-count 5000: --calib {data / 'calib'} gave only 3 images; calibrated on those"
+    assert f"edgeeff: warning: {expected}" in err and len(err.strip().splitlines()) == 1
+    report = json.loads((tmp_path / "lite0-onnx" / "report.json").read_text())
+    assert report["model"]["se"] == "none"  # Lite: never had SE, nothing was removed
+    assert report["calibration"]["images"] == 3 and report["warnings"] == [err.strip().split("warning: ", 1)[1]]
 
 
 def test_missing_backend_names_the_extra(data, capsys, monkeypatch):
