@@ -53,6 +53,7 @@ class CompileOptions:
     weights: Path | None = None
     weights_format: str = "auto"
     random_weights: bool = False
+    trust_pickle: bool = False           # --weights may be unpickled (runs the file's code)
     threads: int | None = None
     force: bool = False
     quiet: bool = False
@@ -530,7 +531,7 @@ def compile_model(opts: CompileOptions) -> tuple[Path, dict]:
     # the error is the only line they see (loading takes a second or two, even for B7).
     with watch.stage("load_model"):
         original, weights_info = load_model(opts.variant, opts.weights, opts.weights_format,
-                                            random_weights=opts.random_weights)
+                                            random_weights=opts.random_weights, trust_pickle=opts.trust_pickle)
     say(f"loaded {opts.variant} weights ({weights_info.source}, {weights_info.format} layout)")
     if opts.val is None:
         say("note: no --val given: artifacts are built and timed, accuracy is not measured")

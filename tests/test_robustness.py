@@ -53,6 +53,7 @@ def data(tmp_path_factory):
     torch.save(to_lukemelas(build_model("b0").state_dict()), root / "b0.pth")
     (root / "b0_truncated.pth").write_bytes((root / "b0.pth").read_bytes()[:10000])
     torch.save({"foo": torch.zeros(3)}, root / "odd.pth")
+    torch.save(build_model("lite0"), root / "whole_model.pth")  # torch.save(model): pickled, not a state dict
     (root / "out" / "lite0-onnx").mkdir(parents=True)
     (root / "outfile").mkdir()
     (root / "outfile" / "lite0-onnx").write_text("a file of the user's, where the output folder would go")
@@ -74,6 +75,8 @@ BAD_INPUTS = {
     "weights of another variant": (["compile", "--variant", "b2", "--target", "onnx", "--weights", "{d}/b0.pth"], "use --variant b0"),
     "B0 weights given as Lite0 (same shapes but SE)": (BASE + ["--weights", "{d}/b0.pth"], "--weights {d}/b0.pth does not fit --variant lite0"),
     "truncated weights file": (["compile", "--variant", "b0", "--target", "onnx", "--weights", "{d}/b0_truncated.pth"], "truncated"),
+    "pickled whole model without --trust-pickle": (BASE + ["--weights", "{d}/whole_model.pth"],
+                                                   "unpickling runs code from the file, so pass --trust-pickle"),
     "weights in an unknown layout": (["compile", "--variant", "b0", "--target", "onnx", "--weights", "{d}/odd.pth"], "--weights-format"),
     "output folder exists": (BASE + ["--out", "{d}/out"], "already exists; pass --force"),
     "--out that cannot be created (/proc)": (BASE + ["--out", "/proc/edgeeff-out"], "--out /proc/edgeeff-out: cannot create"),

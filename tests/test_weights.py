@@ -280,6 +280,50 @@ def test_truncated_and_foreign_files(tmp_path):
         load_model("b0", weights=tmp_path / "absent.pth")
 
 
+def test_torchscript_file_is_read_without_pickle_and_loads_the_same_tensors(tmp_path):
+    state = _random_native("lite0", se=False)
+    model = build_model("lite0", se=False)
+    model.load_state_dict(state)
+    path = tmp_path / "scripted.pt"
+    torch.jit.save(torch.jit.trace(model, torch.zeros(1, 3, 64, 64), check_trace=False), str(path))
+    loaded, info = load_model("lite0", weights=path)  # no --trust-pickle needed: no Python runs
+    assert info.format == "edgeeff"
+    _assert_same(loaded, state)
+
+
+def test_pickled_whole_model_needs_trust_pickle_and_says_what_to_save(tmp_path):
+    state = _random_native("lite0", se=False)
+    model = build_model("lite0", se=False)
+    model.load_state_dict(state)
+    path = tmp_path / "whole.pth"
+    torch.save(model, path)
+    with pytest.raises(UserError) as err:
+        load_model("lite0", weights=path)
+    message = str(err.value)
+    assert "--trust-pickle" in message and "runs code" in message and "truncated" not in message
+    assert "torch.save(model.state_dict()" in message and str(path) in message
+    loaded, _ = load_model("lite0", weights=path, trust_pickle=True)
+    _assert_same(loaded, state)
+    torch.save({"epoch": 3, "model": model}, tmp_path / "wrapped.pth")  # a training script's dict around it
+    _assert_same(load_model("lite0", weights=tmp_path / "wrapped.pth", trust_pickle=True)[0], state)
+
+
+def test_pickled_model_whose_code_is_missing_is_one_line(tmp_path, monkeypatch):
+    """Trusted, but the class it names cannot be imported here (defined in the user's training script)."""
+    import sys
+
+    (tmp_path / "my_training_code.py").write_text("import torch\nclass Net(torch.nn.Linear):\n    pass\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import my_training_code
+
+    torch.save(my_training_code.Net(2, 2), tmp_path / "net.pth")
+    monkeypatch.delitem(sys.modules, "my_training_code")
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p != str(tmp_path)])
+    with pytest.raises(UserError, match="unpickling needs the code that defined the model") as err:
+        load_model("lite0", weights=tmp_path / "net.pth", trust_pickle=True)
+    assert "torch.save(model.state_dict()" in str(err.value) and "truncated" not in str(err.value)
+
+
 def test_no_offline_weights_says_where_to_get_them():
     with pytest.raises(UserError, match="--weights FILE"):
         load_model("b3")

@@ -18,6 +18,7 @@ Each layout below says which it implies.
 from __future__ import annotations
 
 import importlib
+import pickle
 import re
 import zipfile
 from dataclasses import dataclass
@@ -81,7 +82,43 @@ def no_weights_message(variant: str) -> str:
 # Reading files
 
 
-def read_state_dict(path: Path) -> dict[str, np.ndarray | torch.Tensor]:
+SAVE_A_STATE_DICT = "or save the weights alone with `torch.save(model.state_dict(), 'best.pth')`"
+
+
+def is_torchscript(path: Path) -> bool:
+    """torch.jit.save's archive: a zip with constants.pkl and the TorchScript code beside the tensors."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return any(name.rsplit("/", 1)[-1] == "constants.pkl" for name in archive.namelist())
+    except (zipfile.BadZipFile, OSError):
+        return False
+
+
+def _read_torchscript(path: Path) -> dict:
+    """The parameters and buffers of a TorchScript file. torch.jit.load reads its code and tensors
+    without running a forward pass, and unlike unpickling it runs no Python from the file."""
+    try:
+        return torch.jit.load(str(path), map_location="cpu").state_dict()
+    except RuntimeError as err:
+        raise UserError(f"--weights {path}: a TorchScript file torch.jit.load cannot read "
+                        f"({str(err).splitlines()[0][:120]}); {SAVE_A_STATE_DICT}") from None
+
+
+def _unpickle(path: Path, trust_pickle: bool):
+    """A file torch.load reads only with weights_only=False: pickled Python objects (a whole
+    nn.Module, a training script's classes). Unpickling runs code the file names, so only on request."""
+    if not trust_pickle:
+        raise UserError(f"--weights {path}: holds pickled Python objects (e.g. a whole nn.Module), not just "
+                        f"tensors; unpickling runs code from the file, so pass --trust-pickle only if you trust "
+                        f"its source, {SAVE_A_STATE_DICT}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except (ImportError, AttributeError) as err:  # the classes it names are not importable here
+        raise UserError(f"--weights {path}: unpickling needs the code that defined the model ({err}); "
+                        f"{SAVE_A_STATE_DICT.removeprefix('or ')} where that code runs") from None
+
+
+def read_state_dict(path: Path, trust_pickle: bool = False) -> dict[str, np.ndarray | torch.Tensor]:
     """Read a checkpoint into a flat name -> tensor dict, unwrapping the usual containers."""
     if not path.is_file():
         raise UserError(f"--weights {path}: no such file")
@@ -93,27 +130,38 @@ def read_state_dict(path: Path) -> dict[str, np.ndarray | torch.Tensor]:
             from safetensors.torch import load_file  # optional: only for .safetensors files
 
             state = load_file(str(path))
+        elif is_torchscript(path):
+            state = _read_torchscript(path)
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile, KeyError,
-            __import__("pickle").UnpicklingError) as err:
-        raise UserError(f"--weights {path}: cannot read it as a checkpoint ({type(err).__name__}); "
-                        f"the file may be truncated or not a PyTorch/NumPy weights file: download it again") from None
+    except pickle.UnpicklingError as err:
+        if "Weights only load failed" not in str(err):  # a whole file with objects beyond tensors
+            raise _unreadable(path, err) from None
+        state = _unpickle(path, trust_pickle)
+    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile, KeyError) as err:
+        raise _unreadable(path, err) from None
     except ImportError:
         raise UserError(f"--weights {path}: reading .safetensors needs `pip install safetensors`") from None
     for wrapper in ("state_dict", "model", "model_state_dict", "state_dict_ema", "model_ema"):
-        if isinstance(state, dict) and wrapper in state and isinstance(state[wrapper], dict):
+        if isinstance(state, dict) and isinstance(state.get(wrapper), (dict, torch.nn.Module)):
             state = state[wrapper]
             break
+    if isinstance(state, torch.nn.Module):  # a whole model, unpickled with --trust-pickle
+        state = state.state_dict()
     if not isinstance(state, dict) or not state:
         raise UserError(f"--weights {path}: holds no state dict (found {type(state).__name__})")
     return {re.sub(r"^(module\.|model\.)", "", k): v for k, v in state.items()
             if hasattr(v, "shape")}
 
 
+def _unreadable(path: Path, err: Exception) -> UserError:
+    return UserError(f"--weights {path}: cannot read it as a checkpoint ({type(err).__name__}); "
+                     f"the file may be truncated or not a PyTorch/NumPy weights file: download it again")
+
+
 def checkpoint_meta(path: Path) -> dict:
     """The architecture edgeeff records beside the weights it saves (`{"state_dict", "edgeeff"}`), or {}."""
-    if path.suffix in (".npz", ".safetensors"):
+    if path.suffix in (".npz", ".safetensors") or is_torchscript(path):  # edgeeff saves neither with meta
         return {}
     try:
         raw = torch.load(path, map_location="cpu", weights_only=True)
@@ -412,7 +460,7 @@ def apply_state_dict(model: EfficientNet, mapped: dict, origin: str) -> None:
 
 def load_model(variant: str, weights: Path | None = None, weights_format: str = "auto",
                act: str | None = None, se: bool | None = None, random_weights: bool = False,
-               num_classes: int | None = None) -> tuple[EfficientNet, WeightsInfo]:
+               num_classes: int | None = None, trust_pickle: bool = False) -> tuple[EfficientNet, WeightsInfo]:
     """Build `variant` and fill it: --weights FILE, else the packaged Lite weights, else an error.
 
     `act`/`se` here describe the checkpoint's own architecture; turning a model into a different
@@ -434,7 +482,7 @@ def load_model(variant: str, weights: Path | None = None, weights_format: str = 
         source = f"package:{PACKAGED_WEIGHTS[variant][2]}"
     else:
         source = str(weights)
-    state = read_state_dict(weights)
+    state = read_state_dict(weights, trust_pickle)
     meta = checkpoint_meta(weights)
     if act is None and meta.get("act") in ACTIVATIONS:
         act = meta["act"]  # saved by `--recover`: the activation is not in the tensors
