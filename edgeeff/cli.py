@@ -7,7 +7,8 @@ import json
 import sys
 from pathlib import Path
 
-from . import __version__, choices, progress
+from . import choices, progress
+from .version import __version__
 from .errors import AccuracyGateError, UserError
 
 EPILOG = "Docs: README.md and docs/ in the edgeeff repository."
@@ -28,6 +29,9 @@ def _add_compile_flags(c: argparse.ArgumentParser) -> None:
     c.add_argument("--weights", type=Path, help="checkpoint: timm, torchvision, lukemelas, TF-ported or edgeeff state dict")
     c.add_argument("--weights-format", default="auto",
                    choices=choices.WEIGHT_FORMATS)
+    c.add_argument("--trust-pickle", action="store_true",
+                   help="--weights may be a pickled whole model (torch.save(model)): unpickling runs code from "
+                        "the file, so only for files you trust; a state dict or TorchScript file needs no flag")
     c.add_argument("--random-weights", action="store_true", help="random weights (latency/size studies only)")
     c.add_argument("--out", type=Path, default=Path("out"), help="output root; writes OUT/<variant>[-<act>][-nose][-kd]-<target>/")
     c.add_argument("--force", action="store_true", help="replace an existing output folder")
@@ -59,10 +63,12 @@ def _add_compile_flags(c: argparse.ArgumentParser) -> None:
                         "folded into the next conv (exact when the gate is constant)")
     v.add_argument("--recover", choices=choices.RECOVER_METHODS, default="none",
                    help="recover the variant's accuracy by distillation from the original on unlabelled images")
-    v.add_argument("--recover-minutes", type=float, default=15.0, metavar="N",
-                   help="wall-clock budget for recovery (default 15); the step count is planned from it")
+    v.add_argument("--recover-minutes", type=float, metavar="N",
+                   help="wall-clock budget for recovery (default 15 without --recover-steps, none with it); "
+                        "the step count is planned from it")
     v.add_argument("--recover-steps", type=int, metavar="N",
-                   help="exact number of recovery steps (reproducible); --recover-minutes then only caps it")
+                   help="exact number of recovery steps (reproducible), never cut by a default budget; "
+                        "--recover-minutes, if given too, caps it")
     v.add_argument("--recover-params", choices=choices.RECOVER_PARAMS,
                    help="what recovery trains: all = every weight (default), bn = BatchNorm scales/shifts and biases only")
     v.add_argument("--recover-lr", type=float, metavar="LR",
@@ -86,9 +92,21 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}; see {self.prog} --help\n")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="edgeeff", description="Compile EfficientNets into verified INT8 edge artifacts.",
-                                     epilog=EPILOG)
+class RaisingParser(_Parser):
+    """The same parser for the Python API (api.py): a mistake is a UserError, never an exit, and
+    an option is spelled out (argparse would take `calib_c=8` as --calib-count: a typo must not run)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **{**kwargs, "allow_abbrev": False})
+
+    def error(self, message: str):
+        raise UserError(message)
+
+
+def build_parser(parser_class: type[argparse.ArgumentParser] = _Parser) -> argparse.ArgumentParser:
+    # Subparsers are built with the parent's class, so one class decides how every command errs.
+    parser = parser_class(prog="edgeeff", description="Compile EfficientNets into verified INT8 edge artifacts.",
+                          epilog=EPILOG)
     parser.add_argument("--version", action="version", version=f"edgeeff {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -126,19 +144,25 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_compile(args) -> int:
-    from .pipeline import compile_model
-
-    compile_model(_compile_options(args, args.target, sensitivity=args.sensitivity))
+    run_compile(args)
     return 0
 
 
-def _compile_options(args, target: str, **extra):
+def run_compile(args) -> tuple[Path, dict]:
+    """`edgeeff compile` on parsed arguments: the output folder and the report (api.compile too)."""
+    from .pipeline import compile_model
+
+    return compile_model(compile_options(args, args.target, sensitivity=args.sensitivity))
+
+
+def compile_options(args, target: str, **extra):
     from .pipeline import CompileOptions
 
     return CompileOptions(
         variant=args.variant, target=target, out=args.out, calib=args.calib, calib_count=args.calib_count,
         calib_method=args.calib_method, val=args.val, synsets=args.synsets, weights=args.weights,
-        weights_format=args.weights_format, random_weights=args.random_weights, threads=args.threads,
+        weights_format=args.weights_format, random_weights=args.random_weights, trust_pickle=args.trust_pickle,
+        threads=args.threads,
         force=args.force, quiet=args.quiet, latency_runs=args.latency_runs, max_drop=args.max_drop,
         max_float_layers=args.max_float_layers, io=args.io, act=args.act, se=args.se, recover=args.recover,
         recover_minutes=args.recover_minutes, recover_steps=args.recover_steps, recover_params=args.recover_params,
@@ -152,7 +176,7 @@ def _compile_options(args, target: str, **extra):
 def cmd_sensitivity(args) -> int:
     from .across_targets import compare_targets
 
-    compare_targets(args, [t.strip() for t in args.targets.split(",") if t.strip()], _compile_options)
+    compare_targets(args, [t.strip() for t in args.targets.split(",") if t.strip()], compile_options)
     return 0
 
 
@@ -183,12 +207,18 @@ def cmd_report(args) -> int:
 
 
 def cmd_eval(args) -> int:
+    run_eval(args)
+    return 0
+
+
+def run_eval(args) -> dict:
+    """`edgeeff eval` on parsed arguments: the scores (written to --json too; api.evaluate too)."""
     from .evaluation_cli import evaluate_artifact
 
     result = evaluate_artifact(args)
     if args.json:
         args.json.write_text(json.dumps(result, indent=2) + "\n")
-    return 0
+    return result
 
 
 def cmd_variants(_args) -> int:

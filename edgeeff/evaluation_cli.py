@@ -14,8 +14,9 @@ from .backends import backend_for_file
 from .data.images import load_validation, resolve_labels
 from .data.preprocess import PreprocessSpec
 from .errors import UserError
-from .evaluate import align_classes, measure_latency, predict_all, score
+from .scoring import align_classes, measure_latency, predict_all, score
 from .models.family import IMAGENET_MEAN, IMAGENET_STD
+from .pipeline import check_threads
 from .report.contract import format_table
 
 
@@ -48,6 +49,7 @@ def spec_from_flags(args, inspected: dict) -> tuple[PreprocessSpec, list[str]]:
 
 
 def evaluate_artifact(args) -> dict:
+    check_threads(args.threads)
     path = args.artifact
     if not path.is_file():
         raise UserError(f"{path}: no such artifact file")

@@ -13,6 +13,7 @@ import os
 import resource
 import shutil
 import signal
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,20 +21,20 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import __version__
+from .version import __version__
 from .backends import backend as load_backend
 from .cache import cached_array, content_key
 from .choices import OPTIMIZE_SETTINGS, RECOVER_METHODS, SCALE_GROUP_SETTINGS, SE_CHOICES
 from .data.images import ImageSet, load_calibration, load_validation, resolve_labels
 from .data.preprocess import PreprocessSpec
 from .errors import AccuracyGateError, UserError
-from .evaluate import TorchRunner, align_classes, measure_latency, predict_all, score, torch_batches
+from .scoring import TorchRunner, align_classes, measure_latency, predict_all, score, torch_batches
 from .models.builder import count_macs, count_parameters
 from .models.export import export_onnx
 from .models.family import spec_for_variant
 from .models.weights import load_model
 from .profiles import TargetProfile, get_recipe, get_target, optimize_for_model, recipe_for_model
-from .progress import say
+from .progress import say, warn
 from .report.contract import artifact_row, format_table, library_versions, markdown, table_rows, write_manifest
 from .report.html_page import render as render_html
 from .util import write_json
@@ -52,6 +53,7 @@ class CompileOptions:
     weights: Path | None = None
     weights_format: str = "auto"
     random_weights: bool = False
+    trust_pickle: bool = False           # --weights may be unpickled (runs the file's code)
     threads: int | None = None
     force: bool = False
     quiet: bool = False
@@ -64,7 +66,7 @@ class CompileOptions:
     act: str | None = None            # swish | hswish | relu6; None: the model's own
     se: str | None = None             # keep | remove; None: the model's own
     recover: str = "none"             # none | distill
-    recover_minutes: float | None = 15.0
+    recover_minutes: float | None = None  # None: RecoverySettings' 15 without recover_steps, no cap with them
     recover_steps: int | None = None
     recover_params: str | None = None  # bn | all; None: RecoverySettings' default
     recover_lr: float | None = None
@@ -125,11 +127,15 @@ def atomic_folder(final: Path, force: bool):
     """Yield a temporary folder that becomes `final` only if the block finishes."""
     if final.exists() and not force:
         raise UserError(f"--out: {final} already exists; pass --force to replace it or choose another --out")
-    final.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_partials(final)
     tmp = final.parent / f".{final.name}.partial-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
+    try:  # checked by check_out_folder already; this is for a folder removed or locked since
+        final.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_partials(final)
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+    except OSError as err:
+        raise UserError(f"--out {final.parent}: cannot create a folder there ({err.strerror or err}); "
+                        f"choose another --out") from None
 
     def on_signal(signum, _frame):  # turn SIGTERM into the same clean-up path as Ctrl-C
         raise KeyboardInterrupt(f"signal {signum}")
@@ -211,6 +217,7 @@ def check_inputs(opts: CompileOptions):
         raise UserError(f"--max-drop {opts.max_drop}: must be zero or more points")
     if opts.calib_count < 1:
         raise UserError(f"--calib-count {opts.calib_count}: must be at least 1")
+    check_threads(opts.threads)
     if opts.weights is None and not opts.random_weights:
         from .models.weights import no_weights_message, packaged_weights_path
 
@@ -228,9 +235,58 @@ def check_inputs(opts: CompileOptions):
                         f"or leave --optimize off")
     if opts.optimize_steps is not None and opts.optimize_steps < 1:
         raise UserError(f"--optimize-steps {opts.optimize_steps}: must be at least 1")
+    check_out_folder(opts.out)
     final = opts.out / output_name(opts, target.name)
     _refuse_existing(final, opts.force)
     return target, recipe, backend, final
+
+
+def calibration_warning(opts: CompileOptions, calibration: ImageSet) -> str | None:
+    """Fewer calibration images than --calib-count asked for (the default 300 included): a warning,
+    not an error. A small set is a legitimate choice for a quick run (edgeeff's own tests calibrate
+    on 8), and a one-image folder still quantizes; but the user should know their INT8 ranges come
+    from those few images, so the console and report.json say how many were used."""
+    used = len(calibration)
+    if used >= opts.calib_count:
+        return None
+    where = f"--calib {opts.calib}" if opts.calib else "scikit-image's sample photos (no --calib given)"
+    unreadable = f", {len(calibration.skipped)} unreadable skipped" if calibration.skipped else ""
+    return (f"--calib-count {opts.calib_count}: {where} gave only {used} image{'s' if used != 1 else ''}"
+            f"{unreadable}; calibrated on {'those' if used != 1 else 'that one'}: INT8 ranges from few images "
+            f"may not fit your data")
+
+
+def check_threads(threads: int | None) -> None:
+    # 0 is falsy: `threads or default` would quietly run with the target's count instead.
+    if threads is not None and threads < 1:
+        raise UserError(f"--threads {threads}: must be at least 1; leave it out for the target's own count")
+
+
+def check_out_folder(out: Path) -> None:
+    """--out must be a folder edgeeff can create and write in. Tried for real before any heavy work
+    (permissions alone do not tell: root may "write" to /proc, where mkdir still fails): the missing
+    folders are created, a file is written in the last one, and all of it is removed again, so a
+    compile that fails later leaves nothing behind."""
+    existing = out
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if existing.exists() and not existing.is_dir():
+        where = "is a file" if existing == out else f"is under {existing}, which is a file"
+        raise UserError(f"--out {out}: {where}, not a folder; choose another --out")
+    created = []
+    try:
+        for folder in reversed([out, *out.parents]):
+            if not folder.exists():
+                folder.mkdir()
+                created.append(folder)
+        with tempfile.TemporaryFile(dir=out, prefix=".edgeeff-write-check-"):
+            pass
+    except OSError as err:
+        raise UserError(f"--out {out}: cannot create or write a folder there ({err.strerror or err}); "
+                        f"choose another --out") from None
+    finally:
+        for folder in reversed(created):
+            folder.rmdir()
 
 
 def split_scales(opts: CompileOptions, target: TargetProfile, model, spec, calibration, watch):
@@ -282,6 +338,8 @@ def optimise_int8(opts: CompileOptions, target: TargetProfile, backend, deploy, 
 
 
 def _refuse_existing(folder: Path, force: bool) -> None:
+    if folder.exists() and not folder.is_dir():  # --force would not replace a file: it is not ours
+        raise UserError(f"--out: {folder} is a file, not an output folder; move it or choose another --out")
     if folder.exists() and not force:
         raise UserError(f"--out: {folder} already exists; pass --force to replace it or choose another --out")
 
@@ -327,7 +385,10 @@ def recovery_settings(opts: CompileOptions):
 
     given = {field_name: getattr(opts, flag[2:].replace("-", "_")) for field_name, flag in RECOVERY_FLAGS.items()}
     # An option left unset (None) takes RecoverySettings' default, except the two that plan the
-    # run, where None means "no step count" / "no time budget".
+    # run: steps given and minutes not => no time budget (a default budget the user never asked
+    # for must not cut the steps they did ask for: 620 stopped at 408); neither => the default budget.
+    if given["steps"] is None and given["minutes"] is None:
+        given["minutes"] = RecoverySettings.minutes
     kwargs = {key: value for key, value in given.items() if value is not None or key in ("steps", "minutes")}
     try:
         return RecoverySettings(seed=opts.seed, **kwargs)
@@ -463,14 +524,17 @@ def mixed_precision(backend, workdir: Path, artifacts: list, threads: int, opts:
 def compile_model(opts: CompileOptions) -> tuple[Path, dict]:
     watch = Stopwatch()
     target, recipe, backend, final = check_inputs(opts)
-    if opts.val is None:
-        say("note: no --val given: artifacts are built and timed, accuracy is not measured")
     # The profile's threads are the device's; evaluating here, never ask for more than the host has.
     threads = opts.threads or max(1, min(target.threads, os.cpu_count() or 1))
     torch.set_num_threads(threads)
-    with watch.stage("load_model", f"loading {opts.variant} weights"):
+    # Weights that do not fit the variant are the user's mistake: loaded before any message, so
+    # the error is the only line they see (loading takes a second or two, even for B7).
+    with watch.stage("load_model"):
         original, weights_info = load_model(opts.variant, opts.weights, opts.weights_format,
-                                            random_weights=opts.random_weights)
+                                            random_weights=opts.random_weights, trust_pickle=opts.trust_pickle)
+    say(f"loaded {opts.variant} weights ({weights_info.source}, {weights_info.format} layout)")
+    if opts.val is None:
+        say("note: no --val given: artifacts are built and timed, accuracy is not measured")
     named = opts.out / output_name(opts, target.name, original.describe())
     if named != final:  # the weights carry their own architecture (e.g. a recovered.pth)
         _refuse_existing(named, opts.force)
@@ -480,6 +544,9 @@ def compile_model(opts: CompileOptions) -> tuple[Path, dict]:
     with watch.stage("load_images"):
         validation = load_validation(opts.val, labels, spec, opts.quiet) if opts.val else None
         calibration = load_calibration(opts.calib, opts.calib_count, spec, opts.quiet)
+    warnings = [w for w in (calibration_warning(opts, calibration),) if w]
+    for message in warnings:
+        warn(message)
     num_classes = original.classifier.out_features
     if num_classes != len(labels.synsets):
         raise UserError(f"the model has {num_classes} classes but the label list has {len(labels.synsets)}: "
@@ -621,6 +688,7 @@ def compile_model(opts: CompileOptions) -> tuple[Path, dict]:
         }
         if calibration.skipped or (validation and validation.skipped):
             report["skipped_images"] = calibration.skipped + (validation.skipped if validation else [])
+        report["warnings"] = warnings
         report["timings_s"] = watch.timings
         report["peak_rss_mb"] = watch.peak_rss_mb
         (workdir / "labels.txt").write_text("\n".join(labels.names) + "\n")

@@ -14,6 +14,11 @@ def progress(iterable, desc: str, unit: str = "it", quiet: bool = False, total: 
     return tqdm(iterable, desc=desc, unit=unit, total=total, disable=disable, leave=False, dynamic_ncols=True)
 
 
+def warn(message: str) -> None:
+    """A one-line warning on stderr, even with --quiet: it is about the result, not the progress."""
+    print(f"edgeeff: warning: {message}", file=sys.stderr, flush=True)
+
+
 def say(message: str) -> None:
     """A one-line stage message on stderr, unless quiet."""
     if not QUIET:

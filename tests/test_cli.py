@@ -13,7 +13,7 @@ from onnx import helper
 from edgeeff.cli import main
 from edgeeff.util import sha256_file
 
-from .conftest import QUICK, compile_model
+from .conftest import B0_TEST_WEIGHTS, QUICK, compile_model, needs_b0_weights
 
 
 @pytest.fixture(scope="module")
@@ -133,6 +133,17 @@ def test_user_mistakes_are_one_line_errors(tmp_path, args, message):
     assert code == 2, stderr
     assert message in stderr and "Traceback" not in stderr
     assert len(stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists()
+
+
+@needs_b0_weights
+def test_b0_weights_compiled_as_lite0_are_one_line_naming_b0(tmp_path):
+    """Issue 21's bar, without --quiet: the error is the only line printed, and nothing is written."""
+    code, stderr = _run(["compile", "--variant", "lite0", "--weights", str(B0_TEST_WEIGHTS), "--target", "onnx",
+                         "--calib-count", "8", "--out", "out"], tmp_path)
+    assert code == 2, stderr
+    assert len(stderr.strip().splitlines()) == 1 and "Traceback" not in stderr
+    assert "use --variant b0" in stderr and str(B0_TEST_WEIGHTS) in stderr
     assert not (tmp_path / "out").exists()
 
 

@@ -1,6 +1,7 @@
 """The package's arrows run one way (docs/architecture.md): no import circles, nothing imports upwards.
 
-    cli, evaluation_cli -> pipeline, across_targets -> models, data, quant, backends, evaluate, report
+    edgeeff (the package) -> api -> cli, evaluation_cli -> pipeline, across_targets
+        -> models, data, quant, backends, scoring, report
 
 Each rule is checked on the real import statements of every module (function-level imports too:
 a lazy import is still an arrow), read with `ast`, so a new module is covered without a list here.
@@ -12,7 +13,7 @@ import ast
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "edgeeff"
-TOP = {"edgeeff.cli", "edgeeff.evaluation_cli", "edgeeff.__main__"}  # the command line
+TOP = {"edgeeff.cli", "edgeeff.evaluation_cli", "edgeeff.__main__", "edgeeff.api"}  # the command line, the Python API
 ORCHESTRATION = {"edgeeff.pipeline", "edgeeff.across_targets"}  # compiles, and commands that run several
 RUNTIMES = {"onnxruntime", "openvino", "nncf", "ai_edge_litert", "ai_edge_quantizer", "litert_torch", "tensorrt",
             "tflite_runtime"}
@@ -37,10 +38,13 @@ def imports_of(path: Path) -> set[str]:
                 target = ".".join(base + ([node.module] if node.module else []))
             else:
                 target = node.module
-            found.add(target)
-            for alias in node.names:  # `from .quant import calibration` imports a module
-                if (PACKAGE.parent / (target + "." + alias.name).replace(".", "/")).with_suffix(".py").exists():
-                    found.add(f"{target}.{alias.name}")
+            # `from .quant import calibration` imports the module calibration; `from . import
+            # progress` is an arrow to progress alone, not to the package whose __init__ re-exports the API.
+            names_a_module = [(PACKAGE.parent / (target + "." + alias.name).replace(".", "/")).with_suffix(".py")
+                              .exists() for alias in node.names]
+            found.update(f"{target}.{alias.name}" for alias, is_module in zip(node.names, names_a_module) if is_module)
+            if not all(names_a_module):
+                found.add(target)
     return found
 
 
@@ -75,6 +79,9 @@ def test_arrows_point_down():
     below_pipeline = {n for n in edges if n not in TOP | ORCHESTRATION | {"edgeeff"}}
     for name in sorted(edges):
         for target in sorted(edges[name]):
+            # The package's __init__ re-exports the API (which imports the CLI): a module reading
+            # anything from it would close a circle, so the version lives in edgeeff.version.
+            assert target != "edgeeff", f"{name} imports the package edgeeff itself"
             if name in below_pipeline:
                 assert target not in TOP | ORCHESTRATION, f"{name} imports {target}: nothing below the pipeline may"
             if name in ORCHESTRATION:

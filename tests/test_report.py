@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from edgeeff.evaluate import score
+from edgeeff.scoring import score
 from edgeeff.report.benchmarks import machine_info, machine_line, replace_section, report_row
 from edgeeff.report.contract import markdown_table
 

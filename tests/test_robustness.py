@@ -43,6 +43,7 @@ def data(tmp_path_factory):
     (root / "corrupt" / "sub" / "bad.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
     _photo(root / "badval" / "kittens" / "k.png")
     (root / "list.txt").write_text("calib/a/0.jpg\n")
+    (root / "missing_list.txt").write_text("val/n01443537/x.png n01443537\nval/n01443537/gone.png n01443537\n")
     (root / "corrupt.onnx").write_bytes(b"\x08\x07garbage")
     (root / "corrupt.xml").write_text("<?xml version='1.0'?>\n<net name='x' version='11'><layers><layer")
     (root / "model.pt").write_bytes(b"")
@@ -52,7 +53,10 @@ def data(tmp_path_factory):
     torch.save(to_lukemelas(build_model("b0").state_dict()), root / "b0.pth")
     (root / "b0_truncated.pth").write_bytes((root / "b0.pth").read_bytes()[:10000])
     torch.save({"foo": torch.zeros(3)}, root / "odd.pth")
+    torch.save(build_model("lite0"), root / "whole_model.pth")  # torch.save(model): pickled, not a state dict
     (root / "out" / "lite0-onnx").mkdir(parents=True)
+    (root / "outfile").mkdir()
+    (root / "outfile" / "lite0-onnx").write_text("a file of the user's, where the output folder would go")
     return root
 
 
@@ -69,10 +73,22 @@ BAD_INPUTS = {
     "malformed validation list file": (BASE + ["--val", "{d}/list.txt"], "expected `relative/path label`"),
     "missing synsets file": (BASE + ["--val", "{d}/val", "--synsets", "{d}/nope.txt"], "--synsets {d}/nope.txt: no such file"),
     "weights of another variant": (["compile", "--variant", "b2", "--target", "onnx", "--weights", "{d}/b0.pth"], "use --variant b0"),
+    "B0 weights given as Lite0 (same shapes but SE)": (BASE + ["--weights", "{d}/b0.pth"], "--weights {d}/b0.pth does not fit --variant lite0"),
     "truncated weights file": (["compile", "--variant", "b0", "--target", "onnx", "--weights", "{d}/b0_truncated.pth"], "truncated"),
+    "pickled whole model without --trust-pickle": (BASE + ["--weights", "{d}/whole_model.pth"],
+                                                   "unpickling runs code from the file, so pass --trust-pickle"),
     "weights in an unknown layout": (["compile", "--variant", "b0", "--target", "onnx", "--weights", "{d}/odd.pth"], "--weights-format"),
     "output folder exists": (BASE + ["--out", "{d}/out"], "already exists; pass --force"),
+    "--out that cannot be created (/proc)": (BASE + ["--out", "/proc/edgeeff-out"], "--out /proc/edgeeff-out: cannot create"),
+    "--out that is a file": (BASE + ["--out", "{d}/list.txt"], "--out {d}/list.txt: is a file, not a folder"),
+    "--out under a file": (BASE + ["--out", "{d}/list.txt/sub"], "is under {d}/list.txt, which is a file"),
+    "output folder that is a file, even with --force": (BASE + ["--out", "{d}/outfile", "--force"],
+                                                        "lite0-onnx is a file, not an output folder"),
     "calibration count of zero": (BASE + ["--calib-count", "0"], "--calib-count 0"),
+    "zero threads (would run with the target's)": (BASE + ["--threads", "0"], "--threads 0: must be at least 1"),
+    "eval with zero threads": (["eval", "{d}/corrupt.onnx", "--val", "{d}/val", "--threads", "0"], "--threads 0: must be at least 1"),
+    "validation list naming a missing image": (BASE + ["--val", "{d}/missing_list.txt"],
+                                               "--val {d}/missing_list.txt:2: {d}/val/n01443537/gone.png does not exist"),
     "--max-drop without --val": (BASE + ["--max-drop", "0.5"], "--max-drop needs --val"),
     "unknown calibration recipe": (BASE + ["--calib-method", "kl"], "--calib-method kl: unknown"),
     "eval of a corrupt model": (["eval", "{d}/corrupt.onnx", "--val", "{d}/val"], "corrupt.onnx"),
@@ -97,6 +113,20 @@ def test_bad_input_is_a_one_line_error_and_writes_nothing(case, data, capsys, mo
     assert expected.format(d=data) in err
     assert not (data / "fresh").exists()
     assert list((data / "out").iterdir()) == [data / "out" / "lite0-onnx"]
+
+
+def test_fewer_calibration_images_than_asked_is_a_warning_with_the_count(data, tmp_path, capsys):
+    """--calib-count 5000 on a folder of 3: calibrated on the 3, and the console (even with --quiet)
+    and report.json say so."""
+    code = main(BASE + ["--calib", str(data / "calib"), "--calib-count", "5000", "--latency-runs", "1",
+                        "--out", str(tmp_path), "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 0, err
+    expected = f"--calib-count 5000: --calib {data / 'calib'} gave only 3 images; calibrated on those"
+    assert f"edgeeff: warning: {expected}" in err and len(err.strip().splitlines()) == 1
+    report = json.loads((tmp_path / "lite0-onnx" / "report.json").read_text())
+    assert report["model"]["se"] == "none"  # Lite: never had SE, nothing was removed
+    assert report["calibration"]["images"] == 3 and report["warnings"] == [err.strip().split("warning: ", 1)[1]]
 
 
 def test_missing_backend_names_the_extra(data, capsys, monkeypatch):

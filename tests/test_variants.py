@@ -136,7 +136,7 @@ def test_surgery_is_a_no_op_when_nothing_changes():
     model = build_model("lite0")
     state = copy.deepcopy(model.state_dict())
     record = make_variant(model, act="relu6", se="keep")
-    assert record.summary()["se"] == "remove" and not record.se_blocks  # Lite has none to keep
+    assert record.summary()["se"] == "none" and not record.se_blocks  # Lite has none to keep
     for k, v in model.state_dict().items():
         assert torch.equal(v, state[k])
 
@@ -481,3 +481,28 @@ def test_rpi_picks_the_histogram_percentile_for_hard_swish_models_only():
     assert recipe_for_model(rpi, default, swish)["name"] == "sample_median"  # swish has its own (docs/quantization.md)
     chosen = get_recipe("minmax")  # the user's --calib-method stands
     assert recipe_for_model(rpi, chosen, hswish)["name"] == "minmax"
+
+
+@pytest.mark.parametrize("steps,minutes,expected", [(620, None, (620, None)), (None, None, (None, 15.0)),
+                                                     (620, 60.0, (620, 60.0)), (None, 5.0, (None, 5.0))])
+def test_explicit_steps_are_never_cut_by_a_default_budget(tmp_path, steps, minutes, expected):
+    """--recover-steps 620 alone was cut at 408 by the 15-minute default nobody asked for: steps
+    given and minutes not => no time budget; neither => the default 15 minutes."""
+    from edgeeff.cli import build_parser, compile_options
+    from edgeeff.pipeline import recovery_settings
+
+    argv = ["compile", "--variant", "b0", "--target", "onnx", "--recover", "distill", "--calib", str(tmp_path)]
+    argv += (["--recover-steps", str(steps)] if steps else []) + (["--recover-minutes", str(minutes)] if minutes else [])
+    args = build_parser().parse_args(argv)
+    settings = recovery_settings(compile_options(args, "onnx"))
+    assert (settings.steps, settings.minutes) == expected
+
+
+def test_lite_reports_no_se_rather_than_removed_se():
+    """Lite never had squeeze-excitation: "remove" in its report claimed a surgery that never ran."""
+    lite = build_model("lite0")
+    assert lite.describe()["se"] == "none"
+    assert build_model("b0", se=False).describe()["se"] == "remove"
+    assert build_model("b0").describe()["se"] == "keep"
+    record = make_variant(lite, act="hswish", se="remove", crops=_crops(2), spec=_spec())
+    assert record.summary()["from"]["se"] == "none" and record.summary()["se"] == "none"

@@ -9,7 +9,7 @@ import torch
 from edgeeff.errors import UserError
 from edgeeff.models.builder import TF_BN_EPS, TORCH_BN_EPS, build_model
 from edgeeff.models.family import VARIANTS, block_plan
-from edgeeff.models.weights import load_model, no_weights_message
+from edgeeff.models.weights import best_fit_variant, load_model, no_weights_message
 
 from .conftest import B0_TEST_WEIGHTS, needs_b0_weights
 
@@ -210,6 +210,61 @@ def test_wrong_variant_is_named(tmp_path):
         load_model("b2", weights=path)
 
 
+def _shapes_only(variant, se=None):
+    """A variant's state dict as shapes only (meta tensors): what best_fit_variant compares."""
+    with torch.device("meta"):
+        return build_model(variant, se=se).state_dict()
+
+
+@pytest.mark.parametrize("variant,se", [("b0", True), ("b3", True), ("b7", True), ("lite0", False),
+                                        ("lite2", False), ("lite4", False), ("b2", False)])
+def test_best_fit_names_the_variant_a_state_dict_was_built_as(variant, se):
+    guess, exact = best_fit_variant(_shapes_only(variant, se))
+    assert (guess, exact) == (variant, True)
+
+
+def test_best_fit_of_a_state_dict_no_variant_fits_is_the_nearest_and_not_exact():
+    state = dict(_shapes_only("b3"))
+    state["stem.conv.weight"] = torch.empty(48, 3, 3, 3, device="meta")  # a stem of another width
+    del state["blocks.25.dw.conv.weight"]
+    assert best_fit_variant(state) == ("b3", False)
+
+
+def test_best_fit_builds_only_the_variants_whose_outline_agrees(monkeypatch):
+    """Cheap: stem and head widths, block count and SE come from the family table, so a B3 file
+    builds B3 (with and without SE at most), never all thirteen variants."""
+    import edgeeff.models.weights as weights
+
+    built = []
+    real = weights.build_model
+    monkeypatch.setattr(weights, "build_model", lambda name, **kw: built.append(name) or real(name, **kw))
+    assert weights.best_fit_variant(_shapes_only("b3"))[0] == "b3"
+    assert set(built) == {"b3"} and len(built) <= 2
+
+
+@pytest.mark.parametrize("given,saved,se", [("lite0", "b0", True), ("lite1", "b1", True), ("b0", "b1", True),
+                                            ("lite1", "lite0", False)])
+def test_weights_of_another_variant_are_refused_naming_it(tmp_path, given, saved, se):
+    """B0 and Lite0 tensors differ only by SE: built with SE to take them, Lite0 compiled B0 weights
+    with ReLU6 (0.15% top-1). SE tensors, block counts and widths must all fit, or one line names
+    the file and the variant it fits."""
+    path = tmp_path / f"{saved}.pth"
+    torch.save(to_lukemelas(_random_native(saved, se=se)), path)
+    with pytest.raises(UserError) as err:
+        load_model(given, weights=path)
+    message = str(err.value)
+    assert "\n" not in message and str(path) in message
+    assert f"these look like {saved} weights: use --variant {saved}" in message
+
+
+def test_lite_weights_never_get_se_from_the_file(tmp_path):
+    """The Lite weights themselves still load, without SE; and a Lite file is not refused as B."""
+    path = tmp_path / "lite0.pth"
+    torch.save(to_lukemelas(_random_native("lite0", se=False)), path)
+    model, _ = load_model("lite0", weights=path)
+    assert not model.se_enabled
+
+
 def test_truncated_and_foreign_files(tmp_path):
     path = tmp_path / "w.pth"
     torch.save(to_lukemelas(_random_native("b0")), path)
@@ -223,6 +278,50 @@ def test_truncated_and_foreign_files(tmp_path):
         load_model("b0", weights=odd)
     with pytest.raises(UserError, match="no such file"):
         load_model("b0", weights=tmp_path / "absent.pth")
+
+
+def test_torchscript_file_is_read_without_pickle_and_loads_the_same_tensors(tmp_path):
+    state = _random_native("lite0", se=False)
+    model = build_model("lite0", se=False)
+    model.load_state_dict(state)
+    path = tmp_path / "scripted.pt"
+    torch.jit.save(torch.jit.trace(model, torch.zeros(1, 3, 64, 64), check_trace=False), str(path))
+    loaded, info = load_model("lite0", weights=path)  # no --trust-pickle needed: no Python runs
+    assert info.format == "edgeeff"
+    _assert_same(loaded, state)
+
+
+def test_pickled_whole_model_needs_trust_pickle_and_says_what_to_save(tmp_path):
+    state = _random_native("lite0", se=False)
+    model = build_model("lite0", se=False)
+    model.load_state_dict(state)
+    path = tmp_path / "whole.pth"
+    torch.save(model, path)
+    with pytest.raises(UserError) as err:
+        load_model("lite0", weights=path)
+    message = str(err.value)
+    assert "--trust-pickle" in message and "runs code" in message and "truncated" not in message
+    assert "torch.save(model.state_dict()" in message and str(path) in message
+    loaded, _ = load_model("lite0", weights=path, trust_pickle=True)
+    _assert_same(loaded, state)
+    torch.save({"epoch": 3, "model": model}, tmp_path / "wrapped.pth")  # a training script's dict around it
+    _assert_same(load_model("lite0", weights=tmp_path / "wrapped.pth", trust_pickle=True)[0], state)
+
+
+def test_pickled_model_whose_code_is_missing_is_one_line(tmp_path, monkeypatch):
+    """Trusted, but the class it names cannot be imported here (defined in the user's training script)."""
+    import sys
+
+    (tmp_path / "my_training_code.py").write_text("import torch\nclass Net(torch.nn.Linear):\n    pass\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import my_training_code
+
+    torch.save(my_training_code.Net(2, 2), tmp_path / "net.pth")
+    monkeypatch.delitem(sys.modules, "my_training_code")
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p != str(tmp_path)])
+    with pytest.raises(UserError, match="unpickling needs the code that defined the model") as err:
+        load_model("lite0", weights=tmp_path / "net.pth", trust_pickle=True)
+    assert "torch.save(model.state_dict()" in str(err.value) and "truncated" not in str(err.value)
 
 
 def test_no_offline_weights_says_where_to_get_them():

@@ -160,7 +160,7 @@ def validation_entries(val: Path, labels: Labels) -> list[tuple[Path, int]]:
 
 def _list_file_entries(list_file: Path, labels: Labels) -> list[tuple[Path, int]]:
     index = labels.index()
-    entries = []
+    entries, numbers = [], []
     for number, line in enumerate(list_file.read_text().splitlines(), 1):
         if not line.strip() or line.startswith("#"):
             continue
@@ -173,9 +173,18 @@ def _list_file_entries(list_file: Path, labels: Labels) -> list[tuple[Path, int]
             value = index[label]
         else:
             raise UserError(f"--val {list_file}:{number}: label {label!r} is neither a class index nor a known synset")
+        numbers.append(number)
         entries.append((list_file.parent / name, value))
     if not entries:
         raise UserError(f"--val {list_file}: no `path label` lines")
+    # A named image that is not there is a wrong path, not an unreadable photo to skip: scoring
+    # the rest would report accuracy on another set than the list describes.
+    missing = [(number, path) for number, path in zip(numbers, (p for p, _ in entries)) if not path.is_file()]
+    if missing:
+        number, path = missing[0]
+        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+        raise UserError(f"--val {list_file}:{number}: {path} does not exist{more}; paths are relative to "
+                        f"the list file's folder")
     return entries
 
 

@@ -119,6 +119,12 @@ class MBConv(nn.Module):
         return x + y if self.has_residual else y
 
 
+def se_label(se_enabled: bool, variant: Variant) -> str:
+    """How a model's squeeze-excitation is reported: keep, remove (a B model without it), or none
+    for Lite, which never had SE ("remove" would claim a surgery that did not happen)."""
+    return "keep" if se_enabled else "none" if variant.lite else "remove"
+
+
 class EfficientNet(nn.Module):
     def __init__(self, variant: Variant, act: str, se: bool, num_classes: int = 1000,
                  same_padding: bool = True, bn_eps: float = TF_BN_EPS):
@@ -158,7 +164,7 @@ class EfficientNet(nn.Module):
 
     def describe(self) -> dict:
         return {"variant": self.variant.name, "act": self.act_name,
-                "se": "keep" if self.se_enabled else "remove",
+                "se": se_label(self.se_enabled, self.variant),
                 "padding": "same" if self.same_padding else "symmetric", "bn_eps": self.bn_eps}
 
 

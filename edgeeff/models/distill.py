@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from ..data.preprocess import PreprocessSpec
-from ..evaluate import torch_batches
+from ..scoring import torch_batches
 from ..profiles import get_recipe
 from ..progress import progress, say
 from ..quant.simulation import activation_ranges, simulated_int8

@@ -27,9 +27,9 @@ from torch import nn
 
 from ..choices import SE_CHOICES
 from ..data.preprocess import PreprocessSpec
-from ..evaluate import torch_batches
-from .builder import EfficientNet, MBConv, forward_with_hooks, make_activation
-from .family import ACTIVATIONS
+from ..scoring import torch_batches
+from .builder import EfficientNet, MBConv, forward_with_hooks, make_activation, se_label
+from .family import ACTIVATIONS, Variant
 
 # Largest per-channel standard deviation of a gate over the calibration images for which the
 # block counts as constant (its fold is then exact to ~1e-3 of the activation).
@@ -44,11 +44,12 @@ class SurgeryRecord:
     from_se: bool
     act: str
     se: bool
+    variant: Variant
     se_blocks: list[dict] = field(default_factory=list)  # per block: index, gate mean/std, "folded-exact"/"folded-mean"/"removed"
 
     def summary(self) -> dict:
-        out = {"from": {"act": self.from_act, "se": "keep" if self.from_se else "remove"},
-               "act": self.act, "se": "keep" if self.se else "remove"}
+        out = {"from": {"act": self.from_act, "se": se_label(self.from_se, self.variant)},
+               "act": self.act, "se": se_label(self.se, self.variant)}
         if self.se_blocks:
             kinds = [b["action"] for b in self.se_blocks]
             out["se_blocks"] = {k: kinds.count(k) for k in sorted(set(kinds))}
@@ -164,7 +165,7 @@ def make_variant(model: EfficientNet, act: str | None = None, se: str | None = N
         raise ValueError(f"unknown --se {se!r}; choose keep or remove")
     # `--se keep` keeps what the model has (nothing, for Lite): it never adds blocks.
     record = SurgeryRecord(from_act=model.act_name, from_se=model.se_enabled,
-                           act=act or model.act_name, se=model.se_enabled and se != "remove")
+                           act=act or model.act_name, se=model.se_enabled and se != "remove", variant=model.variant)
     if se == "remove" and model.se_enabled:
         record.se_blocks = remove_se(model, crops, spec, tolerance, fold_mean)
     if act and act != model.act_name:

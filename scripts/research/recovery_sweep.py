@@ -27,7 +27,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from edgeeff.data.images import imagenet_labels, load_calibration, load_validation  # noqa: E402
-from edgeeff.evaluate import TorchRunner, predict_all, score  # noqa: E402
+from edgeeff.scoring import TorchRunner, predict_all, score  # noqa: E402
 from edgeeff.models.distill import RecoverySettings, distill  # noqa: E402
 from edgeeff.models.family import spec_for_variant  # noqa: E402
 from edgeeff.models.surgery import make_variant  # noqa: E402

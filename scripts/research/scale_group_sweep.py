@@ -34,7 +34,7 @@ import torch  # noqa: E402
 from edgeeff.backends import litert  # noqa: E402
 from edgeeff.backends import onnxruntime as ort_backend  # noqa: E402
 from edgeeff.data.images import imagenet_labels, load_calibration, load_validation  # noqa: E402
-from edgeeff.evaluate import TorchRunner, predict_all, score, torch_batches  # noqa: E402
+from edgeeff.scoring import TorchRunner, predict_all, score, torch_batches  # noqa: E402
 from edgeeff.models.export import export_onnx  # noqa: E402
 from edgeeff.models.family import spec_for_variant  # noqa: E402
 from edgeeff.models.weights import load_model  # noqa: E402
