@@ -28,7 +28,7 @@ import torch  # noqa: E402
 
 from edgeeff.backends import backend  # noqa: E402
 from edgeeff.data.images import crop_all, find_images, spread_choice  # noqa: E402
-from edgeeff.evaluate import torch_batches  # noqa: E402
+from edgeeff.scoring import torch_batches  # noqa: E402
 from edgeeff.models.distill import kd_loss  # noqa: E402
 from edgeeff.models.family import spec_for_variant  # noqa: E402
 from edgeeff.models.weights import load_model  # noqa: E402
