@@ -28,7 +28,8 @@ from .choices import OPTIMIZE_SETTINGS, RECOVER_METHODS, SCALE_GROUP_SETTINGS, S
 from .data.images import ImageSet, load_calibration, load_validation, resolve_labels
 from .data.preprocess import PreprocessSpec
 from .errors import AccuracyGateError, UserError
-from .scoring import TorchRunner, align_classes, measure_latency, predict_all, score, torch_batches
+from .scoring import (TorchRunner, align_classes, latency_in_turns, measure_latency, predict_all, score,
+                      torch_batches)
 from .models.builder import count_macs, count_parameters
 from .models.export import export_onnx
 from .models.family import spec_for_variant
@@ -521,6 +522,26 @@ def mixed_precision(backend, workdir: Path, artifacts: list, threads: int, opts:
     return info
 
 
+def time_in_turns(rows: list[dict], artifacts: list, runners: dict, crop: np.ndarray, threads: int, runs: int,
+                  watch) -> None:
+    """Every runnable artifact of the target timed in turns with the others (one runtime per target),
+    so `ratio_to_fp32` compares files under the same load. A proxy (the TensorRT-bound QDQ model run
+    in ONNX Runtime) says so and gets no ratio: its latency is not the device's."""
+    if not runners:
+        return
+    fp32 = next((a.file for a in artifacts if a.precision == "fp32" and a.file in runners), None)
+    with watch.stage("latency", f"timing {len(runners)} files in turns ({threads} threads, batch 1)"):
+        measured = latency_in_turns(runners, crop, threads, runs=runs, reference=fp32)
+    proxies = {a.file for a in artifacts if a.verified_by}
+    for i, row in enumerate(rows):
+        if row["file"] in measured:
+            latency = measured[row["file"]]
+            if row["file"] in proxies:
+                latency.pop("ratio_to_fp32", None)
+                latency["proxy"] = True
+            rows[i] = artifact_row({**row, "latency_ms": latency})  # the contract's field order
+
+
 def compile_model(opts: CompileOptions) -> tuple[Path, dict]:
     watch = Stopwatch()
     target, recipe, backend, final = check_inputs(opts)
@@ -612,6 +633,7 @@ def compile_model(opts: CompileOptions) -> tuple[Path, dict]:
                                          ref_scores, watch)
         quantizable = layer_info["quantizable_layers"] if layer_info else count_layers(deploy)
         rows = []
+        timed = {}  # file -> its runner, timed in turns below
         for artifact in artifacts:
             row = {"file": artifact.file, "format": artifact.format, "precision": artifact.precision,
                    "input": {"layout": artifact.spec.layout, "dtype": artifact.spec.input_dtype},
@@ -644,15 +666,14 @@ def compile_model(opts: CompileOptions) -> tuple[Path, dict]:
                             "agreement": round(100 * float((logits.argmax(1) == variant_top1).mean()), 2)}
                 else:
                     row.update({"top1": None, "top5": None, "top1_drop": None, "top1_agreement": None})
-                with watch.stage(f"latency_{artifact.file}"):
-                    row["latency_ms"] = measure_latency(runner, calibration.crops[0], threads,
-                                                        runs=opts.latency_runs)
+                timed[artifact.file] = runner
             else:
                 row["reason"] = artifact.reason
             if artifact.verified_by:
                 row["verified_by"] = artifact.verified_by
             row.update(artifact.extra)
             rows.append(artifact_row(row))
+        time_in_turns(rows, artifacts, timed, calibration.crops[0], threads, opts.latency_runs, watch)
 
         report = {
             "variant": opts.variant, "target": target.name, "backend": target.backend,

@@ -95,6 +95,39 @@ def score(logits: np.ndarray, labels: np.ndarray, reference_top1: np.ndarray | N
                   top1_agreement=agreement, top1_classes=top1)
 
 
+def latency_in_turns(runners: dict[str, Runner], crop: np.ndarray, threads: int, runs: int = 50,
+                     per_turn: int = 5, warmup: int = 10, reference: str | None = None) -> dict[str, dict]:
+    """Batch-1 wall time of several files of one runtime, taking turns: after each file's warm-up,
+    every round times `per_turn` calls of each file in turn, until each has `runs` timings. A
+    shared host's drift and one runtime's spinning threads then weigh on every file alike, so their
+    ratio holds where two sequential measurements can differ by 20-50%. Returns, per name, the
+    median, p90 and the spread (p10-p90) in ms, and `ratio_to_fp32` (medians) against `reference`."""
+    inputs = {name: runner.spec.to_model_input(crop[None]) for name, runner in runners.items()}
+    for name, runner in runners.items():
+        for _ in range(warmup):
+            runner.predict(inputs[name])
+    times: dict[str, list[float]] = {name: [] for name in runners}
+    for _ in range(max(1, -(-runs // per_turn))):
+        for name, runner in runners.items():
+            for _ in range(per_turn):
+                start = time.perf_counter()
+                runner.predict(inputs[name])
+                times[name].append((time.perf_counter() - start) * 1000)
+    out = {}
+    for name, values in times.items():
+        p10, p90 = np.percentile(values, [10, 90])
+        out[name] = {"median": round(statistics.median(values), 3), "p90": round(float(p90), 3),
+                     "spread": [round(float(p10), 3), round(float(p90), 3)], "runs": len(values),
+                     "threads": threads, "batch": 1, "host": platform.machine(),
+                     "measured": f"in turns with {', '.join(n for n in runners if n != name) or 'nothing'}, "
+                                 f"{per_turn} calls each per turn, after {warmup} warm-up calls"}
+    if reference in out:
+        for name, row in out.items():
+            if name != reference:
+                row["ratio_to_fp32"] = round(row["median"] / out[reference]["median"], 3)
+    return out
+
+
 def measure_latency(runner: Runner, crop: np.ndarray, threads: int, warmup: int = 10,
                     runs: int = 50) -> dict:
     """Median wall time of batch-1 inference, after warm-up."""

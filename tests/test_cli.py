@@ -36,6 +36,22 @@ def test_compile_without_calib_or_val_uses_packaged_photos_and_says_so(quick_com
 
 
 @pytest.mark.slow
+def test_latency_is_timed_in_turns_with_a_ratio_to_fp32(quick_compile):
+    """Both files of the runtime timed in the same turns: the ratio is the INT8 median over the
+    FP32 median of those turns, present and sane; the FP32 file has none; the tables show it."""
+    report = json.loads((quick_compile / "report.json").read_text())
+    fp32, int8 = (next(a for a in report["artifacts"] if a["precision"] == p) for p in ("fp32", "int8"))
+    assert "ratio_to_fp32" not in fp32["latency_ms"] and "model_int8.onnx" in fp32["latency_ms"]["measured"]
+    latency = int8["latency_ms"]
+    assert latency["ratio_to_fp32"] == round(latency["median"] / fp32["latency_ms"]["median"], 3)
+    assert 0.05 < latency["ratio_to_fp32"] < 20
+    low, high = latency["spread"]
+    assert low <= latency["median"] <= high == latency["p90"] and latency["runs"] >= 3
+    assert f"{latency['ratio_to_fp32']:.2f}" in (quick_compile / "report.md").read_text()
+    assert "x FP32" in (quick_compile / "report.html").read_text()
+
+
+@pytest.mark.slow
 def test_manifest_lists_every_file_with_its_hash(quick_compile):
     manifest = json.loads((quick_compile / "manifest.json").read_text())
     listed = {f["file"]: f for f in manifest["files"]}

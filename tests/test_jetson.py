@@ -394,6 +394,10 @@ def test_lite0_engine_is_listed_unverified_with_its_command(lite0_jetson):
         assert not (folder / "model.engine").exists()
     for field in ("top1", "top5", "top1_drop", "top1_agreement", "size_bytes", "latency_ms", "runtime"):
         assert engine.get(field) is None, field
+    # The QDQ model's latency in ONNX Runtime is a proxy: marked, and no ratio beside the real ones.
+    qdq = next(a for a in report["artifacts"] if a["file"] == "model_qdq.onnx")
+    assert qdq["latency_ms"]["proxy"] is True and "ratio_to_fp32" not in qdq["latency_ms"]
+    assert "(proxy)" in (folder / "report.md").read_text()
     manifest = json.loads((folder / "manifest.json").read_text())
     build = next(a["build"] for a in manifest["artifacts"] if a["file"] == "model.engine")
     assert build["commands"]["int8"]["tensorrt>=8.4"].startswith("trtexec --onnx=model_qdq.onnx")

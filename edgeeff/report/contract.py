@@ -81,6 +81,7 @@ ARTIFACT_COLUMNS = (
     ("top1_agreement", "agree%", "agreement %"),
     ("size_mb", "size MB", "size MB"),
     ("latency_ms", "ms (b1)", "latency ms (b1)"),
+    ("latency_ratio", "x FP32", "latency x FP32"),
     ("float_layers", "float layers", None),
     ("verified", None, "verified"),
 )
@@ -100,7 +101,11 @@ def artifact_table(report: dict) -> list[dict]:
                "top1_drop": a.get("top1_drop"), "top1_agreement": a.get("top1_agreement"),
                "size_mb": a["size_bytes"] / 1e6 if a.get("size_bytes") is not None else None,
                "latency_ms": (a.get("latency_ms") or {}).get("median"),
+               "latency_proxy": bool((a.get("latency_ms") or {}).get("proxy")),
                "verified": a.get("verified", True), "reason": a.get("reason", "")}
+        if a["precision"] != "fp32" and a.get("latency_ms"):
+            # the same runtime's FP32 file timed in turns with it; none for a proxy (not the device)
+            row["latency_ratio"] = a["latency_ms"].get("ratio_to_fp32")
         if "kept_float" in a:
             row["float_layers"] = f"{len(a['kept_float'])}/{a['quantizable_layers']}"
         rows.append(row)
@@ -112,6 +117,8 @@ def _text_cell(row: dict, key: str) -> str:
         return ""
     if key == "runtime" and not row.get("verified", True):
         return "not run"  # the text table has no "verified" column
+    if key == "latency_ms" and row.get("latency_proxy"):
+        return f"{_fmt(row[key])} (proxy)"
     return _fmt(row[key])
 
 

@@ -83,6 +83,8 @@ def _artifact_cell(row: dict, key: str, max_drop: float | None) -> str:
         return f'<td class="l">{_esc(value)}</td>'
     if key == "verified":
         return f"<td>{'yes' if value else 'no: ' + _esc(row['reason'])}</td>"
+    if key == "latency_ms" and row.get("latency_proxy"):
+        return f'<td title="a proxy run on this host, not the device">{_cell(value)} (proxy)</td>'
     if key == "top1_drop":
         over = max_drop is not None and value is not None and value > max_drop
         return f'<td class="{"bad" if over else ""}">{_cell(value)}</td>'
