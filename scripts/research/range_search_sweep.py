@@ -99,8 +99,9 @@ def main() -> None:
                      "kl": round(float(kd_loss(test, reference, temperature=1.0)), 5),
                      "search_s": round(seconds, 1), **{k: v for k, v in fields.items()}})
         print(f"{name:40s} agreement {agreement:6.2f}  KL {rows[-1]['kl']:.5f}  {seconds:6.1f} s", flush=True)
-    if args.out:
-        args.out.write_text(json.dumps({"target": args.target, "variant": args.variant, "rows": rows}, indent=1) + "\n")
+        if args.out:  # after every setting: a long sweep cut short keeps what it measured
+            args.out.write_text(json.dumps({"target": args.target, "variant": args.variant, "rows": rows},
+                                           indent=1) + "\n")
 
 
 if __name__ == "__main__":
