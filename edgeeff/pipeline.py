@@ -543,6 +543,20 @@ def time_in_turns(rows: list[dict], artifacts: list, runners: dict, crop: np.nda
 
 
 def compile_model(opts: CompileOptions) -> tuple[Path, dict]:
+    """Compile for one target; returns the output folder and its report. `opts.quiet` silences the
+    stage messages too (they follow progress.QUIET, which the CLI sets), for callers that are not
+    the CLI (the benchmark scripts, edgeeff.compile)."""
+    from . import progress as progress_state
+
+    before = progress_state.QUIET
+    progress_state.QUIET = before or opts.quiet
+    try:
+        return _compile(opts)
+    finally:
+        progress_state.QUIET = before
+
+
+def _compile(opts: CompileOptions) -> tuple[Path, dict]:
     watch = Stopwatch()
     target, recipe, backend, final = check_inputs(opts)
     # The profile's threads are the device's; evaluating here, never ask for more than the host has.

@@ -120,6 +120,8 @@ def main() -> int:
     parser.add_argument("--targets", nargs="+", default=["onnx", "intel", "rpi", "jetson"])
     parser.add_argument("--settings", nargs="+", default=["off", "ranges"],
                         help="off, ranges, rounding (onnx only), fallback (ranges + --max-drop)")
+    parser.add_argument("--settings-for", nargs="*", default=[], metavar="MODEL=S1,S2",
+                        help="other settings for one model, e.g. lite0=off (ReLU6 models default to off)")
     parser.add_argument("--max-drop", type=float, default=0.3)
     parser.add_argument("--work", type=Path, default=Path("/tmp/edgeeff-bench-optimise"))
     parser.add_argument("--json", type=Path, default=REPO / "docs" / "results" / "bench_optimise.json")
@@ -128,11 +130,12 @@ def main() -> int:
     args = parser.parse_args()
     if "b0" in args.models and args.b0_weights is None:
         parser.error("--b0-weights FILE is needed for the b0 model (or leave b0 out of --models)")
+    settings_for = {m: s.split(",") for m, s in (item.split("=", 1) for item in args.settings_for)}
     rows = []
     for model in args.models:
         weights = args.b0_weights if model == "b0" else None
         for target in args.targets:
-            for setting in args.settings:
+            for setting in settings_for.get(model, args.settings):
                 if setting in TAKES and target not in TAKES[setting]:
                     continue
                 log(f"{model} {target} {setting}: compiling")
