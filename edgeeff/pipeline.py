@@ -11,9 +11,6 @@ import contextlib
 import dataclasses
 import os
 import resource
-import shutil
-import signal
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +25,7 @@ from .choices import OPTIMIZE_SETTINGS, RECOVER_METHODS, SCALE_GROUP_SETTINGS, S
 from .data.images import ImageSet, load_calibration, load_validation, resolve_labels
 from .data.preprocess import PreprocessSpec
 from .errors import AccuracyGateError, UserError
+from .output_folder import atomic_folder, check_out_folder, kill_point
 from .scoring import (TorchRunner, align_classes, latency_in_turns, measure_latency, predict_all, score,
                       torch_batches)
 from .models.builder import count_macs, count_parameters
@@ -112,6 +110,7 @@ class Stopwatch:
 
     @contextlib.contextmanager
     def stage(self, name: str, message: str | None = None):
+        kill_point(name)  # fault injection (output_folder.py); nothing unless EDGEEFF_FAULT_KILL_AT names it
         if message:
             say(message)
         start = time.perf_counter()
@@ -121,53 +120,6 @@ class Stopwatch:
             self.timings[name] = round(self.timings.get(name, 0.0) + time.perf_counter() - start, 2)
             # ru_maxrss is in KiB on Linux: a running peak, so each stage shows the high-water mark so far.
             self.peak_rss_mb[name] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
-
-
-@contextlib.contextmanager
-def atomic_folder(final: Path, force: bool):
-    """Yield a temporary folder that becomes `final` only if the block finishes."""
-    if final.exists() and not force:
-        raise UserError(f"--out: {final} already exists; pass --force to replace it or choose another --out")
-    tmp = final.parent / f".{final.name}.partial-{os.getpid()}"
-    try:  # checked by check_out_folder already; this is for a folder removed or locked since
-        final.parent.mkdir(parents=True, exist_ok=True)
-        remove_stale_partials(final)
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir()
-    except OSError as err:
-        raise UserError(f"--out {final.parent}: cannot create a folder there ({err.strerror or err}); "
-                        f"choose another --out") from None
-
-    def on_signal(signum, _frame):  # turn SIGTERM into the same clean-up path as Ctrl-C
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    previous = signal.signal(signal.SIGTERM, on_signal)
-    try:
-        yield tmp
-        if final.exists():
-            shutil.rmtree(final)
-        tmp.rename(final)
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
-def remove_stale_partials(final: Path) -> None:
-    """Temporary folders left by a run that was killed (SIGKILL cannot be caught) are removed."""
-    for stale in final.parent.glob(f".{final.name}.partial-*"):
-        pid = stale.name.rsplit("-", 1)[-1]
-        if pid.isdigit() and not _process_alive(int(pid)):
-            shutil.rmtree(stale, ignore_errors=True)
-
-
-def _process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def over_budget(report: dict, max_drop: float) -> list[str]:
@@ -261,33 +213,6 @@ def check_threads(threads: int | None) -> None:
     # 0 is falsy: `threads or default` would quietly run with the target's count instead.
     if threads is not None and threads < 1:
         raise UserError(f"--threads {threads}: must be at least 1; leave it out for the target's own count")
-
-
-def check_out_folder(out: Path) -> None:
-    """--out must be a folder edgeeff can create and write in. Tried for real before any heavy work
-    (permissions alone do not tell: root may "write" to /proc, where mkdir still fails): the missing
-    folders are created, a file is written in the last one, and all of it is removed again, so a
-    compile that fails later leaves nothing behind."""
-    existing = out
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
-    if existing.exists() and not existing.is_dir():
-        where = "is a file" if existing == out else f"is under {existing}, which is a file"
-        raise UserError(f"--out {out}: {where}, not a folder; choose another --out")
-    created = []
-    try:
-        for folder in reversed([out, *out.parents]):
-            if not folder.exists():
-                folder.mkdir()
-                created.append(folder)
-        with tempfile.TemporaryFile(dir=out, prefix=".edgeeff-write-check-"):
-            pass
-    except OSError as err:
-        raise UserError(f"--out {out}: cannot create or write a folder there ({err.strerror or err}); "
-                        f"choose another --out") from None
-    finally:
-        for folder in reversed(created):
-            folder.rmdir()
 
 
 def split_scales(opts: CompileOptions, target: TargetProfile, model, spec, calibration, watch):
@@ -592,7 +517,9 @@ def _compile(opts: CompileOptions) -> tuple[Path, dict]:
     # What is exported: the same function, possibly with scale groups (recovered.pth keeps `model`).
     deploy, scale_group_info = split_scales(opts, target, model, spec, calibration, watch)
 
-    with atomic_folder(final, opts.force) as workdir:
+    # what the folder will hold, about: the FP32 files and the INT8 ones (for the disk-full message)
+    needed = 3 * 4 * count_parameters(deploy)
+    with atomic_folder(final, opts.force, needed_bytes=needed) as workdir:
         fp32_onnx = workdir / ".export.onnx"
         if getattr(backend, "NEEDS_ONNX", True):  # the LiteRT backend converts the PyTorch model itself
             with watch.stage("export_onnx", "exporting FP32 ONNX"):

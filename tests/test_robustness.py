@@ -176,7 +176,7 @@ def test_interrupted_compile_leaves_no_output(tmp_path, sig):
 
 
 def test_stale_partial_folder_of_a_killed_run_is_cleaned(tmp_path):
-    from edgeeff.pipeline import remove_stale_partials
+    from edgeeff.output_folder import remove_stale_partials
 
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()

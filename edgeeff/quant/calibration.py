@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from ..cache import cache_dir, content_key
+from ..cache import cache_dir, content_key, load_entry, store_entry
 from ..progress import progress
 
 OWN_METHODS = ("minmax", "percentile", "mse")
@@ -143,17 +143,12 @@ def cached_stats(model_path: Path, inputs: np.ndarray, batch: int = 10, threads:
     root = cache_dir()
     key = content_key(Path(model_path).read_bytes(), inputs, NUM_BINS, HISTOGRAM_STRIDE, histograms, "stats-v3")
     path = root / "calibration_stats" / f"{key}.npz" if root else None
-    if path is not None and path.is_file():
-        try:
-            return ActivationStats.load(path), True
-        except (OSError, ValueError, KeyError):
-            path.unlink(missing_ok=True)
+    cached = load_entry(path, ActivationStats.load) if path is not None else None
+    if cached is not None:
+        return cached, True
     stats = collect_stats(model_path, inputs, batch, threads, quiet, histograms)
     if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.stem + ".tmp.npz")
-        stats.save(tmp)
-        tmp.replace(path)
+        store_entry(path, stats.save)
     return stats, False
 
 
