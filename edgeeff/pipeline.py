@@ -55,6 +55,7 @@ class CompileOptions:
     random_weights: bool = False
     trust_pickle: bool = False           # --weights may be unpickled (runs the file's code)
     conventions: str | None = None       # tf | pytorch; None: from the checkpoint, layout or a measurement
+    weights_key: str | None = None       # the checkpoint entry to read; None: the EMA first (weights.py)
     threads: int | None = None
     force: bool = False
     quiet: bool = False
@@ -548,8 +549,9 @@ def compile_model(opts: CompileOptions) -> tuple[Path, dict]:
     with watch.stage("load_model"):
         original, weights_info = load_model(opts.variant, opts.weights, opts.weights_format,
                                             random_weights=opts.random_weights, trust_pickle=opts.trust_pickle,
-                                            conventions=opts.conventions, images=measurement_batch)
-    say(f"loaded {opts.variant} weights ({weights_info.source}, {weights_info.format} layout)")
+                                            conventions=opts.conventions, images=measurement_batch,
+                                            weights_key=opts.weights_key)
+    say(f"loaded {opts.variant} weights ({weights_info.describe()})")
     say(f"conventions: {weights_info.conventions.describe()}")
     if opts.val is None:
         say("note: no --val given: artifacts are built and timed, accuracy is not measured")
@@ -694,9 +696,7 @@ def compile_model(opts: CompileOptions) -> tuple[Path, dict]:
             "model": {**model.describe(), "parameters": count_parameters(model),
                       "macs": count_macs(model), "num_classes": num_classes,
                       **({"surgery": variant_info["surgery"]} if "surgery" in variant_info else {}),
-                      "weights": {"source": weights_info.source, "format": weights_info.format,
-                                  "sha256": weights_info.sha256,
-                                  "conventions": weights_info.conventions.to_dict()}},
+                      "weights": weights_info.to_dict()},
             "target_profile": target.to_report(),
             **({"variant_chain": chain} if is_variant else {}),
             **({"recovery": variant_info["recovery"]} if "recovery" in variant_info else {}),

@@ -476,3 +476,64 @@ def test_compile_refusing_to_guess_is_one_line_exit_2_and_writes_nothing(tmp_pat
     assert not out.exists()
     model, info = load_model("lite0", weights=path, conventions="tf")
     assert info.conventions.how == "option"
+
+
+def _timm_training_checkpoint(state, ema_state=None, arch="tf_efficientnet_lite0"):
+    """What timm's train.py CheckpointSaver writes: epoch, arch, the weights, the optimizer's state,
+    its argparse options, and with --model-ema the EMA weights."""
+    import argparse
+
+    args = argparse.Namespace(model=arch, lr=0.05, batch_size=64, mean=None, crop_pct=0.875, model_ema=True)
+    checkpoint = {"epoch": 41, "arch": arch, "state_dict": state, "version": 2, "args": args, "metric": 81.2,
+                  "optimizer": {"state": {0: {"momentum_buffer": torch.zeros(3)}},
+                                "param_groups": [{"lr": 0.05, "params": [0]}]}}
+    if ema_state is not None:
+        checkpoint["state_dict_ema"] = ema_state
+    return checkpoint
+
+
+def test_timm_training_checkpoint_needs_no_trust_and_prefers_the_ema(tmp_path):
+    raw = _random_native("lite0", se=False)
+    ema = {k: v + 1 if v.dtype.is_floating_point and not k.endswith("running_var") else v for k, v in raw.items()}
+    path = tmp_path / "model_best.pth.tar"
+    torch.save(_timm_training_checkpoint(to_timm(raw, "lite0"), to_timm(ema, "lite0")), path)
+    model, info = load_model("lite0", weights=path)  # args is an argparse.Namespace: no --trust-pickle
+    _assert_same(model, ema)
+    assert (info.entry, info.other_entries, info.format) == ("state_dict_ema", ["state_dict"], "timm")
+    assert info.conventions.how == "checkpoint" and _conventions(model) == (True, TF_BN_EPS)
+    assert "--weights-key picks one" in info.describe()
+    raw_model, raw_info = load_model("lite0", weights=path, weights_key="state_dict")
+    _assert_same(raw_model, raw)
+    assert raw_info.entry == "state_dict"
+    with pytest.raises(UserError) as err:
+        load_model("lite0", weights=path, weights_key="model_ema")
+    message = str(err.value)
+    assert "--weights-key model_ema" in message and "state_dict_ema" in message and "\n" not in message
+
+
+def test_lightning_checkpoint_strips_its_prefix_and_reads_the_arch_from_hyper_parameters(tmp_path):
+    """Lightning saves the LightningModule's state: the network under its attribute name (here
+    `model.`, and torch.compile's `_orig_mod.` inside it), beside a loss's tensors."""
+    state = _random_native("lite0", se=False)
+    wrapped = {f"model._orig_mod.{k}": v for k, v in to_timm(state, "lite0").items()}
+    wrapped["criterion.weight"] = torch.ones(1000)
+    path = tmp_path / "epoch=9-step=1000.ckpt"
+    torch.save({"epoch": 9, "global_step": 1000, "pytorch-lightning_version": "2.4.0", "state_dict": wrapped,
+                "hyper_parameters": {"model_name": "efficientnet_lite0", "lr": 1e-3, "num_classes": 1000},
+                "optimizer_states": [], "lr_schedulers": [], "callbacks": {}, "loops": {}}, path)
+    model, info = load_model("lite0", weights=path)
+    _assert_same(model, state)
+    assert info.prefix == "model._orig_mod." and info.ignored == ["criterion.weight"]
+    assert info.conventions.name == "pytorch" and "model_name is 'efficientnet_lite0'" in info.conventions.reason
+    report = info.to_dict()
+    assert report["entry"] == "state_dict" and report["ignored"] == ["criterion.weight"]
+
+
+def test_a_checkpoint_holding_two_models_is_refused(tmp_path):
+    state = to_timm(_random_native("lite0", se=False), "lite0")
+    path = tmp_path / "distill.ckpt"
+    torch.save({"state_dict": {**{f"student.{k}": v for k, v in state.items()},
+                               **{f"teacher.{k}": v for k, v in state.items()}}}, path)
+    with pytest.raises(UserError) as err:
+        load_model("lite0", weights=path, conventions="tf")
+    assert "2 models" in str(err.value) and "'student.'" in str(err.value) and "\n" not in str(err.value)

@@ -27,6 +27,7 @@ where they come from, in this order (docs/weights.md):
 
 from __future__ import annotations
 
+import argparse
 import importlib
 import math
 import pickle
@@ -66,6 +67,29 @@ class WeightsInfo:
     format: str
     sha256: str | None = None
     conventions: "Conventions | None" = None
+    entry: str | None = None    # the checkpoint entry the weights came from (state_dict_ema, ...)
+    prefix: str = ""            # the key prefix stripped (Lightning's `model.`, DataParallel's `module.`)
+    ignored: list[str] = field(default_factory=list)  # tensors outside that prefix (a loss, metrics)
+    other_entries: list[str] = field(default_factory=list)  # weights the checkpoint also holds, unread
+
+    def describe(self) -> str:
+        """What was read, for the console: the layout, and the entry and prefix when there were any."""
+        parts = [f"{self.format} layout"]
+        if self.entry:
+            also = f"; also holds {', '.join(self.other_entries)}: --weights-key picks one" if self.other_entries else ""
+            parts.append(f"entry {self.entry}{also}")
+        if self.prefix:
+            parts.append(f"prefix {self.prefix!r} stripped")
+        if self.ignored:
+            parts.append(f"{len(self.ignored)} tensors outside it ignored, e.g. {self.ignored[0]}")
+        return f"{self.source}, {', '.join(parts)}"
+
+    def to_dict(self) -> dict:
+        """report.json's model.weights."""
+        return {"source": self.source, "format": self.format, "sha256": self.sha256,
+                **({"conventions": self.conventions.to_dict()} if self.conventions else {}),
+                **({"entry": self.entry} if self.entry else {}), **({"prefix": self.prefix} if self.prefix else {}),
+                **({"ignored": self.ignored} if self.ignored else {})}
 
 
 # The two conventions training libraries use: (TF "same" padding, BatchNorm eps).
@@ -176,10 +200,25 @@ class Checkpoint:
     state: dict
     meta: dict = field(default_factory=dict)      # edgeeff's own record (`--recover` saves one)
     recorded: Conventions | None = None           # padding and eps the file records, if it does
+    entry: str | None = None                      # which entry of a training checkpoint held the weights
+    others: list[str] = field(default_factory=list)  # other weight entries it holds (--weights-key)
+    prefix: str = ""
+    ignored: list[str] = field(default_factory=list)
 
 
-def read_checkpoint(path: Path, trust_pickle: bool = False) -> Checkpoint:
-    """Read a checkpoint: its tensors (unwrapping the usual containers) and what it records."""
+# Entries of a training checkpoint that hold weights, most preferred first. The EMA first: when
+# timm's train.py keeps an EMA it validates the EMA model and picks model_best by that score, and
+# timm's load_checkpoint reads `state_dict_ema` by default (TF evaluates its moving averages too,
+# map_tf). `--weights-key state_dict` reads the raw weights instead.
+WEIGHT_ENTRIES = ("state_dict_ema", "model_ema", "state_dict", "model", "model_state_dict", "module", "net")
+# timm's train.py saves its options (an argparse.Namespace) as `args` beside the weights: plain
+# attribute values, safe to rebuild without running code, so such a file needs no --trust-pickle.
+SAFE_CLASSES = [argparse.Namespace]
+
+
+def read_checkpoint(path: Path, trust_pickle: bool = False, key: str | None = None) -> Checkpoint:
+    """Read a checkpoint: its tensors (unwrapping the usual containers and key prefixes) and what
+    it records. `key` (--weights-key) names the entry to read; else WEIGHT_ENTRIES' order."""
     if not path.is_file():
         raise UserError(f"--weights {path}: no such file")
     try:
@@ -193,7 +232,8 @@ def read_checkpoint(path: Path, trust_pickle: bool = False) -> Checkpoint:
         elif is_torchscript(path):
             raw = _read_torchscript(path)
         else:
-            raw = torch.load(path, map_location="cpu", weights_only=True)
+            with torch.serialization.safe_globals(SAFE_CLASSES):
+                raw = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
         if "Weights only load failed" not in str(err):  # a whole file with objects beyond tensors
             raise _unreadable(path, err) from None
@@ -202,19 +242,46 @@ def read_checkpoint(path: Path, trust_pickle: bool = False) -> Checkpoint:
         raise _unreadable(path, err) from None
     except ImportError:
         raise UserError(f"--weights {path}: reading .safetensors needs `pip install safetensors`") from None
-    state = raw
-    for wrapper in ("state_dict", "model", "model_state_dict", "state_dict_ema", "model_ema"):
-        if isinstance(state, dict) and isinstance(state.get(wrapper), (dict, torch.nn.Module)):
-            state = state[wrapper]
-            break
+    entries = [name for name in WEIGHT_ENTRIES if isinstance(raw, dict)
+               and isinstance(raw.get(name), (dict, torch.nn.Module))]
+    if key is not None:
+        if not (isinstance(raw, dict) and isinstance(raw.get(key), (dict, torch.nn.Module))):
+            held = [k for k, v in raw.items() if isinstance(v, (dict, torch.nn.Module))] if isinstance(raw, dict) else []
+            raise UserError(f"--weights-key {key}: {path} has no such entry of weights"
+                            f"{' (it has ' + ', '.join(held) + ')' if held else ' (it is a plain state dict)'}")
+        entries = [key] + [e for e in entries if e != key]
+    state = raw[entries[0]] if entries else raw
     recorded = _recorded_conventions(raw, state)
     if isinstance(state, torch.nn.Module):  # a whole model, unpickled with --trust-pickle
         state = state.state_dict()
     if not isinstance(state, dict) or not state:
         raise UserError(f"--weights {path}: holds no state dict (found {type(state).__name__})")
     meta = raw.get("edgeeff") if isinstance(raw, dict) else None
-    state = {re.sub(r"^(module\.|model\.)", "", k): v for k, v in state.items() if hasattr(v, "shape")}
-    return Checkpoint(state, meta if isinstance(meta, dict) else {}, recorded)
+    state = {k: v for k, v in state.items() if hasattr(v, "shape")}
+    prefix, state, ignored = _strip_prefix(state, path)
+    return Checkpoint(state, meta if isinstance(meta, dict) else {}, recorded, entries[0] if entries else None,
+                      entries[1:], prefix, ignored)
+
+
+# The stem convolution's name in each layout: where it sits in a checkpoint tells the prefix.
+STEM_KEYS = ("stem.conv.weight", "_conv_stem.weight", "conv_stem.weight", "features.0.0.weight")
+
+
+def _strip_prefix(state: dict, path: Path) -> tuple[str, dict, list[str]]:
+    """The model's tensors without the prefix a wrapper put on them: Lightning's `model.` (whatever
+    the attribute is called, `model.model.` too), DataParallel's `module.`, torch.compile's
+    `_orig_mod.`. Tensors outside it (a Lightning module's loss or metrics) are returned apart."""
+    prefixes = {k[: -len(stem)] for k in state for stem in STEM_KEYS
+                if k.endswith(stem) and (len(k) == len(stem) or k[-len(stem) - 1] == ".")}
+    if len(prefixes) > 1:
+        shown = ", ".join(repr(p) for p in sorted(prefixes))
+        raise UserError(f"--weights {path}: holds {len(prefixes)} models (key prefixes {shown}), e.g. a student "
+                        f"and a teacher; save the one to compile: `torch.save(model.state_dict(), 'best.pth')`")
+    if not prefixes:  # TF names, or an unknown layout detect_format will name
+        return "", state, []
+    prefix = prefixes.pop()
+    kept = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    return prefix, kept, [k for k in state if not k.startswith(prefix)]
 
 
 def read_state_dict(path: Path, trust_pickle: bool = False) -> dict[str, np.ndarray | torch.Tensor]:
@@ -256,7 +323,17 @@ def _recorded_conventions(raw, weights) -> Conventions | None:
     arch = raw.get("arch")
     if isinstance(arch, str) and arch_conventions(arch):
         return Conventions.named(arch_conventions(arch), "checkpoint", f"the checkpoint's arch is {arch!r}")
+    hparams = raw.get("hyper_parameters")  # Lightning: the LightningModule's save_hyperparameters()
+    for name in LIGHTNING_ARCH_NAMES if isinstance(hparams, dict) else ():
+        value = hparams.get(name)
+        if isinstance(value, str) and arch_conventions(value):
+            return Conventions.named(arch_conventions(value), "checkpoint",
+                                     f"the Lightning checkpoint's hyper_parameters {name} is {value!r}")
     return None
+
+
+# What Lightning modules commonly call the timm model name they were built from.
+LIGHTNING_ARCH_NAMES = ("arch", "model_name", "model", "backbone", "architecture", "timm_model")
 
 
 def _unreadable(path: Path, err: Exception) -> UserError:
@@ -628,7 +705,8 @@ def apply_state_dict(model: EfficientNet, mapped: dict, origin: str) -> None:
 def load_model(variant: str, weights: Path | None = None, weights_format: str = "auto",
                act: str | None = None, se: bool | None = None, random_weights: bool = False,
                num_classes: int | None = None, trust_pickle: bool = False, conventions: str | None = None,
-               images: Callable[[], torch.Tensor] | None = None) -> tuple[EfficientNet, WeightsInfo]:
+               images: Callable[[], torch.Tensor] | None = None,
+               weights_key: str | None = None) -> tuple[EfficientNet, WeightsInfo]:
     """Build `variant` and fill it: --weights FILE, else the packaged Lite weights, else an error.
 
     `act`/`se` here describe the checkpoint's own architecture; turning a model into a different
@@ -656,7 +734,7 @@ def load_model(variant: str, weights: Path | None = None, weights_format: str = 
         source = f"package:{PACKAGED_WEIGHTS[variant][2]}"
     else:
         source = str(weights)
-    checkpoint = read_checkpoint(weights, trust_pickle)
+    checkpoint = read_checkpoint(weights, trust_pickle, weights_key)
     state, meta = checkpoint.state, checkpoint.meta
     if act is None and meta.get("act") in ACTIVATIONS:
         act = meta["act"]  # saved by `--recover`: the activation is not in the tensors
@@ -690,7 +768,9 @@ def load_model(variant: str, weights: Path | None = None, weights_format: str = 
         model = build(chosen.same_padding, chosen.bn_eps)
     from ..util import sha256_file
 
-    return model, WeightsInfo(source=source, format=fmt, sha256=sha256_file(weights), conventions=chosen)
+    return model, WeightsInfo(source=source, format=fmt, sha256=sha256_file(weights), conventions=chosen,
+                              entry=checkpoint.entry, prefix=checkpoint.prefix, ignored=checkpoint.ignored,
+                              other_entries=checkpoint.others)
 
 
 def _built_with(conventions: str | None) -> dict:
