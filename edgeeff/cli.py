@@ -16,7 +16,8 @@ EPILOG = "Docs: README.md and docs/ in the edgeeff repository."
 
 def _add_data_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--val", type=Path, help="validation images: ImageFolder tree (folders = synsets) or a `path label` list file")
-    p.add_argument("--synsets", type=Path, help="synsets file, line N = '<synset> <name>' of class N (default: ImageNet-1k)")
+    p.add_argument("--synsets", type=Path, help="label file, line N = class N: '<synset> <name>' or the name alone, "
+                   "spaces allowed (default: ImageNet-1k; eval: the labels.txt beside the artifact)")
     p.add_argument("--threads", type=int, help="CPU threads for evaluation and latency (default: the target's)")
     p.add_argument("--quiet", action="store_true", help="no progress bars or stage messages")
 
