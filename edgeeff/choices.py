@@ -7,6 +7,9 @@ from __future__ import annotations
 from .models.family import ACTIVATIONS  # noqa: F401  (--act; the family defines the activations)
 
 WEIGHT_FORMATS = ("auto", "edgeeff", "lukemelas", "timm", "timm-tf", "torchvision", "tf")  # --weights-format
+# --conventions: padding and BatchNorm eps of the training library, always paired in practice
+# (TF ports: "same" + 1e-3; PyTorch-trained: symmetric + 1e-5), so one flag (docs/weights.md)
+CONVENTION_NAMES = ("tf", "pytorch")
 SE_CHOICES = ("keep", "remove")                 # --se
 RECOVER_METHODS = ("none", "distill")           # --recover
 RECOVER_PARAMS = ("bn", "all")                  # --recover-params (distill.LEARNING_RATES has one rate each)

@@ -16,7 +16,8 @@ EPILOG = "Docs: README.md and docs/ in the edgeeff repository."
 
 def _add_data_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--val", type=Path, help="validation images: ImageFolder tree (folders = synsets) or a `path label` list file")
-    p.add_argument("--synsets", type=Path, help="synsets file, line N = '<synset> <name>' of class N (default: ImageNet-1k)")
+    p.add_argument("--synsets", type=Path, help="label file, line N = class N: '<synset> <name>' or the name alone, "
+                   "spaces allowed (default: ImageNet-1k; eval: the labels.txt beside the artifact)")
     p.add_argument("--threads", type=int, help="CPU threads for evaluation and latency (default: the target's)")
     p.add_argument("--quiet", action="store_true", help="no progress bars or stage messages")
 
@@ -32,6 +33,14 @@ def _add_compile_flags(c: argparse.ArgumentParser) -> None:
     c.add_argument("--trust-pickle", action="store_true",
                    help="--weights may be a pickled whole model (torch.save(model)): unpickling runs code from "
                         "the file, so only for files you trust; a state dict or TorchScript file needs no flag")
+    c.add_argument("--weights-key", metavar="ENTRY",
+                   help="the entry of a training checkpoint to read (default: state_dict_ema when there is "
+                        "one, as timm evaluates it, else state_dict, model, ...; docs/weights.md)")
+    c.add_argument("--conventions", choices=choices.CONVENTION_NAMES,
+                   help="padding and BatchNorm eps the weights were trained with: tf ('same', 1e-3: TF ports, "
+                        "timm's tf_efficientnet_*) or pytorch (symmetric, 1e-5: timm's efficientnet_*); only "
+                        "needed when the checkpoint records no arch and the calibration images cannot tell "
+                        "(docs/weights.md)")
     c.add_argument("--random-weights", action="store_true", help="random weights (latency/size studies only)")
     c.add_argument("--out", type=Path, default=Path("out"), help="output root; writes OUT/<variant>[-<act>][-nose][-kd]-<target>/")
     c.add_argument("--force", action="store_true", help="replace an existing output folder")
@@ -162,7 +171,7 @@ def compile_options(args, target: str, **extra):
         variant=args.variant, target=target, out=args.out, calib=args.calib, calib_count=args.calib_count,
         calib_method=args.calib_method, val=args.val, synsets=args.synsets, weights=args.weights,
         weights_format=args.weights_format, random_weights=args.random_weights, trust_pickle=args.trust_pickle,
-        threads=args.threads,
+        conventions=args.conventions, weights_key=args.weights_key, threads=args.threads,
         force=args.force, quiet=args.quiet, latency_runs=args.latency_runs, max_drop=args.max_drop,
         max_float_layers=args.max_float_layers, io=args.io, act=args.act, se=args.se, recover=args.recover,
         recover_minutes=args.recover_minutes, recover_steps=args.recover_steps, recover_params=args.recover_params,

@@ -11,7 +11,7 @@ import json
 import sys
 
 from .backends import backend_for_file
-from .data.images import load_validation, resolve_labels
+from .data.images import labels_beside, load_validation, resolve_labels
 from .data.preprocess import PreprocessSpec
 from .errors import UserError
 from .scoring import align_classes, measure_latency, predict_all, score
@@ -54,7 +54,8 @@ def evaluate_artifact(args) -> dict:
     if not path.is_file():
         raise UserError(f"{path}: no such artifact file")
     if args.val is None:
-        raise UserError("eval needs --val DIR (an ImageFolder tree of synset folders, or a `path label` list file)")
+        raise UserError("eval needs --val DIR (an ImageFolder tree of synset or class-name folders, or a "
+                        "`path label` list file)")
     backend = backend_for_file(path)
     manifest = args.manifest or (path.parent / "manifest.json")
     notes = []
@@ -69,7 +70,8 @@ def evaluate_artifact(args) -> dict:
     for note in notes:
         print(f"note: {note}", file=sys.stderr)
     threads = args.threads or 2
-    labels = resolve_labels(args.synsets)
+    # The labels.txt a compile wrote beside the artifact is the model's own class list: no --synsets needed.
+    labels = (None if args.synsets else labels_beside(path.parent)) or resolve_labels(args.synsets)
     validation = load_validation(args.val, labels, spec, args.quiet)
     runner = backend.open_runner(path, threads, spec)
     raw = predict_all(runner, validation.crops, path.name, args.quiet)
@@ -77,7 +79,7 @@ def evaluate_artifact(args) -> dict:
     scores = score(logits, validation.labels)
     latency = measure_latency(runner, validation.crops[0], threads)
     result = {"file": str(path), "runtime": runner.runtime, **scores.as_dict(),
-              "images": len(validation), "skipped": len(validation.skipped),
+              "images": len(validation), "skipped": len(validation.skipped), "label_source": labels.source,
               "label_offset": raw.shape[1] - logits.shape[1] if args.label_offset is None else args.label_offset,
               "preprocess": runner.spec.to_dict(), "latency_ms": latency}
     print(format_table([["artifact", "runtime", "images", "top-1", "top-5", "ms (b1)"],

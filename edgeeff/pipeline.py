@@ -22,7 +22,7 @@ from .version import __version__
 from .backends import backend as load_backend
 from .cache import cached_array, content_key
 from .choices import OPTIMIZE_SETTINGS, RECOVER_METHODS, SCALE_GROUP_SETTINGS, SE_CHOICES
-from .data.images import ImageSet, load_calibration, load_validation, resolve_labels
+from .data.images import ImageSet, load_calibration, load_validation, resolve_labels, spread_choice
 from .data.preprocess import PreprocessSpec
 from .errors import AccuracyGateError, UserError
 from .output_folder import atomic_folder, check_out_folder, kill_point
@@ -53,6 +53,8 @@ class CompileOptions:
     weights_format: str = "auto"
     random_weights: bool = False
     trust_pickle: bool = False           # --weights may be unpickled (runs the file's code)
+    conventions: str | None = None       # tf | pytorch; None: from the checkpoint, layout or a measurement
+    weights_key: str | None = None       # the checkpoint entry to read; None: the EMA first (weights.py)
     threads: int | None = None
     force: bool = False
     quiet: bool = False
@@ -487,12 +489,30 @@ def _compile(opts: CompileOptions) -> tuple[Path, dict]:
     # The profile's threads are the device's; evaluating here, never ask for more than the host has.
     threads = opts.threads or max(1, min(target.threads, os.cpu_count() or 1))
     torch.set_num_threads(threads)
+    spec = spec_for_variant(opts.variant)
+    calibration_set: list[ImageSet] = []  # read once: by the conventions' measurement if it runs, else below
+
+    def calibration_images() -> ImageSet:
+        if not calibration_set:
+            with watch.stage("load_images"):
+                calibration_set.append(load_calibration(opts.calib, opts.calib_count, spec, opts.quiet))
+        return calibration_set[0]
+
+    def measurement_batch() -> torch.Tensor:
+        from .models.weights import MEASURE_IMAGES
+
+        crops = np.stack(spread_choice(list(calibration_images().crops), MEASURE_IMAGES))
+        return torch.cat(list(torch_batches(crops, spec, MEASURE_IMAGES)))
+
     # Weights that do not fit the variant are the user's mistake: loaded before any message, so
     # the error is the only line they see (loading takes a second or two, even for B7).
     with watch.stage("load_model"):
         original, weights_info = load_model(opts.variant, opts.weights, opts.weights_format,
-                                            random_weights=opts.random_weights, trust_pickle=opts.trust_pickle)
-    say(f"loaded {opts.variant} weights ({weights_info.source}, {weights_info.format} layout)")
+                                            random_weights=opts.random_weights, trust_pickle=opts.trust_pickle,
+                                            conventions=opts.conventions, images=measurement_batch,
+                                            weights_key=opts.weights_key)
+    say(f"loaded {opts.variant} weights ({weights_info.describe()})")
+    say(f"conventions: {weights_info.conventions.describe()}")
     if opts.val is None:
         say("note: no --val given: artifacts are built and timed, accuracy is not measured")
     named = opts.out / output_name(opts, target.name, original.describe())
@@ -500,10 +520,9 @@ def _compile(opts: CompileOptions) -> tuple[Path, dict]:
         _refuse_existing(named, opts.force)
         final = named
     labels = resolve_labels(opts.synsets)
-    spec = spec_for_variant(opts.variant)
     with watch.stage("load_images"):
         validation = load_validation(opts.val, labels, spec, opts.quiet) if opts.val else None
-        calibration = load_calibration(opts.calib, opts.calib_count, spec, opts.quiet)
+    calibration = calibration_images()
     warnings = [w for w in (calibration_warning(opts, calibration),) if w]
     for message in warnings:
         warn(message)
@@ -639,8 +658,7 @@ def _compile(opts: CompileOptions) -> tuple[Path, dict]:
             "model": {**model.describe(), "parameters": count_parameters(model),
                       "macs": count_macs(model), "num_classes": num_classes,
                       **({"surgery": variant_info["surgery"]} if "surgery" in variant_info else {}),
-                      "weights": {"source": weights_info.source, "format": weights_info.format,
-                                  "sha256": weights_info.sha256}},
+                      "weights": weights_info.to_dict()},
             "target_profile": target.to_report(),
             **({"variant_chain": chain} if is_variant else {}),
             **({"recovery": variant_info["recovery"]} if "recovery" in variant_info else {}),

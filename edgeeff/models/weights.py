@@ -11,18 +11,31 @@ Supported layouts (detected from the keys, or forced with --weights-format):
                as an .npz or a pickled dict of arrays; kernels are transposed from HWIO
 
 Padding and BatchNorm epsilon are not in a state dict but change the outputs: TF-trained
-weights need TF "same" padding and eps 1e-3, PyTorch-trained ones symmetric padding and 1e-5.
-Each layout below says which it implies.
+weights need TF "same" padding and eps 1e-3 (convention `tf`), PyTorch-trained ones symmetric
+padding and 1e-5 (`pytorch`). They are never guessed from a file name; `settle_conventions` says
+where they come from, in this order (docs/weights.md):
+
+  checkpoint  what the file records: timm's `arch` ('tf_efficientnet_lite0' is tf), edgeeff's own
+              record, a pickled module's layers
+  option      --conventions tf|pytorch (or --weights-format timm-tf)
+  layout      the layout's library has one convention: lukemelas and tf are tf; torchvision is
+              symmetric with its own eps (1e-3 for B5-B7, 1e-5 otherwise)
+  measured    timm and edgeeff layouts with nothing recorded: both conventions are run on the
+              calibration images, and the one whose BatchNorm inputs match the stored running
+              statistics better wins, if clearly (else a one-line refusal naming --conventions)
 """
 
 from __future__ import annotations
 
+import argparse
 import importlib
+import math
 import pickle
 import re
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -53,6 +66,68 @@ class WeightsInfo:
     source: str  # "package:<name>", a file path, or "random"
     format: str
     sha256: str | None = None
+    conventions: "Conventions | None" = None
+    entry: str | None = None    # the checkpoint entry the weights came from (state_dict_ema, ...)
+    prefix: str = ""            # the key prefix stripped (Lightning's `model.`, DataParallel's `module.`)
+    ignored: list[str] = field(default_factory=list)  # tensors outside that prefix (a loss, metrics)
+    other_entries: list[str] = field(default_factory=list)  # weights the checkpoint also holds, unread
+
+    def describe(self) -> str:
+        """What was read, for the console: the layout, and the entry and prefix when there were any."""
+        parts = [f"{self.format} layout"]
+        if self.entry:
+            also = f"; also holds {', '.join(self.other_entries)}: --weights-key picks one" if self.other_entries else ""
+            parts.append(f"entry {self.entry}{also}")
+        if self.prefix:
+            parts.append(f"prefix {self.prefix!r} stripped")
+        if self.ignored:
+            parts.append(f"{len(self.ignored)} tensors outside it ignored, e.g. {self.ignored[0]}")
+        return f"{self.source}, {', '.join(parts)}"
+
+    def to_dict(self) -> dict:
+        """report.json's model.weights."""
+        return {"source": self.source, "format": self.format, "sha256": self.sha256,
+                **({"conventions": self.conventions.to_dict()} if self.conventions else {}),
+                **({"entry": self.entry} if self.entry else {}), **({"prefix": self.prefix} if self.prefix else {}),
+                **({"ignored": self.ignored} if self.ignored else {})}
+
+
+# The two conventions training libraries use: (TF "same" padding, BatchNorm eps).
+CONVENTIONS = {"tf": (True, TF_BN_EPS), "pytorch": (False, TORCH_BN_EPS)}
+
+
+@dataclass(frozen=True)
+class Conventions:
+    """Padding and BatchNorm eps the model is built with, and where they came from."""
+
+    same_padding: bool
+    bn_eps: float
+    how: str      # checkpoint | option | layout | measured | default
+    reason: str
+    measurement: dict | None = None
+
+    @classmethod
+    def named(cls, name: str, how: str, reason: str, measurement: dict | None = None) -> "Conventions":
+        return cls(*CONVENTIONS[name], how, reason, measurement)
+
+    @property
+    def name(self) -> str:
+        """tf, pytorch, or padding/eps for a pair no name covers (torchvision's B5-B7)."""
+        for name, pair in CONVENTIONS.items():
+            if pair == (self.same_padding, self.bn_eps):
+                return name
+        return f"{self.padding}/{self.bn_eps:g}"
+
+    @property
+    def padding(self) -> str:
+        return "same" if self.same_padding else "symmetric"
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "padding": self.padding, "bn_eps": self.bn_eps, "how": self.how,
+                "reason": self.reason, **({"measurement": self.measurement} if self.measurement else {})}
+
+    def describe(self) -> str:
+        return f"{self.name} ({self.padding} padding, BatchNorm eps {self.bn_eps:g}): {self.how}, {self.reason}"
 
 
 def packaged_weights_path(variant: str) -> Path | None:
@@ -118,57 +193,152 @@ def _unpickle(path: Path, trust_pickle: bool):
                         f"{SAVE_A_STATE_DICT.removeprefix('or ')} where that code runs") from None
 
 
-def read_state_dict(path: Path, trust_pickle: bool = False) -> dict[str, np.ndarray | torch.Tensor]:
-    """Read a checkpoint into a flat name -> tensor dict, unwrapping the usual containers."""
+@dataclass
+class Checkpoint:
+    """A weights file as read: the flat name -> tensor dict, and what the file says beside it."""
+
+    state: dict
+    meta: dict = field(default_factory=dict)      # edgeeff's own record (`--recover` saves one)
+    recorded: Conventions | None = None           # padding and eps the file records, if it does
+    entry: str | None = None                      # which entry of a training checkpoint held the weights
+    others: list[str] = field(default_factory=list)  # other weight entries it holds (--weights-key)
+    prefix: str = ""
+    ignored: list[str] = field(default_factory=list)
+
+
+# Entries of a training checkpoint that hold weights, most preferred first. The EMA first: when
+# timm's train.py keeps an EMA it validates the EMA model and picks model_best by that score, and
+# timm's load_checkpoint reads `state_dict_ema` by default (TF evaluates its moving averages too,
+# map_tf). `--weights-key state_dict` reads the raw weights instead.
+WEIGHT_ENTRIES = ("state_dict_ema", "model_ema", "state_dict", "model", "model_state_dict", "module", "net")
+# timm's train.py saves its options (an argparse.Namespace) as `args` beside the weights: plain
+# attribute values, safe to rebuild without running code, so such a file needs no --trust-pickle.
+SAFE_CLASSES = [argparse.Namespace]
+
+
+def read_checkpoint(path: Path, trust_pickle: bool = False, key: str | None = None) -> Checkpoint:
+    """Read a checkpoint: its tensors (unwrapping the usual containers and key prefixes) and what
+    it records. `key` (--weights-key) names the entry to read; else WEIGHT_ENTRIES' order."""
     if not path.is_file():
         raise UserError(f"--weights {path}: no such file")
     try:
         if path.suffix == ".npz":
             with np.load(path) as data:
-                state = {k: data[k] for k in data.files}
+                raw = {k: data[k] for k in data.files}
         elif path.suffix == ".safetensors":
             from safetensors.torch import load_file  # optional: only for .safetensors files
 
-            state = load_file(str(path))
+            raw = load_file(str(path))
         elif is_torchscript(path):
-            state = _read_torchscript(path)
+            raw = _read_torchscript(path)
         else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
+            with torch.serialization.safe_globals(SAFE_CLASSES):
+                raw = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
         if "Weights only load failed" not in str(err):  # a whole file with objects beyond tensors
             raise _unreadable(path, err) from None
-        state = _unpickle(path, trust_pickle)
+        raw = _unpickle(path, trust_pickle)
     except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile, KeyError) as err:
         raise _unreadable(path, err) from None
     except ImportError:
         raise UserError(f"--weights {path}: reading .safetensors needs `pip install safetensors`") from None
-    for wrapper in ("state_dict", "model", "model_state_dict", "state_dict_ema", "model_ema"):
-        if isinstance(state, dict) and isinstance(state.get(wrapper), (dict, torch.nn.Module)):
-            state = state[wrapper]
-            break
+    entries = [name for name in WEIGHT_ENTRIES if isinstance(raw, dict)
+               and isinstance(raw.get(name), (dict, torch.nn.Module))]
+    if key is not None:
+        if not (isinstance(raw, dict) and isinstance(raw.get(key), (dict, torch.nn.Module))):
+            held = [k for k, v in raw.items() if isinstance(v, (dict, torch.nn.Module))] if isinstance(raw, dict) else []
+            raise UserError(f"--weights-key {key}: {path} has no such entry of weights"
+                            f"{' (it has ' + ', '.join(held) + ')' if held else ' (it is a plain state dict)'}")
+        entries = [key] + [e for e in entries if e != key]
+    state = raw[entries[0]] if entries else raw
+    recorded = _recorded_conventions(raw, state)
     if isinstance(state, torch.nn.Module):  # a whole model, unpickled with --trust-pickle
         state = state.state_dict()
     if not isinstance(state, dict) or not state:
         raise UserError(f"--weights {path}: holds no state dict (found {type(state).__name__})")
-    return {re.sub(r"^(module\.|model\.)", "", k): v for k, v in state.items()
-            if hasattr(v, "shape")}
+    meta = raw.get("edgeeff") if isinstance(raw, dict) else None
+    state = {k: v for k, v in state.items() if hasattr(v, "shape")}
+    prefix, state, ignored = _strip_prefix(state, path)
+    return Checkpoint(state, meta if isinstance(meta, dict) else {}, recorded, entries[0] if entries else None,
+                      entries[1:], prefix, ignored)
+
+
+# The stem convolution's name in each layout: where it sits in a checkpoint tells the prefix.
+STEM_KEYS = ("stem.conv.weight", "_conv_stem.weight", "conv_stem.weight", "features.0.0.weight")
+
+
+def _strip_prefix(state: dict, path: Path) -> tuple[str, dict, list[str]]:
+    """The model's tensors without the prefix a wrapper put on them: Lightning's `model.` (whatever
+    the attribute is called, `model.model.` too), DataParallel's `module.`, torch.compile's
+    `_orig_mod.`. Tensors outside it (a Lightning module's loss or metrics) are returned apart."""
+    prefixes = {k[: -len(stem)] for k in state for stem in STEM_KEYS
+                if k.endswith(stem) and (len(k) == len(stem) or k[-len(stem) - 1] == ".")}
+    if len(prefixes) > 1:
+        shown = ", ".join(repr(p) for p in sorted(prefixes))
+        raise UserError(f"--weights {path}: holds {len(prefixes)} models (key prefixes {shown}), e.g. a student "
+                        f"and a teacher; save the one to compile: `torch.save(model.state_dict(), 'best.pth')`")
+    if not prefixes:  # TF names, or an unknown layout detect_format will name
+        return "", state, []
+    prefix = prefixes.pop()
+    kept = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    return prefix, kept, [k for k in state if not k.startswith(prefix)]
+
+
+def read_state_dict(path: Path, trust_pickle: bool = False) -> dict[str, np.ndarray | torch.Tensor]:
+    """Read a checkpoint into a flat name -> tensor dict, unwrapping the usual containers."""
+    return read_checkpoint(path, trust_pickle).state
+
+
+# Same-padding convolution classes of the libraries whose pickled modules users have: timm's
+# Conv2dSame (tf_ models), EfficientNet-PyTorch's static and dynamic ones.
+SAME_PADDING_CLASSES = {"Conv2dSame", "Conv2dStaticSamePadding", "Conv2dDynamicSamePadding", "SamePadConv2d"}
+
+
+def arch_conventions(arch: str) -> str | None:
+    """The convention a timm model name implies: tf_efficientnet_* are TF ports (tf), the other
+    efficientnet_* were trained in PyTorch (pytorch); a bare class name ('efficientnet') says nothing."""
+    arch = arch.lower().rsplit(".", 1)[0]  # timm names may carry a pretrained tag: name.tag
+    if arch.startswith("tf_efficientnet"):
+        return "tf"
+    if arch.startswith("efficientnet_"):
+        return "pytorch"
+    return None
+
+
+def _recorded_conventions(raw, weights) -> Conventions | None:
+    """What the file itself records about padding and eps, if anything."""
+    if isinstance(weights, torch.nn.Module):  # a pickled model: its layers are the record
+        norms = [m for m in weights.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+        if norms:
+            same = any(type(m).__name__ in SAME_PADDING_CLASSES or getattr(m, "padding", None) == "same"
+                       for m in weights.modules())
+            return Conventions(same, float(norms[0].eps), "checkpoint",
+                               f"the pickled {type(weights).__name__}'s own layers")
+    if not isinstance(raw, dict):
+        return None
+    meta = raw.get("edgeeff")
+    if isinstance(meta, dict) and "same_padding" in meta and "bn_eps" in meta:
+        return Conventions(bool(meta["same_padding"]), float(meta["bn_eps"]), "checkpoint",
+                           "recorded by edgeeff beside the weights")
+    arch = raw.get("arch")
+    if isinstance(arch, str) and arch_conventions(arch):
+        return Conventions.named(arch_conventions(arch), "checkpoint", f"the checkpoint's arch is {arch!r}")
+    hparams = raw.get("hyper_parameters")  # Lightning: the LightningModule's save_hyperparameters()
+    for name in LIGHTNING_ARCH_NAMES if isinstance(hparams, dict) else ():
+        value = hparams.get(name)
+        if isinstance(value, str) and arch_conventions(value):
+            return Conventions.named(arch_conventions(value), "checkpoint",
+                                     f"the Lightning checkpoint's hyper_parameters {name} is {value!r}")
+    return None
+
+
+# What Lightning modules commonly call the timm model name they were built from.
+LIGHTNING_ARCH_NAMES = ("arch", "model_name", "model", "backbone", "architecture", "timm_model")
 
 
 def _unreadable(path: Path, err: Exception) -> UserError:
     return UserError(f"--weights {path}: cannot read it as a checkpoint ({type(err).__name__}); "
                      f"the file may be truncated or not a PyTorch/NumPy weights file: download it again")
-
-
-def checkpoint_meta(path: Path) -> dict:
-    """The architecture edgeeff records beside the weights it saves (`{"state_dict", "edgeeff"}`), or {}."""
-    if path.suffix in (".npz", ".safetensors") or is_torchscript(path):  # edgeeff saves neither with meta
-        return {}
-    try:
-        raw = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:  # read_state_dict has already reported unreadable files
-        return {}
-    meta = raw.get("edgeeff") if isinstance(raw, dict) else None
-    return meta if isinstance(meta, dict) else {}
 
 
 def detect_format(keys) -> str | None:
@@ -357,16 +527,90 @@ MAPPERS = {"edgeeff": dict, "lukemelas": map_lukemelas, "timm": map_timm, "timm-
            "torchvision": map_torchvision, "tf": map_tf}
 
 
-def conventions(fmt: str, variant: str, path: Path | None) -> tuple[bool, float]:
-    """(same_padding, bn_eps) implied by where the weights were trained."""
-    if fmt == "timm" and path is not None and "tf_" in path.name:
-        fmt = "timm-tf"  # timm names TF ports tf_efficientnet_*; the file name usually says so
-    if fmt == "timm":
-        return False, TORCH_BN_EPS
+# Layouts whose library builds one convention only: the layout itself says it.
+LAYOUT_CONVENTIONS = {
+    "lukemelas": "EfficientNet-PyTorch (lukemelas layout) always builds TF 'same' padding and eps 1e-3",
+    "tf": "TensorFlow checkpoints are trained with 'same' padding and eps 1e-3",
+    "torchvision": "torchvision's EfficientNet pads symmetrically, eps 1e-3 for B5-B7 and 1e-5 otherwise",
+}
+# Measured: at most this many calibration images, and the winner's BatchNorm statistics must be
+# this many times closer (geometric mean over layers) than the other's. Measured on the packaged
+# Lite0-2 weights (tf), with 8-32 ImageNet calibration images or scikit-image's 9 photos, the
+# wrong convention was 1.23-2.2x further; a Lite0 whose statistics were re-estimated under the
+# pytorch convention came out 1.55-1.94x the other way (docs/weights.md).
+MEASURE_IMAGES = 32
+CLEAR_RATIO = 1.15
+ASK = "pass --conventions tf (weights trained in TensorFlow or ported from it: timm's tf_efficientnet_*) " \
+      "or --conventions pytorch (trained in PyTorch: timm's efficientnet_*)"
+
+
+def bn_mismatch(model: EfficientNet, images: torch.Tensor) -> float:
+    """How far the model's BatchNorm inputs on `images` are from its stored running statistics:
+    per layer, the mean over channels of KL(N(batch mean, batch var) || N(running mean, running var));
+    then the geometric mean over layers, so each layer counts alike however large its own shift.
+
+    Why this tells the conventions apart: the running statistics were accumulated by the training
+    library under its own padding and eps, so the model built with those reproduces them (up to
+    the images' own difference from the training set), and the other convention drifts further
+    from them layer after layer."""
+    divergences = []
+
+    def record(module, inputs):
+        x = inputs[0].transpose(0, 1).flatten(1).double()
+        var = x.var(1) + module.eps
+        running_var = module.running_var.double() + module.eps
+        kl = 0.5 * (var / running_var + (x.mean(1) - module.running_mean.double()) ** 2 / running_var
+                    - 1 + torch.log(running_var / var))
+        divergences.append(max(float(kl.mean()), 1e-12))
+
+    hooks = [m.register_forward_pre_hook(record) for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    try:
+        with torch.no_grad():
+            model.eval()(images)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return math.exp(sum(math.log(d) for d in divergences) / len(divergences))
+
+
+def measure_conventions(build: Callable[[bool, float], EfficientNet], images: torch.Tensor, origin: str) -> Conventions:
+    """Both conventions run on the images; the one whose BatchNorm statistics match clearly better wins."""
+    scores = {name: bn_mismatch(build(*pair), images) for name, pair in CONVENTIONS.items()}
+    best, other = sorted(scores, key=scores.get)
+    ratio = scores[other] / scores[best]
+    measurement = {"images": int(images.shape[0]), "bn_mismatch": {k: round(v, 5) for k, v in scores.items()},
+                   "ratio": round(ratio, 3), "needed": CLEAR_RATIO}
+    if ratio < CLEAR_RATIO:
+        raise UserError(f"{origin}: its padding and BatchNorm eps are not recorded and {len(images)} calibration "
+                        f"images cannot tell them apart ({best}'s BatchNorm statistics only {ratio:.2f}x closer, "
+                        f"{CLEAR_RATIO}x needed): {ASK}")
+    return Conventions.named(best, "measured", f"BatchNorm input statistics on {len(images)} calibration images "
+                                               f"{ratio:.2f}x closer to the stored ones than with {other}",
+                             measurement)
+
+
+def settle_conventions(fmt: str, variant: str, recorded: Conventions | None, option: str | None,
+                       origin: str) -> Conventions | None:
+    """Padding and eps from what the file records, else --conventions, else the layout; None when
+    only measuring can tell (timm and edgeeff layouts recording nothing)."""
+    if fmt == "timm-tf":  # --weights-format timm-tf has always meant a timm TF port: an explicit choice
+        if option == "pytorch":
+            raise UserError("--conventions pytorch contradicts --weights-format timm-tf (a TF port): drop one")
+        option = "tf"
+    if recorded is not None:
+        if option is not None and CONVENTIONS[option] != (recorded.same_padding, recorded.bn_eps):
+            raise UserError(f"--conventions {option} contradicts {origin}: {recorded.reason} ({recorded.name}); "
+                            f"leave --conventions out")
+        return recorded
+    if option is not None:
+        return Conventions.named(option, "option", "--conventions" if fmt != "timm-tf" else "--weights-format timm-tf")
+    if fmt in ("lukemelas", "tf"):
+        return Conventions.named("tf", "layout", LAYOUT_CONVENTIONS[fmt])
     if fmt == "torchvision":
         # torchvision's B5-B7 are TF ports (lukemelas) and use eps 1e-3; B0-B4 were trained in PyTorch.
-        return False, TF_BN_EPS if variant in ("b5", "b6", "b7") else TORCH_BN_EPS
-    return True, TF_BN_EPS  # lukemelas, tf, timm-tf, and our own saves of them
+        eps = TF_BN_EPS if variant in ("b5", "b6", "b7") else TORCH_BN_EPS
+        return Conventions(False, eps, "layout", LAYOUT_CONVENTIONS[fmt])
+    return None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -460,21 +704,29 @@ def apply_state_dict(model: EfficientNet, mapped: dict, origin: str) -> None:
 
 def load_model(variant: str, weights: Path | None = None, weights_format: str = "auto",
                act: str | None = None, se: bool | None = None, random_weights: bool = False,
-               num_classes: int | None = None, trust_pickle: bool = False) -> tuple[EfficientNet, WeightsInfo]:
+               num_classes: int | None = None, trust_pickle: bool = False, conventions: str | None = None,
+               images: Callable[[], torch.Tensor] | None = None,
+               weights_key: str | None = None) -> tuple[EfficientNet, WeightsInfo]:
     """Build `variant` and fill it: --weights FILE, else the packaged Lite weights, else an error.
 
     `act`/`se` here describe the checkpoint's own architecture; turning a model into a different
-    variant (hard-swish, no SE) is surgery done afterwards on the loaded model.
+    variant (hard-swish, no SE) is surgery done afterwards on the loaded model. `conventions`
+    (tf | pytorch) is --conventions; `images` gives the preprocessed calibration batch the
+    conventions are measured on when nothing else tells them (settle_conventions).
     """
     if variant not in VARIANTS:
         from .family import nearest_names
 
         raise UserError(f"--variant {variant}: unknown{nearest_names(variant, VARIANTS)}; "
                         f"`edgeeff variants` lists the family")
+    if conventions is not None and conventions not in CONVENTIONS:
+        raise UserError(f"--conventions {conventions}: choose {' or '.join(CONVENTIONS)}")
     if random_weights:
         torch.manual_seed(0)  # deterministic: same random model every run
-        model = build_model(variant, act=act, se=se)
-        return model, WeightsInfo(source="random", format="edgeeff")
+        model = build_model(variant, act=act, se=se, **_built_with(conventions))
+        chosen = Conventions.named(conventions or "tf", "option" if conventions else "default",
+                                   "--conventions" if conventions else "random weights: edgeeff's default")
+        return model, WeightsInfo(source="random", format="edgeeff", conventions=chosen)
     if weights is None:
         weights = packaged_weights_path(variant)
         if weights is None:
@@ -482,8 +734,8 @@ def load_model(variant: str, weights: Path | None = None, weights_format: str = 
         source = f"package:{PACKAGED_WEIGHTS[variant][2]}"
     else:
         source = str(weights)
-    state = read_state_dict(weights, trust_pickle)
-    meta = checkpoint_meta(weights)
+    checkpoint = read_checkpoint(weights, trust_pickle, weights_key)
+    state, meta = checkpoint.state, checkpoint.meta
     if act is None and meta.get("act") in ACTIVATIONS:
         act = meta["act"]  # saved by `--recover`: the activation is not in the tensors
     fmt = detect_format(state) if weights_format == "auto" else weights_format
@@ -492,15 +744,37 @@ def load_model(variant: str, weights: Path | None = None, weights_format: str = 
         raise UserError(f"--weights {weights}: unrecognised key layout (first keys: {sample}); "
                         f"pass --weights-format one of {', '.join(WEIGHT_FORMATS[1:])}")
     mapped = MAPPERS[fmt](state)
-    same_padding, bn_eps = conventions(fmt, variant, weights)
     if se is None:
         # Lite has no squeeze-excitation: SE tensors in a file given as Lite are B weights, and
         # building Lite with SE to take them would compile another architecture under Lite's name.
         # A B file may lack SE (edgeeff's --se remove saves one): its tensors say which it is.
         se = False if VARIANTS[variant].lite else any(".se." in k for k in mapped)
     classes = num_classes or (mapped["classifier.weight"].shape[0] if "classifier.weight" in mapped else 1000)
-    model = build_model(variant, act=act, se=se, num_classes=classes, same_padding=same_padding, bn_eps=bn_eps)
-    apply_state_dict(model, mapped, f"--weights {weights}" if not source.startswith("package:") else source)
+    origin = f"--weights {weights}" if not source.startswith("package:") else source
+
+    def build(same_padding: bool, bn_eps: float) -> EfficientNet:
+        model = build_model(variant, act=act, se=se, num_classes=classes, same_padding=same_padding, bn_eps=bn_eps)
+        apply_state_dict(model, mapped, origin)
+        return model.eval()
+
+    model = build(*CONVENTIONS["tf"])  # tensors checked against the variant before anything is measured
+    chosen = settle_conventions(fmt, variant, checkpoint.recorded, conventions, origin)
+    if chosen is None:
+        if images is None:
+            raise UserError(f"{origin}: its padding and BatchNorm eps are not recorded in the file "
+                            f"({fmt} layout, no timm `arch`): {ASK}")
+        chosen = measure_conventions(build, images(), origin)
+    if (chosen.same_padding, chosen.bn_eps) != CONVENTIONS["tf"]:
+        model = build(chosen.same_padding, chosen.bn_eps)
     from ..util import sha256_file
 
-    return model.eval(), WeightsInfo(source=source, format=fmt, sha256=sha256_file(weights))
+    return model, WeightsInfo(source=source, format=fmt, sha256=sha256_file(weights), conventions=chosen,
+                              entry=checkpoint.entry, prefix=checkpoint.prefix, ignored=checkpoint.ignored,
+                              other_entries=checkpoint.others)
+
+
+def _built_with(conventions: str | None) -> dict:
+    if conventions is None:
+        return {}
+    same_padding, bn_eps = CONVENTIONS[conventions]
+    return {"same_padding": same_padding, "bn_eps": bn_eps}
