@@ -120,7 +120,8 @@ def build_parser(parser_class: type[argparse.ArgumentParser] = _Parser) -> argpa
     sub = parser.add_subparsers(dest="command", required=True)
 
     c = sub.add_parser("compile", help="build, quantize and verify artifacts for a target")
-    c.add_argument("--target", required=True, help="device target, e.g. onnx (`edgeeff targets`)")
+    c.add_argument("--target", required=True,
+                   help="device target, e.g. onnx (`edgeeff targets`); several: onnx,intel,rpi; every one: all")
     _add_compile_flags(c)
     c.add_argument("--sensitivity", action="store_true",
                    help="also rank every layer by the error its quantization alone causes (report.json 'sensitivity')")
@@ -153,15 +154,35 @@ def build_parser(parser_class: type[argparse.ArgumentParser] = _Parser) -> argpa
 
 
 def cmd_compile(args) -> int:
-    run_compile(args)
+    from .pipeline import compile_targets, expand_targets
+
+    targets = expand_targets(args.target)
+    if len(targets) == 1:
+        run_compile(args, targets[0])
+        return 0
+    done, failed = compile_targets(compile_options(args, targets[0], sensitivity=args.sensitivity), targets)
+    folders = [folder for folder, _ in done if folder is not None]
+    if folders:
+        from .report.html_page import render
+
+        print()
+        reports = print_reports(folders)
+        page = args.out / "report.html"  # the folders side by side, as `edgeeff report` draws them
+        page.write_text(render(reports, max_drop=args.max_drop))
+        print(f"wrote {page} ({len(folders)} targets)")
+    if failed:
+        print(f"edgeeff: {len(failed)} of {len(targets)} targets failed: " + "; ".join(failed), file=sys.stderr)
+        gate_only = all("--max-drop" in message for message in failed)
+        return AccuracyGateError.exit_code if gate_only else UserError.exit_code
     return 0
 
 
-def run_compile(args) -> tuple[Path, dict]:
-    """`edgeeff compile` on parsed arguments: the output folder and the report (api.compile too)."""
+def run_compile(args, target: str | None = None) -> tuple[Path, dict]:
+    """`edgeeff compile` for one target on parsed arguments: the output folder and the report
+    (api.compile too)."""
     from .pipeline import compile_model
 
-    return compile_model(compile_options(args, args.target, sensitivity=args.sensitivity))
+    return compile_model(compile_options(args, target or args.target, sensitivity=args.sensitivity))
 
 
 def compile_options(args, target: str, **extra):
@@ -189,13 +210,12 @@ def cmd_sensitivity(args) -> int:
     return 0
 
 
-def cmd_report(args) -> int:
-    from .pipeline import over_budget
+def print_reports(folders: list[Path]) -> list[dict]:
+    """Each folder's artifact table, printed (`edgeeff report`, and after a multi-target compile)."""
     from .report.contract import format_table, table_rows
-    from .report.html_page import render
 
     reports = []
-    for folder in args.folders:
+    for folder in folders:
         path = folder / "report.json" if folder.is_dir() else folder
         try:
             reports.append(json.loads(path.read_text()))
@@ -206,6 +226,14 @@ def cmd_report(args) -> int:
     for report in reports:
         print(f"== {report['variant']}-{report['target']} ({report['backend']})")
         print(format_table(table_rows(report)) + "\n")
+    return reports
+
+
+def cmd_report(args) -> int:
+    from .pipeline import over_budget
+    from .report.html_page import render
+
+    reports = print_reports(args.folders)
     args.html.write_text(render(reports, max_drop=args.max_drop))
     print(f"wrote {args.html}")
     if args.max_drop is not None:

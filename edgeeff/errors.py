@@ -18,6 +18,7 @@ class AccuracyGateError(Exception):
 
     exit_code = 4
 
-    def __init__(self, message: str, report: dict | None = None):
+    def __init__(self, message: str, report: dict | None = None, folder=None):
         super().__init__(message)
         self.report = report  # the report that was written
+        self.folder = folder  # and where

@@ -469,21 +469,65 @@ def time_in_turns(rows: list[dict], artifacts: list, runners: dict, crop: np.nda
             rows[i] = artifact_row({**row, "latency_ms": latency})  # the contract's field order
 
 
-def compile_model(opts: CompileOptions) -> tuple[Path, dict]:
+def compile_model(opts: CompileOptions, shared: dict | None = None) -> tuple[Path, dict]:
     """Compile for one target; returns the output folder and its report. `opts.quiet` silences the
     stage messages too (they follow progress.QUIET, which the CLI sets), for callers that are not
-    the CLI (the benchmark scripts, edgeeff.compile)."""
+    the CLI (the benchmark scripts, edgeeff.compile). `shared`: a dict kept across the compiles of
+    one model for several targets (compile_targets): what does not depend on the target (weights,
+    images, the variant and its recovery, the FP32 reference's logits) is computed once in it."""
     from . import progress as progress_state
 
     before = progress_state.QUIET
     progress_state.QUIET = before or opts.quiet
     try:
-        return _compile(opts)
+        return _compile(opts, shared)
     finally:
         progress_state.QUIET = before
 
 
-def _compile(opts: CompileOptions) -> tuple[Path, dict]:
+def _once(shared: dict | None, key: str, compute):
+    """compute(), or its result from an earlier target of the same command (compile_targets)."""
+    if shared is None:
+        return compute()
+    if key not in shared:
+        shared[key] = compute()
+    return shared[key]
+
+
+def expand_targets(value: str) -> list[str]:
+    """`--target`: one name, a comma-separated list, or `all` (every file in targets/); names are
+    checked (one line for an unknown one) and duplicates dropped, aliases resolved."""
+    from .profiles import all_targets
+
+    if value.strip() == "all":
+        return list(dict.fromkeys(p.name for p in all_targets().values()))
+    names = [get_target(part.strip()).name for part in value.split(",") if part.strip()]
+    if not names:
+        raise UserError(f"--target {value!r}: name a target (`edgeeff targets`), a comma-separated list or all")
+    return list(dict.fromkeys(names))
+
+
+def compile_targets(base: CompileOptions, targets: list[str]) -> tuple[list[tuple[Path, dict]], list[str]]:
+    """One model for several targets: each target its own folder, report and manifest (written
+    atomically, as a single compile writes them), the target-independent work done once. A target
+    that fails is reported in one line and the others still run. Returns the compiled (folder,
+    report) pairs and one message per failed target."""
+    shared: dict = {}
+    done, failed = [], []
+    for name in targets:
+        say(f"== {name}")
+        try:
+            done.append(compile_model(dataclasses.replace(base, target=name), shared))
+        except AccuracyGateError as err:  # the report is written; the gate fails at the end
+            done.append((err.folder, err.report))
+            failed.append(f"{name}: {err}")
+        except UserError as err:
+            warn(f"{name}: {err}")
+            failed.append(f"{name}: {err}")
+    return done, failed
+
+
+def _compile(opts: CompileOptions, shared: dict | None = None) -> tuple[Path, dict]:
     watch = Stopwatch()
     target, recipe, backend, final = check_inputs(opts)
     # The profile's threads are the device's; evaluating here, never ask for more than the host has.
@@ -495,7 +539,8 @@ def _compile(opts: CompileOptions) -> tuple[Path, dict]:
     def calibration_images() -> ImageSet:
         if not calibration_set:
             with watch.stage("load_images"):
-                calibration_set.append(load_calibration(opts.calib, opts.calib_count, spec, opts.quiet))
+                calibration_set.append(_once(shared, "calibration", lambda: load_calibration(
+                    opts.calib, opts.calib_count, spec, opts.quiet)))
         return calibration_set[0]
 
     def measurement_batch() -> torch.Tensor:
@@ -507,10 +552,10 @@ def _compile(opts: CompileOptions) -> tuple[Path, dict]:
     # Weights that do not fit the variant are the user's mistake: loaded before any message, so
     # the error is the only line they see (loading takes a second or two, even for B7).
     with watch.stage("load_model"):
-        original, weights_info = load_model(opts.variant, opts.weights, opts.weights_format,
-                                            random_weights=opts.random_weights, trust_pickle=opts.trust_pickle,
-                                            conventions=opts.conventions, images=measurement_batch,
-                                            weights_key=opts.weights_key)
+        original, weights_info = _once(shared, "model", lambda: load_model(
+            opts.variant, opts.weights, opts.weights_format, random_weights=opts.random_weights,
+            trust_pickle=opts.trust_pickle, conventions=opts.conventions, images=measurement_batch,
+            weights_key=opts.weights_key))
     say(f"loaded {opts.variant} weights ({weights_info.describe()})")
     say(f"conventions: {weights_info.conventions.describe()}")
     if opts.val is None:
@@ -521,7 +566,8 @@ def _compile(opts: CompileOptions) -> tuple[Path, dict]:
         final = named
     labels = resolve_labels(opts.synsets)
     with watch.stage("load_images"):
-        validation = load_validation(opts.val, labels, spec, opts.quiet) if opts.val else None
+        validation = _once(shared, "validation", lambda: load_validation(opts.val, labels, spec, opts.quiet)) \
+            if opts.val else None
     calibration = calibration_images()
     warnings = [w for w in (calibration_warning(opts, calibration),) if w]
     for message in warnings:
@@ -531,7 +577,9 @@ def _compile(opts: CompileOptions) -> tuple[Path, dict]:
         raise UserError(f"the model has {num_classes} classes but the label list has {len(labels.synsets)}: "
                         f"pass --synsets FILE with one line per model class")
     # The variant is what gets exported and quantized; the original stays the reference.
-    model, unrecovered, variant_info = make_variant_model(opts, original, spec, calibration, watch)
+    # (surgery and recovery depend on the model and the images only: once for every target)
+    model, unrecovered, variant_info = _once(shared, "variant", lambda: make_variant_model(
+        opts, original, spec, calibration, watch))
     is_variant = model is not original
     # What is exported: the same function, possibly with scale groups (recovered.pth keeps `model`).
     deploy, scale_group_info = split_scales(opts, target, model, spec, calibration, watch)
@@ -568,10 +616,12 @@ def _compile(opts: CompileOptions) -> tuple[Path, dict]:
                 # Cached by content: a second target for the same model and images reuses it.
                 key = content_key(weights_info.sha256 or weights_info.source, original.describe(),
                                   original.state_dict_digest(), validation.crops, reference.runtime)
-                ref_logits, hit = cached_array("reference_logits", key, lambda: predict_all(
-                    reference, validation.crops, "FP32 reference", opts.quiet))
+                earlier = shared is not None and "reference_logits" in shared  # an earlier target's
+                ref_logits, hit = _once(shared, "reference_logits", lambda: cached_array(
+                    "reference_logits", key, lambda: predict_all(reference, validation.crops, "FP32 reference",
+                                                                 opts.quiet)))
                 ref_scores = score(ref_logits, validation.labels)
-                reference_cached = hit
+                reference_cached = hit or earlier
         chain = []
         export_logits = ref_logits if validation is not None else None  # what the FP32 export must match
         if is_variant:
@@ -684,5 +734,5 @@ def _compile(opts: CompileOptions) -> tuple[Path, dict]:
         failures = over_budget(report, opts.max_drop)
         if failures:
             raise AccuracyGateError(f"--max-drop {opts.max_drop}: {'; '.join(failures)} (report written to {final})",
-                                    report)
+                                    report, folder=final)
     return final, report

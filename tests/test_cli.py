@@ -4,6 +4,7 @@ foreign-model eval, and user mistakes that must be one-line errors with no outpu
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -184,3 +185,36 @@ def test_option_choices_match_what_the_modules_accept():
     assert tuple(device_preprocess.INTERPOLATIONS) == choices.INTERPOLATIONS
     assert set(weights.MAPPERS) == set(choices.WEIGHT_FORMATS) - {"auto"}
     assert tuple(weights.CONVENTIONS) == choices.CONVENTION_NAMES
+
+
+@pytest.mark.slow
+def test_several_targets_in_one_command_share_the_work_and_survive_a_failure(tmp_path, monkeypatch, capsys):
+    """--target a,b,c: each target its own folder; the weights and images loaded once; a target
+    that fails (intel takes no percentile recipe) is one line and the others are still written;
+    the command exits 2 and prints the folders' tables."""
+    import edgeeff.pipeline as pipeline
+    from edgeeff.cli import main
+
+    calls = []
+    real = pipeline.load_model
+    monkeypatch.setattr(pipeline, "load_model", lambda *a, **k: calls.append(a) or real(*a, **k))
+    code = main(["compile", "--variant", "lite0", "--target", "onnx,intel,jetson", "--calib-method", "percentile",
+                 *QUICK, "--out", str(tmp_path)])
+    err = capsys.readouterr()
+    assert code == 2, err
+    assert len(calls) == 1  # one load for three targets
+    assert (tmp_path / "lite0-onnx" / "report.json").is_file()
+    assert (tmp_path / "lite0-jetson-orin" / "report.json").is_file()
+    assert not (tmp_path / "lite0-intel").exists()
+    assert "1 of 3 targets failed: intel: --calib-method percentile" in err.err
+    assert "== lite0-onnx" in err.out and "== lite0-jetson-orin" in err.out
+    assert (tmp_path / "report.html").is_file()
+
+
+def test_target_all_names_every_target_file_once():
+    from edgeeff.pipeline import expand_targets
+
+    names = expand_targets("all")
+    files = sorted((Path(__file__).resolve().parents[1] / "targets").glob("*.toml"))
+    assert len(names) == len(files) == len(set(names))
+    assert expand_targets("onnx, ort ,rpi") == ["onnx", "rpi"]  # aliases resolved, duplicates dropped
