@@ -449,6 +449,18 @@ def mixed_precision(backend, workdir: Path, artifacts: list, threads: int, opts:
     return info
 
 
+CHANGED_FILES_LISTED = 200
+
+
+def changed_images(top1: np.ndarray, reference_top1: np.ndarray, validation: ImageSet) -> dict:
+    """The validation images whose top-1 differs from the FP32 reference's: how many, their
+    indices in the validation order (all: agreement on any subset, e.g. the halves a default is
+    checked on, follows from them) and the first CHANGED_FILES_LISTED files, to look at."""
+    indices = np.flatnonzero(top1 != reference_top1)
+    return {"count": int(len(indices)), "indices": [int(i) for i in indices],
+            "files": [str(validation.paths[i]) for i in indices[:CHANGED_FILES_LISTED]]}
+
+
 def time_in_turns(rows: list[dict], artifacts: list, runners: dict, crop: np.ndarray, threads: int, runs: int,
                   watch) -> None:
     """Every runnable artifact of the target timed in turns with the others (one runtime per target),
@@ -665,6 +677,8 @@ def _compile(opts: CompileOptions, shared: dict | None = None) -> tuple[Path, di
                                                num_classes)
                     s = score(logits, validation.labels, ref_scores.top1_classes)
                     row.update(s.as_dict())
+                    if artifact.precision != "fp32":
+                        row["top1_changed"] = changed_images(s.top1_classes, ref_scores.top1_classes, validation)
                     row["top1_drop"] = round(ref_scores.top1 - s.top1, 2)
                     if artifact.precision == "fp32":
                         # The export check: against the PyTorch model that was exported (the variant's own).

@@ -1,9 +1,9 @@
 #!/usr/bin/env python3
 """What `--optimize` gains on each target: the B0 swish + SE test model and Lite0, compiled with
 each optimisation setting (off, ranges; rounding on onnx; optionally --max-drop), every INT8
-artifact run in its own runtime on the validation images and compared with the FP32 artifact on
-all images and on each half (even / odd file index, so a default chosen on one half can be
-checked on the other). Each cell is a normal `edgeeff compile` (its folder kept under --work).
+artifact run in its own runtime on the validation images and compared with the FP32 reference on
+all images and on each half (even / odd file index, from the report's `top1_changed`, so a
+default chosen on one half can be checked on the other). Each cell is a normal `edgeeff compile` (its folder kept under --work).
 
 Writes JSON, a plot (agreement per target and setting) and the generated section of
 docs/quantization.md; prints a table. `--with-defaults` also runs scripts/bench_vs_defaults.py
@@ -24,10 +24,6 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "scripts"))
-
-from agreement_halves import halves  # noqa: E402
-
 from edgeeff.pipeline import CompileOptions, compile_model  # noqa: E402
 from edgeeff.report.benchmarks import machine_info, machine_line, replace_section  # noqa: E402
 from edgeeff.report.contract import format_table, markdown_table  # noqa: E402
@@ -42,7 +38,7 @@ def log(message: str) -> None:
 
 def cell(model: str, weights: Path | None, target: str, setting: str, args) -> dict:
     """One compile, then its INT8 artifact against its FP32 artifact on all / even / odd images."""
-    optimize, max_drop = (setting, None) if setting != "fallback" else ("ranges" if model == "b0" else None, args.max_drop)
+    optimize, max_drop = {"default": (None, None), "fallback": (None, args.max_drop)}.get(setting, (setting, None))
     out = args.work / f"{model}-{target}-{setting}"
     began = time.perf_counter()
     try:
@@ -55,11 +51,14 @@ def cell(model: str, weights: Path | None, target: str, setting: str, args) -> d
     seconds = time.perf_counter() - began
     folder = next(out.iterdir())
     int8 = next(a for a in report["artifacts"] if a["precision"] == "int8" and a.get("top1") is not None)
-    split = next(r for r in halves(folder, args.val, 2) if r["file"] == int8["file"])
+    images = report["dataset"]["images"]
+    changed = set(int8["top1_changed"]["indices"])  # against the FP32 reference, as the report's agreement
+    half = {parity: [i for i in range(parity, images, 2)] for parity in (0, 1)}
+    agree = {parity: round(100 * (1 - len(changed & set(ids)) / len(ids)), 2) for parity, ids in half.items()}
     quant = int8.get("quantization", {})
     return {"model": model, "target": target, "setting": setting, "file": int8["file"],
             "runtime": int8["runtime"], "agreement": int8["top1_agreement"],
-            "agreement_even": split["agreement_even"], "agreement_odd": split["agreement_odd"],
+            "agreement_even": agree[0], "agreement_odd": agree[1],
             "top1": int8["top1"], "top1_drop": int8["top1_drop"], "reference_top1": report["reference"]["top1"],
             "latency_ms": int8["latency_ms"].get("median"), "kept_float": len(int8.get("kept_float", [])),
             "quantizable_layers": int8.get("quantizable_layers"),
@@ -118,8 +117,9 @@ def main() -> int:
     parser.add_argument("--val", type=Path, required=True)
     parser.add_argument("--models", nargs="+", default=["b0", "lite0"])
     parser.add_argument("--targets", nargs="+", default=["onnx", "intel", "rpi", "jetson"])
-    parser.add_argument("--settings", nargs="+", default=["off", "ranges"],
-                        help="off, ranges, rounding (onnx only), fallback (ranges + --max-drop)")
+    parser.add_argument("--settings", nargs="+", default=["default", "off", "ranges"],
+                        help="default (the target's own), off, ranges, rounding (onnx only), fallback "
+                             "(ranges + --max-drop)")
     parser.add_argument("--settings-for", nargs="*", default=[], metavar="MODEL=S1,S2",
                         help="other settings for one model, e.g. lite0=off (ReLU6 models default to off)")
     parser.add_argument("--max-drop", type=float, default=0.3)

@@ -186,6 +186,10 @@ def test_damaged_cache_entries_are_recomputed_never_read(images, tmp_path):
     reference = json.loads((tmp_path / "a" / "lite0-onnx" / "report.json").read_text())
     for a, b in zip(reference["artifacts"], report["artifacts"]):
         assert a["top1"] == b["top1"] and a["top1_agreement"] == b["top1_agreement"]
+    int8 = next(a for a in report["artifacts"] if a["precision"] == "int8")
+    changed, images = int8["top1_changed"], report["dataset"]["images"]  # the images behind the agreement
+    assert round(100 * (1 - changed["count"] / images), 2) == int8["top1_agreement"]
+    assert len(changed["indices"]) == changed["count"] and all(0 <= i < images for i in changed["indices"])
     for name in ARTIFACTS:
         assert (tmp_path / "a" / "lite0-onnx" / name).read_bytes() == (tmp_path / "b" / "lite0-onnx" / name).read_bytes()
     for entry in entries:  # whole again
