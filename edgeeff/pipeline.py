@@ -187,8 +187,9 @@ def over_budget(report: dict, max_drop: float) -> list[str]:
 
 def check_inputs(opts: CompileOptions):
     """Every cheap check of the user's input, before any message or heavy work."""
-    from .models.family import VARIANTS, nearest_names
+    from .models.family import VARIANTS, nearest_names, resolve_variant
 
+    opts.variant = resolve_variant(opts.variant)  # an alias (`tf_efficientnetv2_s`) is its variant (`v2-s`)
     if opts.variant not in VARIANTS:
         raise UserError(f"--variant {opts.variant}: unknown{nearest_names(opts.variant, VARIANTS)}; "
                         f"`edgeeff variants` lists the family")
