@@ -576,7 +576,7 @@ def _compile(opts: CompileOptions) -> tuple[Path, dict]:
         _refuse_existing(named, opts.force)
         final = named
     labels = resolve_labels(opts.synsets)
-    spec = spec_for_variant(opts.variant)
+    spec = spec_for_variant(opts.variant, weights_info.format)  # V2: torchvision's files have their own
     with watch.stage("load_images"):
         validation = load_validation(opts.val, labels, spec, opts.quiet) if opts.val else None
         calibration = load_calibration(opts.calib, opts.calib_count, spec, opts.quiet)

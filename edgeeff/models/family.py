@@ -256,9 +256,35 @@ def nearest_names(name: str, choices) -> str:
     return f" (did you mean {' or '.join(close)}?)" if close else ""
 
 
-def spec_for_variant(variant: str) -> PreprocessSpec:
+# How the published V2 weights were evaluated, by where they come from: (crop_pct, interpolation,
+# mean, std) at the variant's evaluation resolution. timm: default_cfgs of tf_efficientnetv2_*.in1k
+# in timm/models/efficientnet.py (B0 takes _cfg's default crop 0.875 and ImageNet mean/std; S/M/L
+# crop 1.0 and mean/std 0.5; all bicubic). torchvision: EfficientNet_V2_{S,M,L}_Weights.transforms
+# (resize = crop = 384/480, so crop 1.0; S and M bilinear with ImageNet mean/std, L bicubic with 0.5).
+# timm's M and L also "squash" (resize both sides) where edgeeff keeps the aspect ratio and crops.
+V2_PREPROCESS: dict[str, dict[str, tuple]] = {
+    "timm": {"v2-b0": (0.875, "bicubic", IMAGENET_MEAN, IMAGENET_STD),
+             "v2-b1": (0.882, "bicubic", IMAGENET_MEAN, IMAGENET_STD),
+             "v2-b2": (0.890, "bicubic", IMAGENET_MEAN, IMAGENET_STD),
+             "v2-b3": (0.904, "bicubic", IMAGENET_MEAN, IMAGENET_STD),
+             "v2-s": (1.0, "bicubic", LITE_MEAN, LITE_STD),
+             "v2-m": (1.0, "bicubic", LITE_MEAN, LITE_STD),
+             "v2-l": (1.0, "bicubic", LITE_MEAN, LITE_STD)},
+    "torchvision": {"v2-s": (1.0, "bilinear", IMAGENET_MEAN, IMAGENET_STD),
+                    "v2-m": (1.0, "bilinear", IMAGENET_MEAN, IMAGENET_STD),
+                    "v2-l": (1.0, "bicubic", LITE_MEAN, LITE_STD)},
+}
+
+
+def spec_for_variant(variant: str, weights_format: str | None = None) -> PreprocessSpec:
     """The preprocessing a variant declares (its resolution, crop and normalisation): the spec
-    calibration, validation and the device all use."""
-    v = VARIANTS[variant]
+    calibration, validation and the device all use. For V2 it depends on where the weights come
+    from (`weights_format`): torchvision's own transforms for its files, else timm's (the TF ports)."""
+    v = VARIANTS[resolve_variant(variant)]
+    if v.v2:
+        source = "torchvision" if weights_format == "torchvision" and v.name in V2_PREPROCESS["torchvision"] else "timm"
+        crop_pct, interpolation, mean, std = V2_PREPROCESS[source][v.name]
+        return PreprocessSpec(resolution=v.resolution, crop_pct=crop_pct, interpolation=interpolation,
+                              mean=mean, std=std)
     return PreprocessSpec(resolution=v.resolution, crop_pct=round(v.crop_pct, 4), interpolation="bicubic",
                           mean=v.mean, std=v.std)
