@@ -183,7 +183,7 @@ def cmd_sensitivity(args) -> int:
 
 def cmd_report(args) -> int:
     from .pipeline import over_budget
-    from .report.contract import format_table, table_rows
+    from .report.contract import table_text
     from .report.html_page import render
 
     reports = []
@@ -197,7 +197,7 @@ def cmd_report(args) -> int:
             raise UserError(f"{path}: not valid JSON ({err.msg} at line {err.lineno})") from None
     for report in reports:
         print(f"== {report['variant']}-{report['target']} ({report['backend']})")
-        print(format_table(table_rows(report)) + "\n")
+        print(table_text(report) + "\n")
     args.html.write_text(render(reports, max_drop=args.max_drop))
     print(f"wrote {args.html}")
     if args.max_drop is not None:

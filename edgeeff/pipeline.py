@@ -36,7 +36,7 @@ from .models.family import spec_for_variant
 from .models.weights import load_model
 from .profiles import TargetProfile, get_recipe, get_target, optimize_for_model, recipe_for_model
 from .progress import say, warn
-from .report.contract import artifact_row, format_table, library_versions, markdown, table_rows, write_manifest
+from .report.contract import RANDOM_WEIGHTS_NOTE, artifact_row, library_versions, markdown, table_text, write_manifest
 from .report.html_page import render as render_html
 from .util import write_json
 
@@ -580,7 +580,8 @@ def _compile(opts: CompileOptions) -> tuple[Path, dict]:
     with watch.stage("load_images"):
         validation = load_validation(opts.val, labels, spec, opts.quiet) if opts.val else None
         calibration = load_calibration(opts.calib, opts.calib_count, spec, opts.quiet)
-    warnings = [w for w in (calibration_warning(opts, calibration),) if w]
+    warnings = [w for w in (calibration_warning(opts, calibration),
+                            RANDOM_WEIGHTS_NOTE if weights_info.source == "random" else None) if w]
     for message in warnings:
         warn(message)
     num_classes = original.classifier.out_features
@@ -732,7 +733,7 @@ def _compile(opts: CompileOptions) -> tuple[Path, dict]:
         (workdir / "report.md").write_text(markdown(report))
         (workdir / "report.html").write_text(render_html([report], max_drop=opts.max_drop))
         write_manifest(workdir, report, "labels.txt")
-    print(format_table(table_rows(report)))
+    print(table_text(report))
     print(f"\nwrote {final}/ (report.json, report.md, report.html, manifest.json)")
     if opts.max_drop is not None:
         if validation is None:
