@@ -23,7 +23,8 @@ def _add_data_flags(p: argparse.ArgumentParser) -> None:
 
 
 def _add_compile_flags(c: argparse.ArgumentParser) -> None:
-    c.add_argument("--variant", required=True, help="b0..b7, lite0..lite4 (`edgeeff variants`)")
+    c.add_argument("--variant", required=True, help="b0..b7, lite0..lite4, v2-b0..v2-b3, v2-s/m/l, or an alias such as "
+                        "tf_efficientnetv2_s (`edgeeff variants`)")
     c.add_argument("--calib", type=Path, help="folder of calibration images (default: scikit-image's sample photos)")
     c.add_argument("--calib-count", type=int, default=300, help="calibration images to use (default 300)")
     c.add_argument("--calib-method", help="calibration recipe from calib/ (minmax, percentile, entropy) or a .toml path")
@@ -212,7 +213,7 @@ def cmd_sensitivity(args) -> int:
 
 def print_reports(folders: list[Path]) -> list[dict]:
     """Each folder's artifact table, printed (`edgeeff report`, and after a multi-target compile)."""
-    from .report.contract import format_table, table_rows
+    from .report.contract import table_text
 
     reports = []
     for folder in folders:
@@ -225,7 +226,7 @@ def print_reports(folders: list[Path]) -> list[dict]:
             raise UserError(f"{path}: not valid JSON ({err.msg} at line {err.lineno})") from None
     for report in reports:
         print(f"== {report['variant']}-{report['target']} ({report['backend']})")
-        print(format_table(table_rows(report)) + "\n")
+        print(table_text(report) + "\n")
     return reports
 
 
@@ -263,12 +264,13 @@ def cmd_variants(_args) -> int:
     from .models.family import VARIANTS
     from .report.contract import format_table
 
-    rows = [["variant", "resolution", "width", "depth", "act", "SE", "params (M)", "MACs (G)"]]
+    rows = [["variant", "resolution", "width", "depth", "act", "SE", "params (M)", "MACs (G)", "aliases"]]
     for name, v in VARIANTS.items():
         model = build_model(name)
-        rows.append([name, str(v.resolution), f"{v.width:g}", f"{v.depth:g}", v.default_act,
-                     "yes" if v.default_se else "no", f"{count_parameters(model) / 1e6:.2f}",
-                     f"{count_macs(model) / 1e9:.2f}"])
+        se = ("MBConv stages" if v.v2 else "yes") if v.default_se else "no"
+        rows.append([name, str(v.resolution), f"{v.width:g}", f"{v.depth:g}", v.default_act, se,
+                     f"{count_parameters(model) / 1e6:.2f}", f"{count_macs(model) / 1e9:.2f}",
+                     ", ".join(a for a in v.aliases if a.startswith(("tf_", "efficientnet_")))])
     print(format_table(rows))
     return 0
 

@@ -34,7 +34,7 @@ from .models.family import spec_for_variant
 from .models.weights import load_model
 from .profiles import TargetProfile, get_recipe, get_target, optimize_for_model, recipe_for_model
 from .progress import say, warn
-from .report.contract import artifact_row, format_table, library_versions, markdown, table_rows, write_manifest
+from .report.contract import RANDOM_WEIGHTS_NOTE, artifact_row, library_versions, markdown, table_text, write_manifest
 from .report.html_page import render as render_html
 from .util import write_json
 
@@ -141,8 +141,9 @@ def over_budget(report: dict, max_drop: float) -> list[str]:
 
 def check_inputs(opts: CompileOptions):
     """Every cheap check of the user's input, before any message or heavy work."""
-    from .models.family import VARIANTS, nearest_names
+    from .models.family import VARIANTS, nearest_names, resolve_variant
 
+    opts.variant = resolve_variant(opts.variant)  # an alias (`tf_efficientnetv2_s`) is its variant (`v2-s`)
     if opts.variant not in VARIANTS:
         raise UserError(f"--variant {opts.variant}: unknown{nearest_names(opts.variant, VARIANTS)}; "
                         f"`edgeeff variants` lists the family")
@@ -546,14 +547,17 @@ def _compile(opts: CompileOptions, shared: dict | None = None) -> tuple[Path, di
     threads = opts.threads or max(1, min(target.threads, os.cpu_count() or 1))
     torch.set_num_threads(threads)
     spec = spec_for_variant(opts.variant)
-    calibration_set: list[ImageSet] = []  # read once: by the conventions' measurement if it runs, else below
+    # Read once per preprocessing: by the conventions' measurement if it runs, else below (and
+    # again only if the weights' own preprocessing differs, torchvision's V2 files).
+    calibration_sets: dict[str, ImageSet] = {}
 
     def calibration_images() -> ImageSet:
-        if not calibration_set:
+        key = f"calibration {spec}"
+        if key not in calibration_sets:
             with watch.stage("load_images"):
-                calibration_set.append(_once(shared, "calibration", lambda: load_calibration(
-                    opts.calib, opts.calib_count, spec, opts.quiet)))
-        return calibration_set[0]
+                calibration_sets[key] = _once(shared, key, lambda: load_calibration(
+                    opts.calib, opts.calib_count, spec, opts.quiet))
+        return calibration_sets[key]
 
     def measurement_batch() -> torch.Tensor:
         from .models.weights import MEASURE_IMAGES
@@ -577,11 +581,13 @@ def _compile(opts: CompileOptions, shared: dict | None = None) -> tuple[Path, di
         _refuse_existing(named, opts.force)
         final = named
     labels = resolve_labels(opts.synsets)
+    spec = spec_for_variant(opts.variant, weights_info.format)  # V2: torchvision's files have their own
     with watch.stage("load_images"):
-        validation = _once(shared, "validation", lambda: load_validation(opts.val, labels, spec, opts.quiet)) \
-            if opts.val else None
+        validation = _once(shared, f"validation {spec}", lambda: load_validation(
+            opts.val, labels, spec, opts.quiet)) if opts.val else None
     calibration = calibration_images()
-    warnings = [w for w in (calibration_warning(opts, calibration),) if w]
+    warnings = [w for w in (calibration_warning(opts, calibration),
+                            RANDOM_WEIGHTS_NOTE if weights_info.source == "random" else None) if w]
     for message in warnings:
         warn(message)
     num_classes = original.classifier.out_features
@@ -740,7 +746,7 @@ def _compile(opts: CompileOptions, shared: dict | None = None) -> tuple[Path, di
         (workdir / "report.md").write_text(markdown(report))
         (workdir / "report.html").write_text(render_html([report], max_drop=opts.max_drop))
         write_manifest(workdir, report, "labels.txt")
-    print(format_table(table_rows(report)))
+    print(table_text(report))
     print(f"\nwrote {final}/ (report.json, report.md, report.html, manifest.json)")
     if opts.max_drop is not None:
         if validation is None:

@@ -52,3 +52,67 @@ def test_macs_of_b0_match_paper():
 def test_resolution_and_dropout_follow_coefficients():
     assert [VARIANTS[f"b{i}"].resolution for i in range(8)] == [224, 240, 260, 300, 380, 456, 528, 600]
     assert VARIANTS["b7"].dropout == 0.5 and build_model("b7").dropout.p == 0.5
+
+
+# EfficientNetV2. torchvision's exact totals: torchvision/models/efficientnet.py,
+# EfficientNet_V2_{S,M,L}_Weights.meta["num_params"] (its model includes the 1000-class classifier,
+# as ours does). Its "_ops" (GMACs at the weights' 384/480 crop): 8.4, 24.6, 56.1.
+TORCHVISION_V2 = {"v2-s": (21_458_488, 8.4), "v2-m": (54_139_356, 24.6), "v2-l": (118_515_272, 56.1)}
+# timm publishes V2-B0..B3 only to 10k parameters: results/results-imagenet.csv (param_count, millions)
+# of huggingface/pytorch-image-models, rows tf_efficientnetv2_b{0..3}.in1k: 7.14, 8.14, 10.10, 14.36.
+# The exact totals are those timm's _gen_efficientnetv2_base arch_def gives (stem 32, head
+# round_chs_fn(1280) with round_limit=0, SE on the block input): what our builder must reproduce.
+TIMM_V2 = {"v2-b0": (7.14, 7_139_704), "v2-b1": (8.14, 8_141_052), "v2-b2": (10.10, 10_096_086),
+           "v2-b3": (14.36, 14_358_406)}
+
+
+@pytest.mark.parametrize("variant,published", TORCHVISION_V2.items())
+def test_v2_parameter_counts_equal_torchvision(variant, published):
+    params, gmacs = published
+    model = build_model(variant)
+    assert count_parameters(model) == params
+    assert round(count_macs(model) / 1e9, 1) == gmacs
+
+
+@pytest.mark.parametrize("variant,published", TIMM_V2.items())
+def test_v2_base_parameter_counts_equal_timm(variant, published):
+    millions, exact = published
+    params = count_parameters(build_model(variant))
+    assert round(params / 1e6, 2) == millions
+    assert params == exact
+
+
+def test_v2_stage_tables_follow_effnetv2_configs():
+    s = block_plan(VARIANTS["v2-s"])
+    assert len(s) == 2 + 4 + 4 + 6 + 9 + 15
+    assert [p.kind for p in s[:10]] == ["fused"] * 10 and {p.kind for p in s[10:]} == {"mbconv"}
+    assert {p.kernel for v in ("v2-b0", "v2-s", "v2-m", "v2-l") for p in block_plan(VARIANTS[v])} == {3}
+    # B1-B3 scale the Base table: depth rounds up per stage (1 -> 2 at 1.1), width 1.2: 16 -> 16, 192 -> 232
+    assert [p.stage for p in block_plan(VARIANTS["v2-b1"])].count(0) == 2
+    b3 = block_plan(VARIANTS["v2-b3"])
+    assert b3[0].out_channels == 16 and b3[-1].out_channels == 232 and len(b3) == 2 + 3 + 3 + 5 + 7 + 12
+    assert [(v.train_resolution, v.resolution) for v in (VARIANTS[n] for n in ("v2-b0", "v2-s", "v2-m", "v2-l"))] \
+        == [(192, 224), (300, 384), (384, 480), (384, 480)]
+
+
+def test_v2_se_only_in_mbconv_blocks_and_fused_blocks_have_no_depthwise():
+    model = build_model("v2-s")
+    for block, plan in zip(model.blocks, block_plan(VARIANTS["v2-s"])):
+        assert (block.se is not None) == (plan.kind == "mbconv")
+        assert (block.dw is None) == (plan.kind == "fused")
+    first = model.blocks[0]  # Fused, expand ratio 1: one 3x3 conv with the activation, residual 24 -> 24
+    assert first.expand is None and first.project.conv.kernel_size == (3, 3)
+    assert type(first.project.act).__name__ == "SiLU" and first.has_residual
+    assert model.stem.conv.out_channels == 24 and model.head.conv.out_channels == 1280
+    assert build_model("v2-b2").head.conv.out_channels == 1408  # round(1280 * 1.1), no 10% rule
+    assert not any(b.se for b in build_model("v2-s", se=False).blocks)
+
+
+@pytest.mark.parametrize("alias,name", [("tf_efficientnetv2_b0", "v2-b0"), ("efficientnetv2_s", "v2-s"),
+                                        ("efficientnet_v2_l", "v2-l"), ("efficientnetv2-m", "v2-m"),
+                                        ("v2-b3", "v2-b3"), ("b3", "b3")])
+def test_v2_aliases(alias, name):
+    from edgeeff.models.family import resolve_variant
+
+    assert resolve_variant(alias) == name
+    assert build_model(alias).variant.name == name

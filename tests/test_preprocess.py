@@ -206,3 +206,22 @@ def test_wheel_ships_the_device_scripts_and_compile_copies_them_from_it(tmp_path
     assert run.returncode == 0, run.stderr
     for name in scripts:
         assert (out / name).read_bytes() == (site / "edgeeff" / "device" / name).read_bytes(), name
+
+
+def test_v2_specs_follow_the_weights_source():
+    """timm's tf_efficientnetv2_*.in1k default_cfgs and torchvision's EfficientNet_V2_*_Weights transforms."""
+    half, imagenet = (0.5, 0.5, 0.5), (0.485, 0.456, 0.406)
+    s = spec_for_variant("v2-s")  # timm's (the TF ports) unless the file is torchvision's
+    assert (s.resolution, s.crop_pct, s.interpolation, s.mean) == (384, 1.0, "bicubic", half)
+    assert s.resize_size == 384
+    for name in ("v2-m", "v2-l"):
+        assert (spec_for_variant(name).resolution, spec_for_variant(name).mean) == (480, half)
+    b = [spec_for_variant(f"v2-b{i}") for i in range(4)]
+    assert [(x.resolution, x.crop_pct) for x in b] == [(224, 0.875), (240, 0.882), (260, 0.890), (300, 0.904)]
+    assert {x.mean for x in b} == {imagenet}
+    tv = {n: spec_for_variant(n, "torchvision") for n in ("v2-s", "v2-m", "v2-l")}
+    assert (tv["v2-s"].interpolation, tv["v2-s"].mean, tv["v2-s"].crop_pct) == ("bilinear", imagenet, 1.0)
+    assert (tv["v2-m"].resolution, tv["v2-m"].interpolation, tv["v2-m"].mean) == (480, "bilinear", imagenet)
+    assert (tv["v2-l"].interpolation, tv["v2-l"].mean, tv["v2-l"].std) == ("bicubic", half, half)
+    assert spec_for_variant("tf_efficientnetv2_b0", "torchvision") == b[0]  # no torchvision V2-B weights
+    assert spec_for_variant("b0", "torchvision") == spec_for_variant("b0")  # V1 unchanged

@@ -51,7 +51,16 @@ def to_timm(state, variant="b0"):
     out = _outside_blocks(state, "conv_stem", "bn1", "conv_head", "bn2", "classifier")
     for i, (s, j) in enumerate(_stages(variant)):
         b, t = f"blocks.{i}", f"blocks.{s}.{j}"
-        if f"{b}.expand.conv.weight" in state:  # InvertedResidual
+        if f"{b}.dw.conv.weight" not in state:  # V2's Fused-MBConv: ConvBnAct (`cn`) or EdgeResidual (`er`)
+            if f"{b}.expand.conv.weight" in state:
+                out[f"{t}.conv_exp.weight"] = state[f"{b}.expand.conv.weight"]
+                _bn(f"{b}.expand.bn", f"{t}.bn1", state, out)
+                out[f"{t}.conv_pwl.weight"] = state[f"{b}.project.conv.weight"]
+                _bn(f"{b}.project.bn", f"{t}.bn2", state, out)
+            else:
+                out[f"{t}.conv.weight"] = state[f"{b}.project.conv.weight"]
+                _bn(f"{b}.project.bn", f"{t}.bn1", state, out)
+        elif f"{b}.expand.conv.weight" in state:  # InvertedResidual
             out[f"{t}.conv_pw.weight"] = state[f"{b}.expand.conv.weight"]
             _bn(f"{b}.expand.bn", f"{t}.bn1", state, out)
             out[f"{t}.conv_dw.weight"] = state[f"{b}.dw.conv.weight"]
@@ -71,10 +80,14 @@ def to_timm(state, variant="b0"):
 
 
 def to_torchvision(state, variant="b0"):
-    out = _outside_blocks(state, "features.0.0", "features.0.1", "features.8.0", "features.8.1", "classifier.1")
+    head = len(VARIANTS[variant].stages) + 1  # features: stem, one Sequential per stage, head
+    out = _outside_blocks(state, "features.0.0", "features.0.1", f"features.{head}.0", f"features.{head}.1",
+                          "classifier.1")
     for i, (s, j) in enumerate(_stages(variant)):
         b, t = f"blocks.{i}", f"features.{s + 1}.{j}.block"
         units = (["expand"] if f"{b}.expand.conv.weight" in state else []) + ["dw", "se", "project"]
+        if f"{b}.dw.conv.weight" not in state:  # V2's FusedMBConv: [kxk expand,] project, no SE
+            units = [u for u in units if u not in ("dw", "se")]
         for k, unit in enumerate(units):
             if unit == "se":
                 for src, dst in (("reduce", "fc1"), ("expand", "fc2")):
@@ -537,3 +550,77 @@ def test_a_checkpoint_holding_two_models_is_refused(tmp_path):
     with pytest.raises(UserError) as err:
         load_model("lite0", weights=path, conventions="tf")
     assert "2 models" in str(err.value) and "'student.'" in str(err.value) and "\n" not in str(err.value)
+
+
+# EfficientNetV2: timm's layout (conv/bn1 ConvBnAct first stage, conv_exp EdgeResidual Fused-MBConv,
+# InvertedResidual MBConv; timm/models/_efficientnet_blocks.py) and torchvision's (features.S.I.block.J,
+# FusedMBConv / MBConv; torchvision/models/efficientnet.py), built above from those naming rules.
+# A timm state dict records no convention (the file name is never believed): given here as the
+# option; torchvision's layout has one convention of its own.
+V2_LAYOUTS = [("timm", to_timm, "tf_efficientnetv2_b0.pth", "tf", True, TF_BN_EPS),
+              ("timm", to_timm, "model.safetensors", "tf", True, TF_BN_EPS),  # the hub's file
+              ("timm", to_timm, "efficientnetv2_b0.pth", "pytorch", False, TORCH_BN_EPS),
+              ("torchvision", to_torchvision, "efficientnet_v2_s.pth", None, False, TF_BN_EPS)]
+
+
+@pytest.mark.parametrize("fmt,convert,name,conventions,same_padding,eps", V2_LAYOUTS)
+def test_v2_layouts_map_onto_the_builder_with_their_conventions(tmp_path, fmt, convert, name, conventions,
+                                                                same_padding, eps):
+    state = _random_native("v2-b0")
+    path = tmp_path / name
+    if name.endswith(".safetensors"):
+        from safetensors.torch import save_file
+
+        save_file({k: v.contiguous() for k, v in convert(state, "v2-b0").items()}, str(path))
+    else:
+        torch.save(convert(state, "v2-b0"), path)
+    model, info = load_model("tf_efficientnetv2_b0", weights=path, conventions=conventions)
+    assert info.format == fmt and model.variant.name == "v2-b0"
+    assert (model.same_padding, model.bn_eps) == (same_padding, eps)
+    _assert_same(model, state)
+
+
+def test_v2_layout_keys_are_the_libraries_own():
+    """Spot checks of the converted names against the libraries' module paths."""
+    state = _random_native("v2-s")
+    timm, tv = to_timm(state, "v2-s"), to_torchvision(state, "v2-s")
+    assert {"blocks.0.1.conv.weight", "blocks.0.1.bn1.running_var", "blocks.1.0.conv_exp.weight",
+            "blocks.1.0.conv_pwl.weight", "blocks.1.0.bn2.weight", "blocks.3.0.conv_pw.weight",
+            "blocks.3.0.se.conv_reduce.bias", "blocks.5.14.conv_pwl.weight", "conv_head.weight"} <= set(timm)
+    assert {"features.1.1.block.0.0.weight", "features.2.0.block.0.0.weight", "features.2.0.block.1.1.bias",
+            "features.4.0.block.2.fc1.weight", "features.4.0.block.3.0.weight", "features.6.14.block.3.1.weight",
+            "features.7.0.weight", "classifier.1.weight"} <= set(tv)
+    assert tuple(tv["features.2.0.block.0.0.weight"].shape) == (96, 24, 3, 3)  # fused expand: full 3x3 conv
+
+
+@pytest.mark.parametrize("variant", ["v2-s", "v2-m"])
+def test_torchvision_v2_loads_by_its_own_name(tmp_path, variant):
+    state = _random_native(variant)
+    path = tmp_path / "w.pth"
+    torch.save(to_torchvision(state, variant), path)
+    model, info = load_model(f"efficientnet_v2_{variant[-1]}", weights=path)
+    assert info.format == "torchvision" and (model.same_padding, model.bn_eps) == (False, TF_BN_EPS)
+    _assert_same(model, state)
+
+
+def test_v2_weights_given_as_another_variant_name_the_variant_and_the_keys(tmp_path):
+    path = tmp_path / "tf_efficientnetv2_b0.pth"
+    torch.save(to_timm(_random_native("v2-b0"), "v2-b0"), path)
+    with pytest.raises(UserError) as err:
+        load_model("v2-b1", weights=path, conventions="tf")
+    message = str(err.value)
+    assert "\n" not in message and "missing blocks." in message and str(path) in message
+    assert "these look like v2-b0 weights: use --variant v2-b0" in message
+    with pytest.raises(UserError, match=r"missing blocks\.0\.dw\.conv\.weight.*wrong shape.*look like v2-b0 weights"):
+        load_model("b0", weights=path, conventions="tf")
+
+
+def test_v2_best_fit_and_missing_weights_message():
+    for variant in ("v2-b0", "v2-b3", "v2-s", "v2-l"):
+        assert best_fit_variant(_shapes_only(variant)) == (variant, True)
+    message = no_weights_message("v2-s")
+    assert "tf_efficientnetv2_s" in message and "huggingface.co/timm/tf_efficientnetv2_s.in1k" in message
+    assert "https://download.pytorch.org/models/efficientnet_v2_s-dd5fe13b.pth" in message
+    assert "download.pytorch.org" not in no_weights_message("v2-b2")  # torchvision has no V2-B weights
+    with pytest.raises(UserError, match="tf_efficientnetv2_b2"):
+        load_model("v2-b2")

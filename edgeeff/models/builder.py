@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .family import ACTIVATIONS, VARIANTS, BlockPlan, Variant, block_plan, head_channels, stem_channels
+from .family import ACTIVATIONS, FUSED, VARIANTS, BlockPlan, Variant, block_plan, head_channels, resolve_variant, stem_channels
 
 # TF-trained weights (every published EfficientNet, including Lite) use TF's BatchNorm epsilon
 # and "same" padding; PyTorch-trained ones (timm's non-tf_ models, torchvision) use 1e-5 and
@@ -97,21 +97,37 @@ class SqueezeExcite(nn.Module):
 
 
 class MBConv(nn.Module):
-    """Mobile inverted bottleneck: [expand 1x1] -> depthwise kxk -> [SE] -> project 1x1 (+ residual)."""
+    """Mobile inverted bottleneck: [expand 1x1] -> depthwise kxk -> [SE] -> project 1x1 (+ residual).
+
+    Fused-MBConv (EfficientNetV2, `plan.kind == FUSED`) is the same block with the expand conv
+    taking the depthwise conv's kernel and stride and no depthwise conv (`dw` is None) nor SE:
+    expand kxk -> project 1x1; with expand ratio 1 the project conv alone is the kxk conv, with
+    the activation (effnetv2_model.py FusedMBConvBlock).
+    """
 
     def __init__(self, plan: BlockPlan, act: str, se: bool, same_padding: bool, bn_eps: float):
         super().__init__()
         mid = plan.mid_channels
         conv = dict(same_padding=same_padding, bn_eps=bn_eps)
-        self.expand = ConvBNAct(plan.in_channels, mid, 1, act=act, **conv) if plan.expand_ratio != 1 else None
-        self.dw = ConvBNAct(mid, mid, plan.kernel, stride=plan.stride, groups=mid, act=act, **conv)
-        self.se = SqueezeExcite(mid, plan.se_channels, act) if se else None
-        self.project = ConvBNAct(mid, plan.out_channels, 1, act=None, **conv)
+        fused = plan.kind == FUSED
+        if plan.expand_ratio == 1:
+            self.expand = None
+        elif fused:
+            self.expand = ConvBNAct(plan.in_channels, mid, plan.kernel, stride=plan.stride, act=act, **conv)
+        else:
+            self.expand = ConvBNAct(plan.in_channels, mid, 1, act=act, **conv)
+        self.dw = None if fused else ConvBNAct(mid, mid, plan.kernel, stride=plan.stride, groups=mid, act=act, **conv)
+        self.se = SqueezeExcite(mid, plan.se_channels, act) if se and not fused else None
+        if fused and plan.expand_ratio == 1:
+            self.project = ConvBNAct(mid, plan.out_channels, plan.kernel, stride=plan.stride, act=act, **conv)
+        else:
+            self.project = ConvBNAct(mid, plan.out_channels, 1, act=None, **conv)
         self.has_residual = plan.has_residual
 
     def forward(self, x):
         y = self.expand(x) if self.expand is not None else x
-        y = self.dw(y)
+        if self.dw is not None:
+            y = self.dw(y)
         if self.se is not None:
             y = self.se(y)
         y = self.project(y)
@@ -171,7 +187,7 @@ class EfficientNet(nn.Module):
 def build_model(variant: str | Variant, act: str | None = None, se: bool | None = None,
                 num_classes: int = 1000, same_padding: bool = True, bn_eps: float = TF_BN_EPS) -> EfficientNet:
     """Build any family member; `act` and `se` default to the variant's own (swish+SE, Lite: ReLU6, no SE)."""
-    v = VARIANTS[variant] if isinstance(variant, str) else variant
+    v = VARIANTS[resolve_variant(variant)] if isinstance(variant, str) else variant
     model = EfficientNet(v, act or v.default_act, v.default_se if se is None else se, num_classes,
                          same_padding, bn_eps)
     return model.eval()

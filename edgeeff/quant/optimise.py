@@ -176,6 +176,8 @@ def depthwise_input_points(model: nn.Module, points: dict) -> list[str]:
 
     found = []
     for i, block in enumerate(model.blocks):
+        if block.dw is None:  # Fused-MBConv (EfficientNetV2): no depthwise conv
+            continue
         if block.expand is not None:
             found.append(output_of(f"blocks.{i}.expand"))
         else:

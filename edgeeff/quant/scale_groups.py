@@ -87,7 +87,8 @@ def sites(model: EfficientNet) -> list[Site]:
     if first.expand is None and isinstance(model.stem, ConvBNAct) and isinstance(first.dw, ConvBNAct):
         found.append(Site("stem", 0))
     for index, block in enumerate(model.blocks):
-        if isinstance(block.expand, ConvBNAct):
+        # A Fused-MBConv block (EfficientNetV2) has no depthwise conv: its expand conv is no site.
+        if isinstance(block.expand, ConvBNAct) and block.dw is not None:
             found.append(Site(f"blocks.{index}.expand", index))
     return [s for s in found if not isinstance(_producer(model, s).act, FUSED_ACTIVATIONS)]
 

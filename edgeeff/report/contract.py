@@ -129,6 +129,21 @@ def table_rows(report: dict) -> list[list[str]]:
                                                   for row in artifact_table(report)]
 
 
+RANDOM_WEIGHTS_NOTE = ("random weights (--random-weights): top-1, drop and agreement compare a random network "
+                       "with its own INT8 copy and mean nothing for a trained model; size and latency are real")
+
+
+def weights_note(report: dict) -> str | None:
+    """What the table's accuracy columns are worth when the weights were random, else None."""
+    return RANDOM_WEIGHTS_NOTE if report.get("model", {}).get("weights", {}).get("source") == "random" else None
+
+
+def table_text(report: dict) -> str:
+    """The printed artifact table, with the random-weights note under it when it applies."""
+    note = weights_note(report)
+    return format_table(table_rows(report)) + (f"\nnote: {note}" if note else "")
+
+
 def chain_rows(report: dict) -> list[list[str]]:
     """The variant chain (original -> variant -> recovered -> artifacts on the target), or []."""
     chain = report.get("variant_chain")
@@ -180,6 +195,8 @@ def markdown(report: dict) -> str:
     if not report.get("accuracy_measured", True):
         md += ["**Accuracy was not measured**: no `--val` folder was given. Only size and latency "
                "below are measurements.", ""]
+    if weights_note(report):
+        md += [f"**Note**: {weights_note(report)}.", ""]
     md += markdown_table(rows)
     pre, cal, data = report["preprocess"], report["calibration"], report["dataset"]
     chain = chain_rows(report)
