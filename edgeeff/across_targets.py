@@ -76,8 +76,8 @@ def compare_targets(args, targets: list[str], make_options) -> Path:
         reports.append(report)
     missing = [r["target"] for r in reports if not r.get("sensitivity")]
     if missing:
-        say(f"note: no per-layer analysis for {', '.join(missing)}: its backend cannot keep layers in float "
-            f"(docs/sensitivity.md); only onnx, intel and jetson targets can")
+        say(f"note: no per-layer analysis for {', '.join(missing)}: its backend cannot keep layers at higher "
+            f"precision (docs/sensitivity.md)")
     names, rows = comparison_rows(reports)
     out = Path(args.out) / f"{args.variant}-sensitivity"
     out.mkdir(parents=True, exist_ok=True)

@@ -443,8 +443,11 @@ def mixed_precision(backend, workdir: Path, artifacts: list, threads: int, opts:
                                                      runs=opts.latency_runs)["median"]
             variants.save(best.kept_float)
     info["kept_float"] = best.kept_float
+    if hasattr(variants, "layer_precision"):  # read back from the file as shipped (LiteRT: int8 | a16w8)
+        info["layer_precision"] = variants.layer_precision()
     info["fallback"] = {"max_drop": opts.max_drop, "metric": metric, "limit": limit, "met": met,
                         "kept_float": best.kept_float, "steps": [s.as_dict() for s in steps],
+                        "kept_precision": getattr(variants, "kept_precision", "float"),
                         "order": "most sensitive first (logits SQNR with the layer quantized alone)",
                         "all_int8": all_int8}
     return info
@@ -674,6 +677,9 @@ def _compile(opts: CompileOptions, shared: dict | None = None) -> tuple[Path, di
             if artifact.precision == "int8":
                 row["quantizable_layers"] = quantizable
                 row["kept_float"] = layer_info["kept_float"] if layer_info else []
+                if layer_info and "layer_precision" in layer_info:
+                    row["quantization"] = {**row.get("quantization", {}),
+                                           "layer_precision": layer_info["layer_precision"]}
             if artifact.runnable_here:
                 runner = backend.open_runner(workdir / artifact.file, threads, artifact.spec)
                 row["runtime"] = runner.runtime

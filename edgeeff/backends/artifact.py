@@ -20,6 +20,9 @@ class Artifact:
     runnable_here: bool = True  # evaluate it in its own runtime on this machine
     verified_by: str | None = None  # how it was checked, when not by its own runtime (e.g. ORT proxy)
     extra: dict = field(default_factory=dict)  # backend-specific report fields
+    # In memory only, never reported: what the backend's float_variants() re-uses (LiteRT: the
+    # calibration the INT8 file was quantized from)
+    state: object = field(default=None, repr=False, compare=False)
 
     def size_bytes(self, folder: Path) -> int | None:
         """What a device stores for it: the file, plus its weights file when it has one (an

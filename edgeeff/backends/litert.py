@@ -25,8 +25,10 @@ import collections
 import contextlib
 import os
 import sys
+import re
 import tempfile
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -246,28 +248,29 @@ OPTIMIZE_MODES = ("ranges",)
 SIMULATION = {"fixed_ranges": {".se.gate": (0.0, 255 / 256)}}
 
 
-def quantize_int8(float_path: Path, out_path: Path, calib_inputs: np.ndarray, recipe: dict,
-                  threads: int = 2, quiet: bool = False, batch: int = 25, range_overrides=None) -> dict:
-    """Static full-integer INT8 with ai-edge-quantizer. `calib_inputs`: float NHWC, preprocessed.
+@dataclass
+class Int8Calibration:
+    """What the calibration of one float .tflite gave: quantize_int8 writes the INT8 file from it, and
+    the a16w8 variants (A16w8Variants) re-quantize from it without calibrating again."""
 
-    `range_overrides(float_path) -> ({tensor: (low, high)}, info)`: ranges replacing the recipe's.
-    Returns the settings used (for the report).
-    """
+    ranges: dict  # per tensor, the range the INT8 file uses (recipe, histograms, searched ranges, floors)
+    extremes: dict  # per tensor, the global min/max over the calibration images
+    info: dict  # the report's description of the ranges
+
+
+def calibrate_int8(float_path: Path, calib_inputs: np.ndarray, recipe: dict, threads: int = 2,
+                   quiet: bool = False, batch: int = 25, range_overrides=None) -> Int8Calibration:
+    """Run ai-edge-quantizer's calibrator on `calib_inputs` (float NHWC, preprocessed) and choose each
+    activation tensor's range by the recipe. `range_overrides(float_path) -> ({tensor: (low, high)},
+    info)`: ranges replacing the recipe's (--optimize ranges)."""
     from ai_edge_litert.interpreter import Interpreter
-    from ai_edge_quantizer import calibrator, qtyping
-    from ai_edge_quantizer import quantizer as aeq
-    from ai_edge_quantizer.algorithm_manager import AlgorithmName
+    from ai_edge_quantizer import calibrator
 
     percentile = float(recipe.get("percentile", 99.5)) if recipe["method"] == "sample_percentile" else 100.0
     signatures = Interpreter(model_path=str(float_path)).get_signature_list()
     key = next(iter(signatures))
     input_name = signatures[key]["inputs"][0]
-    quantizer = aeq.Quantizer(str(float_path))
-    quantizer.add_static_config(
-        regex=".*", operation_name=qtyping.TFLOperationName.ALL_SUPPORTED,
-        activation_num_bits=8, weight_num_bits=8,  # asymmetric per-tensor INT8 activations
-        weight_granularity=qtyping.QuantGranularity.CHANNELWISE,  # symmetric per-channel INT8 weights
-        algorithm_key=AlgorithmName.MIN_MAX_UNIFORM_QUANT)
+    quantizer = _int8_quantizer(float_path)
     with _captured_output(), warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # "experimental_preserve_all_tensors ... debugging"
         cal = calibrator.Calibrator(quantizer._float_model_buffer, num_threads=threads,
@@ -280,9 +283,11 @@ def quantize_int8(float_path: Path, out_path: Path, calib_inputs: np.ndarray, re
             cal.calibrate({key: [{input_name: x[None].astype(np.float32)} for x in chunk]},
                           quantizer._recipe_manager)
     with _captured_output(), warnings.catch_warnings():
-        # "invalid value encountered in cast": the int32 bias overflow repaired just below
+        # "invalid value encountered in cast": the int32 bias overflow repaired by write_int8
         warnings.simplefilter("ignore", RuntimeWarning)
-        ranges = reduce_ranges(cal.get_model_qsvs(), percentile)
+        qsvs = cal.get_model_qsvs()
+        ranges = reduce_ranges(qsvs, percentile)
+    extremes = {name: {"min": qsv["min"], "max": qsv["max"]} for name, qsv in qsvs.items()}
     hard_swish = hard_swish_inputs(float_path)
     if recipe["method"] in ("percentile", "mse"):
         ranges = histogram_ranges(float_path, calib_inputs, ranges, recipe, hard_swish, threads, quiet)
@@ -293,29 +298,66 @@ def quantize_int8(float_path: Path, out_path: Path, calib_inputs: np.ndarray, re
             if name in ranges and np.size(ranges[name]["min"]) == 1:
                 ranges[name] = _with_range(ranges[name], low, high)
     ranges = floor_hard_swish_inputs(ranges, hard_swish)
+    info = {"calibration": recipe["method"], "calibration_images": int(len(calib_inputs))}
+    if recipe["method"] in ("percentile", "mse"):
+        info["range"] = "histogram over every activation (calibration.py); graph input/output min/max"
+        if recipe["method"] == "percentile":
+            info["percentile"] = float(recipe.get("percentile", 99.999))
+    else:
+        info["range_percentile_over_images"] = percentile
+    if searched_info:
+        info["searched_ranges"] = searched_info
+    if hard_swish:
+        info["hard_swish_inputs_floored_at"] = {"value": HARD_SWISH_FLOOR, "tensors": len(hard_swish)}
+    return Int8Calibration(ranges, extremes, info)
+
+
+def _int8_quantizer(float_path: Path):
+    """ai-edge-quantizer with edgeeff's INT8 recipe: every supported op static INT8."""
+    from ai_edge_quantizer import qtyping
+    from ai_edge_quantizer import quantizer as aeq
+    from ai_edge_quantizer.algorithm_manager import AlgorithmName
+
+    quantizer = aeq.Quantizer(str(float_path))
+    quantizer.add_static_config(
+        regex=".*", operation_name=qtyping.TFLOperationName.ALL_SUPPORTED,
+        activation_num_bits=8, weight_num_bits=8,  # asymmetric per-tensor INT8 activations
+        weight_granularity=qtyping.QuantGranularity.CHANNELWISE,  # symmetric per-channel INT8 weights
+        algorithm_key=AlgorithmName.MIN_MAX_UNIFORM_QUANT)
+    return quantizer
+
+
+def write_int8(float_path: Path, out_path: Path, calibration: Int8Calibration, a16w8_ops=(), graph=()) -> int:
+    """Quantize the float file with `calibration`'s ranges and write it; returns how many INT32 bias
+    channels were repaired. `a16w8_ops`: TfliteOps given int16 activations and int8 weights instead
+    (a16w8_recipe; `graph`: every TfliteOp of the float file); nothing else changes."""
+    quantizer = _int8_quantizer(float_path)
+    ranges = a16w8_recipe(quantizer, graph, calibration, a16w8_ops) if a16w8_ops else calibration.ranges
     with _captured_output(), warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         result = quantizer.quantize(ranges, enable_progress_report=False)
         result.export_model(str(out_path), overwrite=True)
-    repaired = repair_bias_overflow(out_path, float_path)
+    return repair_bias_overflow(out_path, float_path)
+
+
+def int8_details(calibration: Int8Calibration, repaired: int) -> dict:
+    """The report's `quantization` of an INT8 file written by write_int8."""
     from importlib import metadata
 
-    details = {"quantizer": f"ai-edge-quantizer {metadata.version('ai-edge-quantizer')}",
-               "converter": f"litert-torch {metadata.version('litert-torch')}",
-               "weights": "int8", "per_channel": True, "weight_symmetric": True,
-               "activations": "int8", "activation_symmetric": False, "calibration": recipe["method"],
-               "calibration_images": int(len(calib_inputs)), "bias_overflow_channels_repaired": repaired}
-    if recipe["method"] in ("percentile", "mse"):
-        details["range"] = "histogram over every activation (calibration.py); graph input/output min/max"
-        if recipe["method"] == "percentile":
-            details["percentile"] = float(recipe.get("percentile", 99.999))
-    else:
-        details["range_percentile_over_images"] = percentile
-    if searched_info:
-        details["searched_ranges"] = searched_info
-    if hard_swish:
-        details["hard_swish_inputs_floored_at"] = {"value": HARD_SWISH_FLOOR, "tensors": len(hard_swish)}
-    return details
+    return {"quantizer": f"ai-edge-quantizer {metadata.version('ai-edge-quantizer')}",
+            "converter": f"litert-torch {metadata.version('litert-torch')}",
+            "weights": "int8", "per_channel": True, "weight_symmetric": True,
+            "activations": "int8", "activation_symmetric": False,
+            **{key: calibration.info[key] for key in ("calibration", "calibration_images")},
+            "bias_overflow_channels_repaired": repaired, **calibration.info}
+
+
+def quantize_int8(float_path: Path, out_path: Path, calib_inputs: np.ndarray, recipe: dict,
+                  threads: int = 2, quiet: bool = False, batch: int = 25, range_overrides=None) -> dict:
+    """Static full-integer INT8 with ai-edge-quantizer: calibrate_int8, then write_int8.
+    `calib_inputs`: float NHWC, preprocessed. Returns the settings used (for the report)."""
+    calibration = calibrate_int8(float_path, calib_inputs, recipe, threads, quiet, batch, range_overrides)
+    return int8_details(calibration, write_int8(float_path, out_path, calibration))
 
 
 def quantize_fp16(float_path: Path, out_path: Path) -> dict:
@@ -432,10 +474,13 @@ def int8_io_to_uint8(src: Path, dst: Path) -> None:
 
 
 BIAS_TARGET = 2 ** 24  # |int32 bias| of a repaired channel: far from overflow, 7 significant digits
+MIN_MULTIPLIER = 2.0 ** -31  # a requantization multiplier below this is flushed to zero by TFLite
+BIAS_MULTIPLIER = 2.0 ** -24  # the multiplier a repaired int16-activation channel gets
 
 
 def repair_bias_overflow(int8_path: Path, float_path: Path) -> int:
-    """Fix the INT32 biases ai-edge-quantizer overflows; returns how many channels were repaired.
+    """Fix the INT32 biases ai-edge-quantizer overflows (and the INT64 biases of a16w8 ops whose
+    requantization underflows); returns how many channels were repaired.
 
     A bias is quantized with scale input_scale * weight_scale[c]. Trained EfficientNets have dead
     channels (BN gamma ~ 0: weights ~1e-10 after folding, output = the bias): their weight scale
@@ -443,7 +488,8 @@ def repair_bias_overflow(int8_path: Path, float_path: Path) -> int:
     a constant activation into a huge negative one (Lite0: 87 channels in 23 layers). TensorFlow's
     converter handles this by enlarging the channel's weight scale until the bias fits; so does
     this: weight scale such that |bias| quantizes to ~2^24, the channel's int8 weights
-    requantized with it (they round to ~0, as they are), bias requantized exactly.
+    requantized with it (they round to ~0, as they are), bias requantized exactly. With int16
+    activations the weight scale is raised until the multiplier is BIAS_MULTIPLIER.
     """
     schema = _schema()
     model, ref = _load_inlined(int8_path), _load_inlined(float_path)
@@ -455,25 +501,35 @@ def repair_bias_overflow(int8_path: Path, float_path: Path) -> int:
         if len(op.inputs) < 3 or op.inputs[2] < 0:
             continue
         x, w, b = (graph.tensors[i] for i in op.inputs[:3])
-        if b.type != schema.TensorType.INT32 or w.type != schema.TensorType.INT8 or b.name not in ref_tensors:
+        bias_type = {schema.TensorType.INT32: np.int32, schema.TensorType.INT64: np.int64}.get(b.type)
+        if bias_type is None or w.type != schema.TensorType.INT8 or b.name not in ref_tensors:
             continue
         ref_bias = ref_tensors[b.name]
         bias_f = np.frombuffer(bytes(ref.buffers[ref_bias.buffer].data), np.float32).astype(np.float64)
-        bias_q = np.frombuffer(bytes(model.buffers[b.buffer].data), np.int32).copy()
+        bias_q = np.frombuffer(bytes(model.buffers[b.buffer].data), bias_type).copy()
         b_scale = np.broadcast_to(np.asarray(b.quantization.scale, np.float64), bias_q.shape).copy()
-        # More than a step off (beyond float32 rounding of the scale itself): overflowed.
-        broken = np.abs(bias_q * b_scale - bias_f) > b_scale + 1e-6 * np.abs(bias_f)
+        w_scale = np.asarray(w.quantization.scale, np.float64)
+        in_scale = float(x.quantization.scale[0])
+        if bias_type is np.int32:
+            # More than a step off (beyond float32 rounding of the scale itself): overflowed.
+            broken = np.abs(bias_q * b_scale - bias_f) > b_scale + 1e-6 * np.abs(bias_f)
+        else:
+            # int16 activations (a16w8): the int64 bias fits, but the kernel's requantization
+            # multiplier in_scale * w_scale / out_scale flushes to zero below 2^-31 (TFLite's
+            # QuantizeMultiplier), which drops the channel's bias: the same dead channels.
+            out_scale = float(graph.tensors[op.outputs[0]].quantization.scale[0])
+            broken = np.broadcast_to(in_scale * w_scale / out_scale < MIN_MULTIPLIER, bias_q.shape) \
+                & (bias_f != 0)
         if not broken.any():
             continue
-        w_scale = np.asarray(w.quantization.scale, np.float64)
         if w_scale.size != bias_q.size:
             raise ValueError(f"{int8_path}: per-tensor weights with an overflowed bias in {b.name!r}")
-        in_scale = float(x.quantization.scale[0])
         axis = w.quantization.quantizedDimension
         w_q = np.frombuffer(bytes(model.buffers[w.buffer].data), np.int8).reshape(w.shape).copy()
         w_q = np.moveaxis(w_q, axis, 0)
         for c in np.flatnonzero(broken):
-            new_scale = max(w_scale[c], abs(bias_f[c]) / (in_scale * BIAS_TARGET))
+            new_scale = max(w_scale[c], abs(bias_f[c]) / (in_scale * BIAS_TARGET) if bias_type is np.int32
+                            else out_scale * BIAS_MULTIPLIER / in_scale)
             w_q[c] = np.clip(np.round(w_q[c] * (w_scale[c] / new_scale)), -127, 127)
             w_scale[c] = new_scale
             b_scale[c] = in_scale * new_scale
@@ -509,12 +565,15 @@ def graph_summary(path: Path) -> dict:
 
 # ---------------------------------------------------------------- running
 
-def interpreter(path: Path, threads: int):
+def interpreter(path: Path, threads: int, content: bytes | None = None):
+    """The LiteRT interpreter of the file at `path`, or of `content` (a model in memory; `path`
+    then only names it in errors)."""
     from ai_edge_litert.interpreter import Interpreter
 
+    source = {"model_path": str(path)} if content is None else {"model_content": content}
     try:
         with _captured_output():  # "INFO: Created TensorFlow Lite XNNPACK delegate" on fd 2
-            it = Interpreter(model_path=str(path), num_threads=threads)
+            it = Interpreter(**source, num_threads=threads)
     except ValueError as err:
         raise UserError(f"{path}: LiteRT cannot load it ({str(err).splitlines()[0]})") from None
     it.allocate_tensors()
@@ -535,8 +594,8 @@ class LiteRTRunner:
 
     max_batch = 32  # images per predict() call; each is still invoked alone
 
-    def __init__(self, path: Path, threads: int, spec: PreprocessSpec):
-        self.interpreter = interpreter(path, threads)
+    def __init__(self, path: Path, threads: int, spec: PreprocessSpec, content: bytes | None = None):
+        self.interpreter = interpreter(path, threads, content)
         self.input = self.interpreter.get_input_details()[0]
         self.output = self.interpreter.get_output_details()[0]
         self.runtime = version()
@@ -619,22 +678,17 @@ def build(job) -> list:
     with _captured_output():
         convert_float(job.model, spec.resolution, fp32)
     calib = spec.to_model_input(job.calibration.crops)
-    with tempfile.TemporaryDirectory(prefix="edgeeff-litert-") as tmp:
-        native = Path(tmp) / "int8_io.tflite"
-        details = quantize_int8(fp32, native, calib, job.recipe, threads=job.threads, quiet=job.quiet,
-                                range_overrides=_searched_ranges(job, calib))
-        if io_dtype == "uint8":
-            int8_io_to_uint8(native, int8)
-            details["io"] = "uint8 (integer QUANTIZE int8<->uint8 at input and output)"
-        else:
-            native.replace(int8)
-            details["io"] = "int8"
+    calibration = calibrate_int8(fp32, calib, job.recipe, threads=job.threads, quiet=job.quiet,
+                                 range_overrides=_searched_ranges(job, calib))
+    int8_build = Int8Build(fp32, calibration, io_dtype)
+    details = int8_details(calibration, int8_build.write(int8))
+    details["io"] = "uint8 (integer QUANTIZE int8<->uint8 at input and output)" if io_dtype == "uint8" else "int8"
     if job.optimisation is not None:
         details["optimisation"] = job.optimisation
     artifacts = [
         Artifact(file=fp32.name, format="tflite", precision="fp32", spec=spec, extra=_io_fields(fp32)),
         Artifact(file=int8.name, format="tflite", precision="int8", spec=spec, quantization=details,
-                 extra=_io_fields(int8)),
+                 extra=_io_fields(int8), state=int8_build),
     ]
     if target.quantization.get("fp16", False):
         fp16 = job.workdir / "model_fp16.tflite"
@@ -647,3 +701,235 @@ def build(job) -> list:
 
         ship_device_scripts(job.workdir, *scripts)  # + the device_preprocess.py they import
     return artifacts
+
+
+# ---------------------------------------------------------------- layers at a16w8 (--max-drop, --sensitivity)
+
+WEIGHTED_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED")
+ACTIVATION_OPS = ("LOGISTIC", "RELU", "RELU6", "RELU_N1_TO_1", "HARD_SWISH", "TANH")
+SCOPE_LIMIT = 10000  # ai-edge-quantizer truncates an op's scope (its name for regex matching) to this
+
+
+@dataclass(frozen=True)
+class TfliteOp:
+    index: int  # position in the float .tflite's operator list
+    name: str  # CONV_2D, LOGISTIC, ...
+    inputs: tuple[str, ...]  # tensor names ("" for an absent optional input)
+    outputs: tuple[str, ...]
+
+    def regex(self) -> str:
+        """A regex matching this op's scope alone: ai-edge-quantizer names an op by its output
+        tensors' names, each followed by ';' (tfl_flatbuffer_utils.get_op_scope)."""
+        scope = "".join(f"{name};" for name in self.outputs if name)
+        return "^" + re.escape(scope[:SCOPE_LIMIT]) + ("$" if len(scope) <= SCOPE_LIMIT else "")
+
+
+def tflite_graph(path: Path) -> tuple[list[TfliteOp], dict[str, tuple[int, ...]]]:
+    """The first subgraph's ops in order, and the shapes of its constant tensors (weights)."""
+    schema = _schema()
+    model = schema.ModelT.InitFromPackedBuf(Path(path).read_bytes(), 0)
+    names = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
+    graph = model.subgraphs[0]
+
+    def tensor(i: int) -> str:
+        return graph.tensors[i].name.decode() if i >= 0 else ""
+
+    ops = [TfliteOp(i, names.get(_builtin(model.operatorCodes[op.opcodeIndex]), "CUSTOM"),
+                    tuple(tensor(t) for t in op.inputs), tuple(tensor(t) for t in op.outputs))
+           for i, op in enumerate(graph.operators)]
+    constants = {}
+    for t in graph.tensors:
+        buf = model.buffers[t.buffer]
+        if (buf.data is not None and len(buf.data)) or buf.offset > 1:
+            constants[t.name.decode()] = tuple(int(v) for v in t.shape)
+    return ops, constants
+
+
+def _readers(ops: list[TfliteOp]) -> dict[str, list[TfliteOp]]:
+    out = collections.defaultdict(list)
+    for op in ops:
+        for name in op.inputs:
+            if name:
+                out[name].append(op)
+    return out
+
+
+def tflite_layers(ops: list[TfliteOp], constants: dict) -> list[tuple]:
+    """The quantizable layers of a float .tflite: [(Layer, its TfliteOps)], in graph order.
+
+    The rule (edgeeff/quant/layers.py's, on TFLite ops): a layer is a CONV_2D, DEPTHWISE_CONV_2D
+    or FULLY_CONNECTED with constant weights, plus the activation reading its output: the one
+    LOGISTIC / RELU* / HARD_SWISH / TANH that is its only reader, or swish's LOGISTIC and the MUL
+    of the output by it (the converter fuses ReLU6 into the conv itself). A layer is named after
+    its weighted op: the TFLite op name and its index in model_fp32.tflite's operator list
+    (`CONV_2D_14`); an SE gate's LOGISTIC belongs to its expand conv, the SE multiply to no layer.
+    """
+    from ..quant.layers import Layer
+
+    readers = _readers(ops)
+    layers = []
+    for op in ops:
+        if op.name not in WEIGHTED_OPS or len(op.inputs) < 2 or op.inputs[1] not in constants:
+            continue
+        after = readers.get(op.outputs[0], [])
+        activation: list[TfliteOp] = []
+        if len(after) == 1 and after[0].name in ACTIVATION_OPS:
+            activation = [after[0]]
+        elif len(after) == 2 and sorted(a.name for a in after) == ["LOGISTIC", "MUL"]:
+            sigmoid, mul = sorted(after, key=lambda a: a.name)
+            if sigmoid.outputs[0] in mul.inputs:  # x * sigmoid(x): swish
+                activation = [sigmoid, mul]
+        shape = constants[op.inputs[1]]  # CONV_2D: (out, h, w, in); DEPTHWISE_CONV_2D: (1, h, w, out)
+        kind = {"DEPTHWISE_CONV_2D": "depthwise", "FULLY_CONNECTED": "fc"}.get(op.name, "conv")
+        if kind == "conv" and len(shape) == 4 and shape[1:3] == (1, 1):
+            kind = "pointwise"
+        chain = (op, *activation)
+        layers.append((Layer(f"{op.name}_{op.index}", op.name, kind, tuple(f"{o.name}_{o.index}" for o in chain),
+                             op.inputs[1], shape), chain))
+    return layers
+
+
+def a16w8_op_names() -> set[str]:
+    """The ops ai-edge-quantizer's policy quantizes with int16 activations and int8 weights (its
+    static_wi8_ai16 config: CONV_2D, DEPTHWISE_CONV_2D, FULLY_CONNECTED, LOGISTIC, MUL, ADD, MEAN...;
+    not HARD_SWISH)."""
+    import json
+
+    from ai_edge_quantizer import default_policy
+
+    return set(json.loads(default_policy.DEFAULT_JSON_POLICY)["ops_per_config"]["static_wi8_ai16"])
+
+
+def a16w8_recipe(quantizer, graph: list[TfliteOp], calibration: Int8Calibration, a16w8_ops) -> dict:
+    """Give `a16w8_ops` int16 activations (symmetric, per tensor) and int8 weights (per channel) in
+    `quantizer`'s recipe, one entry per op (regex on its scope + operation); returns the ranges to
+    quantize with. ai-edge-quantizer puts a QUANTIZE op (int8 <-> int16) wherever an int8 and an
+    int16 op share a tensor; an op its policy cannot run at a16w8 (HARD_SWISH) stays int8.
+
+    Ranges: the INT8 file's own, so the INT8 ops around see the very scales they had, except for a
+    tensor that is int16 end to end (produced and read only by ops at a16w8, e.g. a conv's output
+    read by its swish): it takes the calibration's global min/max, as 16 bits have the resolution
+    to keep the tail the INT8 range clips. The quantizer makes them symmetric (zero point 0).
+    """
+    import copy
+
+    from ai_edge_quantizer import qtyping
+    from ai_edge_quantizer.algorithm_manager import AlgorithmName
+
+    supported = a16w8_op_names()
+    chosen = [op for op in a16w8_ops if op.name in supported]
+    for op in chosen:
+        quantizer.add_static_config(regex=op.regex(), operation_name=qtyping.TFLOperationName(op.name),
+                                    activation_num_bits=16, weight_num_bits=8,
+                                    weight_granularity=qtyping.QuantGranularity.CHANNELWISE,
+                                    algorithm_key=AlgorithmName.MIN_MAX_UNIFORM_QUANT)
+    at16 = {op.index for op in chosen}
+    readers = _readers(graph)
+    ranges = copy.deepcopy(calibration.ranges)  # the quantizer must not see (or change) the INT8 file's
+    for op in chosen:
+        for name in op.outputs:
+            read_by = readers.get(name, [])
+            if read_by and all(r.index in at16 for r in read_by) and name in calibration.extremes \
+                    and np.size(ranges[name]["min"]) == 1:
+                full = calibration.extremes[name]
+                ranges[name] = _with_range(ranges[name], float(np.min(full["min"])), float(np.max(full["max"])))
+    return ranges
+
+
+@dataclass
+class Int8Build:
+    """How build() wrote the INT8 file, kept in memory (Artifact.state) so the a16w8 variants are
+    quantized from the same float file and calibration, with the same I/O."""
+
+    float_path: Path
+    calibration: Int8Calibration
+    io: str  # int8 | uint8
+
+    def write(self, out_path: Path, a16w8_ops=(), graph=()) -> int:
+        """The INT8 file (with `a16w8_ops` at a16w8) at out_path; returns the bias channels repaired."""
+        if self.io != "uint8":
+            return write_int8(self.float_path, out_path, self.calibration, a16w8_ops, graph)
+        with tempfile.TemporaryDirectory(prefix="edgeeff-litert-") as tmp:
+            native = Path(tmp) / "int8_io.tflite"
+            repaired = write_int8(self.float_path, native, self.calibration, a16w8_ops, graph)
+            int8_io_to_uint8(native, out_path)
+        return repaired
+
+
+class A16w8Variants:
+    """The INT8 .tflite with chosen layers re-quantized at a16w8 (int16 activations, int8 weights):
+    LiteRT's higher precision for the sensitivity analysis and the --max-drop fallback, which call
+    it "float" in their interface (`runner(kept)`, `save(kept)`). Each variant is ai-edge-quantizer
+    run again on the same float file with the same calibration ranges (no second calibration),
+    the layers' ops added to its recipe at a16w8 (a16w8_recipe); layers: tflite_layers."""
+
+    backend = "litert"
+    kept_precision = "a16w8"
+
+    def __init__(self, int8_path: Path, build: Int8Build, spec: PreprocessSpec, threads: int):
+        self.int8_path, self.build, self.spec, self.threads = int8_path, build, spec, threads
+        self.artifact = int8_path.name
+        self.graph, self.constants = tflite_graph(build.float_path)
+        found = tflite_layers(self.graph, self.constants)
+        self.layers = [layer for layer, _ in found]
+        self.ops = {layer.name: ops for layer, ops in found}
+        self.all_int8 = int8_path.read_bytes()  # the file as build() wrote it
+
+    def model(self, kept: list[str]) -> bytes:
+        if not kept:
+            return self.all_int8
+        unknown = [name for name in kept if name not in self.ops]
+        if unknown:
+            raise ValueError(f"not layers of this model: {', '.join(unknown)}")
+        with tempfile.TemporaryDirectory(prefix="edgeeff-a16w8-") as tmp:
+            path = Path(tmp) / "variant.tflite"
+            self.build.write(path, self.a16w8_ops(kept), self.graph)
+            return path.read_bytes()
+
+    def a16w8_ops(self, kept: list[str]) -> list[TfliteOp]:
+        """The kept layers' ops, plus the ops between layers (residual ADD, SE's MEAN and multiply)
+        whose every activation input comes from an op at a16w8: those run at a16w8 too, as
+        layers.keep_float runs them in float, so no int8 tensor sits between two a16w8 layers."""
+        chosen = {op.index for name in kept for op in self.ops[name]}
+        in_layers = {op.index for ops in self.ops.values() for op in ops}
+        producers = {name: op for op in self.graph for name in op.outputs}
+        supported = a16w8_op_names()
+        for op in self.graph:  # graph order is topological
+            if op.index in in_layers or op.name not in supported:
+                continue
+            sources = [producers.get(name) for name in op.inputs if name and name not in self.constants]
+            if sources and all(src is not None and src.index in chosen for src in sources):
+                chosen.add(op.index)
+        return [op for op in self.graph if op.index in chosen]
+
+    def runner(self, kept: list[str]) -> LiteRTRunner:
+        return LiteRTRunner(self.int8_path, self.threads, self.spec, content=self.model(kept))
+
+    def save(self, kept: list[str]) -> None:
+        """Rewrite the artifact with these layers at a16w8 (written beside it, renamed over it)."""
+        tmp = self.int8_path.with_name(f".{self.int8_path.name}.tmp")
+        tmp.write_bytes(self.model(kept))
+        tmp.replace(self.int8_path)
+
+    def layer_precision(self) -> dict[str, str]:
+        """Each layer's precision as the artifact file holds it: its ops' output tensor types read
+        back from the flatbuffer ("int8", "a16w8", or "a16w8 (<op> int8)" where an op of the layer
+        has no int16 kernel)."""
+        schema = _schema()
+        model = schema.Model.GetRootAs(self.int8_path.read_bytes(), 0)
+        graph = model.Subgraphs(0)
+        types = {graph.Tensors(i).Name().decode(): graph.Tensors(i).Type() for i in range(graph.TensorsLength())}
+        out = {}
+        for layer in self.layers:
+            wide = [types.get(op.outputs[0]) == schema.TensorType.INT16 for op in self.ops[layer.name]]
+            if not wide[0]:
+                out[layer.name] = "int8"
+            else:
+                narrow = [op.name for op, w in zip(self.ops[layer.name], wide) if not w]
+                out[layer.name] = "a16w8" + (f" ({', '.join(narrow)} int8)" if narrow else "")
+        return out
+
+
+def float_variants(workdir: Path, artifacts: list, threads: int) -> A16w8Variants:
+    int8 = next(a for a in artifacts if a.precision == "int8")
+    return A16w8Variants(workdir / int8.file, int8.state, int8.spec, threads)

@@ -224,10 +224,12 @@ def markdown(report: dict) -> str:
     fb = report.get("fallback")
     if fb:
         verdict = "Within budget" if fb["met"] else f"**Not within budget** at the limit of {fb['limit']} layers"
+        kept_as = fb.get("kept_precision", "float")  # LiteRT keeps layers at a16w8, not float
+        where = "in float" if kept_as == "float" else f"at {kept_as}"
         md += ["", f"## --max-drop {fb['max_drop']} fallback", "",
-               f"{verdict} (judged by the top-1 {fb['metric']}). Kept in float: "
+               f"{verdict} (judged by the top-1 {fb['metric']}). Kept {where}: "
                f"{', '.join(f'`{n}`' for n in fb['kept_float']) or 'none'}.", "",
-               "| layers in float | top-1 | drop | agreement % |", "|---|---|---|---|"]
+               f"| layers {where} | top-1 | drop | agreement % |", "|---|---|---|---|"]
         md += [f"| {s['kept_float']} | {s['top1']} | {s['top1_drop']} | {s['top1_agreement']} |" for s in fb["steps"]]
         if fb.get("all_int8", {}).get("latency_ms") is not None:
             md.append(f"\nAll-INT8 before the fallback: {fb['all_int8']['size_bytes']} bytes, "
