@@ -96,12 +96,15 @@ def score(logits: np.ndarray, labels: np.ndarray, reference_top1: np.ndarray | N
 
 
 def latency_in_turns(runners: dict[str, Runner], crop: np.ndarray, threads: int, runs: int = 50,
-                     per_turn: int = 5, warmup: int = 10, reference: str | None = None) -> dict[str, dict]:
+                     per_turn: int = 5, warmup: int = 10, reference: str | None = None,
+                     pause_s: float = 0.0, turn_warmup: int = 0) -> dict[str, dict]:
     """Batch-1 wall time of several files of one runtime, taking turns: after each file's warm-up,
     every round times `per_turn` calls of each file in turn, until each has `runs` timings. A
     shared host's drift and one runtime's spinning threads then weigh on every file alike, so their
     ratio holds where two sequential measurements can differ by 20-50%. Returns, per name, the
-    median, p90 and the spread (p10-p90) in ms, and `ratio_to_fp32` (medians) against `reference`."""
+    median, p90 and the spread (p10-p90) in ms, and `ratio_to_fp32` (medians) against `reference`.
+    `pause_s` and `turn_warmup`: a pause and untimed calls before each turn, for when one runtime's
+    spinning threads must settle before the next file's turn (scripts/research/scale_group_sweep.py)."""
     inputs = {name: runner.spec.to_model_input(crop[None]) for name, runner in runners.items()}
     for name, runner in runners.items():
         for _ in range(warmup):
@@ -109,6 +112,10 @@ def latency_in_turns(runners: dict[str, Runner], crop: np.ndarray, threads: int,
     times: dict[str, list[float]] = {name: [] for name in runners}
     for _ in range(max(1, -(-runs // per_turn))):
         for name, runner in runners.items():
+            if pause_s:
+                time.sleep(pause_s)
+            for _ in range(turn_warmup):
+                runner.predict(inputs[name])
             for _ in range(per_turn):
                 start = time.perf_counter()
                 runner.predict(inputs[name])

@@ -20,10 +20,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
@@ -35,6 +33,7 @@ from edgeeff.backends import litert  # noqa: E402
 from edgeeff.backends import onnxruntime as ort_backend  # noqa: E402
 from edgeeff.data.images import imagenet_labels, load_calibration, load_validation  # noqa: E402
 from edgeeff.scoring import TorchRunner, predict_all, score, torch_batches  # noqa: E402
+from edgeeff.scoring import latency_in_turns as scoring_latency_in_turns  # noqa: E402
 from edgeeff.models.export import export_onnx  # noqa: E402
 from edgeeff.models.family import spec_for_variant  # noqa: E402
 from edgeeff.models.weights import load_model  # noqa: E402
@@ -80,24 +79,14 @@ def build_int8(target: str, deploy, spec, calibration, recipe: dict, quant: dict
 
 def latency_in_turns(runners: list, crop: np.ndarray, runs: int) -> list[dict]:
     """Batch-1 latency of each runner, measured in LATENCY_ROUNDS turns (median and p90 over all
-    its runs). Each turn starts after a pause and three warm-up runs: ONNX Runtime's threads spin
-    for a while after a run, and without the pause the last session's spinning threads slowed the
-    next one's first runs (p90 12-14 ms against medians of 6-8 ms; with the pause, p90 within 0.3 ms
-    of the median)."""
-    inputs = [runner.spec.to_model_input(crop[None]) for runner in runners]
-    times: list[list[float]] = [[] for _ in runners]
+    its runs; edgeeff.scoring.latency_in_turns). Each turn starts after a pause and three warm-up
+    runs: ONNX Runtime's threads spin for a while after a run, and without the pause the last
+    session's spinning threads slowed the next one's first runs (p90 12-14 ms against medians of
+    6-8 ms; with the pause, p90 within 0.3 ms of the median)."""
     per_turn = max(1, runs // LATENCY_ROUNDS)
-    for _ in range(LATENCY_ROUNDS):
-        for runner, x, own in zip(runners, inputs, times):
-            time.sleep(TURN_PAUSE_S)
-            for _ in range(3):
-                runner.predict(x)
-            for _ in range(per_turn):
-                start = time.perf_counter()
-                runner.predict(x)
-                own.append((time.perf_counter() - start) * 1000)
-    return [{"median": round(statistics.median(t), 3), "p90": round(float(np.percentile(t, 90)), 3), "runs": len(t)}
-            for t in times]
+    measured = scoring_latency_in_turns({str(i): r for i, r in enumerate(runners)}, crop, threads=0, runs=per_turn * LATENCY_ROUNDS,
+                                        per_turn=per_turn, warmup=0, pause_s=TURN_PAUSE_S, turn_warmup=3)
+    return [{k: measured[str(i)][k] for k in ("median", "p90", "runs")} for i in range(len(runners))]
 
 
 def plot(result: dict, path: Path) -> None:
