@@ -139,6 +139,13 @@ class ActivationQuantizers:
             self.set_range(name, *(fixed or ranges[name]))
             self.hooks.append(_hook(module, where, lambda t, n=name: self._quantize(t, *self.qparams[n])))
 
+    @classmethod
+    def for_settings(cls, model: nn.Module, ranges: dict, generator: torch.Generator, settings: "OptimiseSettings",
+                     skip=("logits",)) -> "ActivationQuantizers":
+        """The quantizers as `settings` simulate the target's runtime (placement, symmetry, fixed ranges)."""
+        return cls(model, ranges, generator, skip, settings.symmetric, settings.float_points, settings.fixed_ranges,
+                   settings.float_residual_branches, settings.float_depthwise_inputs)
+
     def set_range(self, name: str, low: float, high: float) -> None:
         self.ranges[name] = (float(low), float(high))
         self.qparams[name] = _activation_qparams(low, high, self.symmetric)
@@ -226,9 +233,7 @@ def optimise_int8_model(model: nn.Module, images: torch.Tensor, ranges: dict, se
     quantized = copy.deepcopy(model).eval()
     for p in quantized.parameters():
         p.requires_grad_(False)
-    acts = ActivationQuantizers(quantized, ranges, generator, skip_activations, settings.symmetric,
-                                settings.float_points, settings.fixed_ranges, settings.float_residual_branches,
-                                settings.float_depthwise_inputs)
+    acts = ActivationQuantizers.for_settings(quantized, ranges, generator, settings, skip_activations)
     x_fp = images
     x_q = images
     report = []

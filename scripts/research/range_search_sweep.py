@@ -87,9 +87,7 @@ def main() -> None:
             if settings.search_ranges else (None, {"ranges": start})
         seconds = time.perf_counter() - began
         with simulated_int8(model, start, weights=True, activations=[]):
-            acts = ActivationQuantizers(model, {**start, **info["ranges"]}, torch.Generator(), ("logits",),
-                                        settings.symmetric, settings.float_points, settings.fixed_ranges,
-                                        settings.float_residual_branches, settings.float_depthwise_inputs)
+            acts = ActivationQuantizers.for_settings(model, {**start, **info["ranges"]}, torch.Generator(), settings)
             try:
                 test = logits(model, held)
             finally:
