@@ -7,17 +7,19 @@ is detected from the output width, or set with --label-offset.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
+from pathlib import Path
 
 from .backends import backend_for_file
 from .data.images import labels_beside, load_validation, resolve_labels
 from .data.preprocess import PreprocessSpec
 from .errors import UserError
-from .scoring import align_classes, measure_latency, predict_all, score
 from .models.family import IMAGENET_MEAN, IMAGENET_STD
 from .pipeline import check_threads
 from .report.contract import format_table
+from .scoring import align_classes, latency_in_turns, predict_all, score
 
 
 def spec_from_manifest(manifest_path, artifact_name: str) -> PreprocessSpec:
@@ -77,12 +79,38 @@ def evaluate_artifact(args) -> dict:
     raw = predict_all(runner, validation.crops, path.name, args.quiet)
     logits = align_classes(raw, len(labels.synsets), args.label_offset)
     scores = score(logits, validation.labels)
-    latency = measure_latency(runner, validation.crops[0], threads)
+    latency = timed_latency(path, runner, backend, manifest, validation.crops[0], threads)
     result = {"file": str(path), "runtime": runner.runtime, **scores.as_dict(),
               "images": len(validation), "skipped": len(validation.skipped), "label_source": labels.source,
               "label_offset": raw.shape[1] - logits.shape[1] if args.label_offset is None else args.label_offset,
               "preprocess": runner.spec.to_dict(), "latency_ms": latency}
-    print(format_table([["artifact", "runtime", "images", "top-1", "top-5", "ms (b1)"],
+    ratio = f"{latency['ratio_to_fp32']:.2f}" if "ratio_to_fp32" in latency else "-"
+    print(format_table([["artifact", "runtime", "images", "top-1", "top-5", "ms (b1)", "x FP32"],
                         [path.name, runner.runtime, str(len(validation)), f"{scores.top1:.2f}",
-                         f"{scores.top5:.2f}", f"{latency['median']:.2f}"]]))
+                         f"{scores.top5:.2f}", f"{latency['median']:.2f}" + (" (proxy)" if latency.get("proxy") else ""),
+                         ratio]]))
     return result
+
+
+def timed_latency(path, runner, backend, manifest, crop, threads: int) -> dict:
+    """Batch-1 latency of the artifact, timed in turns with the FP32 file of the same runtime that
+    its manifest lists beside it (so `ratio_to_fp32` compares the two under the same load, as compile
+    does); alone, in the same rounds, when there is none (a foreign model, or the FP32 file itself).
+    A TensorRT-bound QDQ model run here in ONNX Runtime is a proxy: marked, and given no ratio."""
+    entries, target_backend = [], None
+    if manifest.is_file():
+        with contextlib.suppress(json.JSONDecodeError, OSError, AttributeError):
+            data = json.loads(manifest.read_text())
+            entries, target_backend = data.get("artifacts", []), data.get("backend")
+    fp32 = next((path.parent / e["file"] for e in entries
+                 if e.get("precision") == "fp32" and e.get("file") != path.name
+                 and Path(e.get("file", "")).suffix == path.suffix and (path.parent / e["file"]).is_file()), None)
+    runners = {path.name: runner}
+    if fp32 is not None:
+        runners = {fp32.name: backend.open_runner(fp32, threads, spec_from_manifest(manifest, fp32.name)), **runners}
+    latency = latency_in_turns(runners, crop, threads, reference=fp32.name if fp32 else None)[path.name]
+    own = next((e for e in entries if e.get("file") == path.name), {})
+    if target_backend == "tensorrt" and path.suffix == ".onnx" and own.get("precision") != "fp32":
+        latency.pop("ratio_to_fp32", None)
+        latency["proxy"] = True
+    return latency

@@ -119,6 +119,22 @@ def test_eval_reads_foreign_1001_class_models(quick_compile, tmp_path):
                  "--std", ".5", ".5", ".5", "--json", str(out_json), "--quiet"]) == 0
     result = json.loads(out_json.read_text())
     assert result["label_offset"] == 1 and result["images"] == 3
+    assert "ratio_to_fp32" not in result["latency_ms"]  # no FP32 twin beside a foreign model
+
+
+@pytest.mark.slow
+def test_eval_times_the_int8_file_in_turns_with_its_fp32_twin(quick_compile, tmp_path, capsys):
+    val = tmp_path / "val" / "n01443537"
+    val.mkdir(parents=True)
+    from PIL import Image
+    for i in range(2):
+        Image.new("RGB", (64, 64), (200, 120 + i, 40)).save(val / f"{i}.png")
+    out_json = tmp_path / "scores.json"
+    assert main(["eval", str(quick_compile / "model_int8.onnx"), "--val", str(tmp_path / "val"),
+                 "--json", str(out_json), "--quiet"]) == 0
+    latency = json.loads(out_json.read_text())["latency_ms"]
+    assert "model_fp32.onnx" in latency["measured"] and 0.05 < latency["ratio_to_fp32"] < 20
+    assert f"{latency['ratio_to_fp32']:.2f}" in capsys.readouterr().out  # the table's x FP32 column
 
 
 def _run(args, tmp_path):

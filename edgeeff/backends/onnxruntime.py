@@ -41,9 +41,10 @@ def version() -> str:
     return f"onnxruntime {onnxruntime.__version__}"
 
 
-def session(path: Path | bytes, threads: int):
+def session(path: Path | bytes, threads: int, profile: bool = False, optimised_path: Path | None = None):
     """An ONNX Runtime CPU session with the settings every edgeeff measurement uses (a model file,
-    or a serialized model for the in-memory variants of the sensitivity analysis)."""
+    or a serialized model for the in-memory variants of the sensitivity analysis). `profile` turns on
+    ONNX Runtime's profiler and `optimised_path` saves the graph it runs (scripts/profile_ort.py)."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -52,6 +53,9 @@ def session(path: Path | bytes, threads: int):
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.log_severity_level = 3
+    options.enable_profiling = profile
+    if optimised_path is not None:
+        options.optimized_model_filepath = str(optimised_path)
     try:
         source = path if isinstance(path, bytes) else str(path)
         return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
@@ -175,10 +179,12 @@ def quantize(fp32_path: Path, out_path: Path, calib_inputs: np.ndarray, recipe: 
         # Shape inference + ORT's graph optimisations (BN folding, constant folding) first, as
         # ORT recommends: quantization then sees the graph the runtime will actually run.
         quant_pre_process(str(weights_path or fp32_path), str(prepared), skip_symbolic_shape=True)
+        details["global_average_pools"] = _rewrite(prepared, spatial_means_as_global_pools)
         reference = prepared  # the float graph bias correction aims at: the FP32 model's own
         if weights_path is not None:
             reference = Path(tmp) / "reference.onnx"
             quant_pre_process(str(fp32_path), str(reference), skip_symbolic_shape=True)
+            _rewrite(reference, spatial_means_as_global_pools)
         reader, cache_file, calibrate_method = None, None, CALIBRATION_METHODS.get(method, "MinMax")
         if method in OWN_METHODS:
             stats, hit = cached_stats(prepared, calib_inputs, int(recipe.get("batch", 10)), quiet=quiet,
@@ -276,6 +282,65 @@ def dequantize_outputs(path: Path) -> list[str]:
     return changed
 
 
+def spatial_means_as_global_pools(model) -> int:
+    """Replace each ReduceMean over the two spatial axes (squeeze-excitation's squeeze, the head's
+    pooling) by GlobalAveragePool, the same function. Why: ONNX Runtime fuses DQ -> GlobalAveragePool
+    -> Q into QLinearGlobalAveragePool, an integer kernel that runs in its channels-last INT8 graph,
+    while DQ -> ReduceMean -> Q stays a float island: every SE block then dequantizes its whole
+    feature map and reduces it over strided channels-last axes. Measured on the B0 test model (ORT
+    profiler, 2 threads): ReduceMean + its DequantizeLinear/QuantizeLinear were 17% of the INT8
+    model's time, QLinearGlobalAveragePool 4% (docs/benchmarks.md). The node keeps its name, so the
+    float-fallback maps (quant/layers.py) still match. A mean with keepdims=0 (the head) becomes
+    GlobalAveragePool + Flatten. Returns how many were replaced."""
+    from onnx import helper, numpy_helper, shape_inference
+
+    graph = model.graph
+    ranks = _ranks(shape_inference.infer_shapes(model).graph)  # a mean over axes 2, 3 of 4-D only
+    initializers = {init.name: init for init in graph.initializer}
+    replaced = 0
+    for node in list(graph.node):
+        if node.op_type != "ReduceMean":
+            continue
+        attributes = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        axes = attributes.get("axes")
+        if axes is None and len(node.input) > 1 and node.input[1] in initializers:
+            axes = numpy_helper.to_array(initializers[node.input[1]]).tolist()
+        if axes is None or sorted(int(a) % 4 for a in axes) != [2, 3] or ranks.get(node.input[0]) != 4:
+            continue
+        index = list(graph.node).index(node)
+        graph.node.remove(node)
+        if attributes.get("keepdims", 1):
+            graph.node.insert(index, helper.make_node("GlobalAveragePool", [node.input[0]], list(node.output),
+                                                      name=node.name))
+        else:
+            pooled = node.output[0] + "_pooled"
+            graph.node.insert(index, helper.make_node("Flatten", [pooled], list(node.output), name=node.name + "_flatten",
+                                                      axis=1))
+            graph.node.insert(index, helper.make_node("GlobalAveragePool", [node.input[0]], [pooled], name=node.name))
+        replaced += 1
+    used = {name for node in graph.node for name in node.input}
+    for init in [i for i in graph.initializer if i.name not in used]:  # the axes constants
+        graph.initializer.remove(init)
+    return replaced
+
+
+def _ranks(graph) -> dict[str, int]:
+    return {value.name: len(value.type.tensor_type.shape.dim)
+            for value in list(graph.value_info) + list(graph.input) + list(graph.output)
+            if value.type.tensor_type.HasField("shape")}
+
+
+def _rewrite(path: Path, change) -> int:
+    """Apply `change(model) -> count` to the ONNX file at `path` in place; returns the count."""
+    import onnx
+
+    model = onnx.load(str(path))
+    count = change(model)
+    if count:
+        onnx.save(model, str(path))
+    return count
+
+
 def _input_name(path: Path) -> str:
     import onnx
 
@@ -346,7 +411,9 @@ def prepared_fp32(fp32_path: Path):
     with tempfile.TemporaryDirectory(prefix="edgeeff-ort-") as tmp:
         prepared = Path(tmp) / "prepared.onnx"
         quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=True)
-        return onnx.load(str(prepared))
+        model = onnx.load(str(prepared))
+        spatial_means_as_global_pools(model)  # as quantize() did
+        return model
 
 
 def float_variants(workdir: Path, artifacts: list, threads: int) -> QdqFloatVariants:
