@@ -119,3 +119,31 @@ def test_hard_swish_inputs_are_floored_at_minus_3(tmp_path):
         assert floored["x"][1] == plain["x"][1] and floored["y"] == plain["y"]
     # A tensor something else reads too keeps its full range: below -3 matters there.
     assert activation_floors(_hswish_model(tmp_path / "hs2.onnx", True, extra_consumer=True)) == {}
+
+
+def test_memory_bounded_calls_give_the_same_statistics(tmp_path):
+    """A budget too small for one batch (calls of 2 images, and of 1 image with the tensors in
+    groups) changes how the calibration runs, never what it finds: the same ranges and the same
+    histogram subsample as one call over each batch."""
+    from edgeeff.quant.calibration import bounded_runs
+
+    path = _tiny_model(tmp_path / "m.onnx")
+    x = np.random.default_rng(0).normal(size=(50, 4)).astype(np.float32)
+    whole = collect_stats(path, x, batch=10, histograms=True)
+    for budget in (2 * 3 * 16, 16 * 2):  # per image: 3 tensors x 16 bytes
+        split = collect_stats(path, x, batch=10, histograms=True, budget_bytes=budget)
+        assert split.names == whole.names
+        np.testing.assert_array_equal(split.minimum, whole.minimum)
+        np.testing.assert_array_equal(split.maximum, whole.maximum)
+        np.testing.assert_array_equal(split.hist, whole.hist)
+
+    class Recording:  # how bounded_runs calls the session: images per call and tensors per call
+        calls = []
+
+        def run(self, names, feed):
+            self.calls.append((len(feed["x"]), tuple(names)))
+            return [np.zeros((len(feed["x"]), 4), np.float32) for _ in names]
+
+    session = Recording()
+    list(bounded_runs(session, "x", ["x", "y", "z"], {"x": 16, "y": 16, "z": 16}, x[:10], budget_bytes=32))
+    assert session.calls[:2] == [(1, ("x", "y")), (1, ("z",))] and len(session.calls) == 20

@@ -20,6 +20,7 @@ import onnx
 from onnx import numpy_helper
 
 from ..progress import progress
+from .calibration import activation_bytes, bounded_runs
 
 
 def _augmented(model: onnx.ModelProto, outputs: list[str]) -> bytes:
@@ -106,15 +107,20 @@ def correct_biases(qdq: onnx.ModelProto, fp32: onnx.ModelProto, inputs: np.ndarr
     session = ort.InferenceSession(_augmented(fp32, tensors), options, providers=["CPUExecutionProvider"])
     input_name = session.get_inputs()[0].name
     means = {p[0].name: (0.0, 0.0) for p in plans}
+    readers = {}
+    for plan in plans:
+        readers.setdefault(plan[1], []).append(plan)
+    per_image = activation_bytes(fp32, tensors)
     for start in progress(range(0, len(inputs), 8), "bias correction", "batch", quiet):
-        chunk = inputs[start:start + 8]
-        values = dict(zip(tensors, session.run(tensors, {input_name: chunk})))
-        for node, x_name, _w, _wq, scale, zero, qmin, qmax, _g in plans:
-            x = values[x_name].astype(np.float64)
-            axes = tuple(i for i in range(x.ndim) if i != 1)
-            mx, mq = means[node.name]
-            means[node.name] = (mx + x.mean(axis=axes) * len(chunk),
-                                mq + _fake_quant(x, scale, zero, qmin, qmax).mean(axis=axes) * len(chunk))
+        # Memory-bounded calls (quant/calibration.py): a big model's inputs arrive in smaller pieces.
+        for _, group, values in bounded_runs(session, input_name, tensors, per_image, inputs[start:start + 8]):
+            for x_name, value in zip(group, values):
+                x = value.astype(np.float64)
+                axes = tuple(i for i in range(x.ndim) if i != 1)
+                for node, _x, _w, _wq, scale, zero, qmin, qmax, _g in readers[x_name]:
+                    mx, mq = means[node.name]
+                    means[node.name] = (mx + x.mean(axis=axes) * len(x),
+                                        mq + _fake_quant(x, scale, zero, qmin, qmax).mean(axis=axes) * len(x))
     shifts = []
     for node, _x, w, w_q, _s, _z, _lo, _hi, group in plans:
         mx, mq = (m / len(inputs) for m in means[node.name])

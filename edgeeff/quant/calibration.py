@@ -38,6 +38,10 @@ NUM_BINS = 2048
 # histogram_stride): a fixed, deterministic subsample that keeps pass 2 cheap. min/max (pass 1)
 # always see every element.
 HISTOGRAM_STRIDE = 7
+# Most bytes of activations one calibration call may return (calibration statistics, bias
+# correction): batches are split below it, see bounded_runs. 256 MB: B0 at 224 px has 83 MB of
+# float activations per image, B3 at 300 px about three times that, B7 at 600 px about 40 times.
+ACTIVATION_BUDGET_BYTES = 256 * 2**20
 
 
 @dataclass
@@ -90,30 +94,79 @@ def _augmented_session(model_path: Path, names: list[str], threads: int):
 
 
 def collect_stats(model_path: Path, inputs: np.ndarray, batch: int = 10, threads: int = 2,
-                  quiet: bool = False, histograms: bool = True) -> ActivationStats:
-    names = activation_names(onnx.load(str(model_path), load_external_data=False))
+                  quiet: bool = False, histograms: bool = True,
+                  budget_bytes: int = ACTIVATION_BUDGET_BYTES) -> ActivationStats:
+    model = onnx.load(str(model_path), load_external_data=False)
+    names = activation_names(model)
     session, input_name = _augmented_session(model_path, names, threads)
-    batches = [inputs[i:i + batch] for i in range(0, len(inputs), batch)]
+    per_image = activation_bytes(model, names)
+    position = {name: t for t, name in enumerate(names)}
+    batches = [(i, inputs[i:i + batch]) for i in range(0, len(inputs), batch)]
     lo = np.full(len(names), np.inf)
     hi = np.full(len(names), -np.inf)
-    for chunk in progress(batches, "calibration pass 1/2 (ranges)", "batch", quiet):
-        for t, value in enumerate(session.run(names, {input_name: chunk})):
-            lo[t] = min(lo[t], float(value.min()))
-            hi[t] = max(hi[t], float(value.max()))
+    for _, chunk in progress(batches, "calibration pass 1/2 (ranges)", "batch", quiet):
+        for _, group, values in bounded_runs(session, input_name, names, per_image, chunk, budget_bytes):
+            for name, value in zip(group, values):
+                t = position[name]
+                lo[t] = min(lo[t], float(value.min()))
+                hi[t] = max(hi[t], float(value.max()))
     lo, hi = np.minimum(lo, 0.0), np.maximum(hi, 0.0)  # every range holds zero (exact zero padding)
     if not histograms:
         return ActivationStats(names, lo, hi, None)
     hist = np.zeros((len(names), NUM_BINS), np.int64)
-    for chunk in progress(batches, "calibration pass 2/2 (histograms)", "batch", quiet):
-        for t, value in enumerate(session.run(names, {input_name: chunk})):
-            hist[t] += histogram_counts(value, lo[t], hi[t])
+    for _, chunk in progress(batches, "calibration pass 2/2 (histograms)", "batch", quiet):
+        for first, group, values in bounded_runs(session, input_name, names, per_image, chunk, budget_bytes):
+            for name, value in zip(group, values):
+                # The subsample is the one a single run over the whole `batch` would take, so
+                # splitting a batch to save memory leaves the histograms (and ranges) unchanged.
+                t = position[name]
+                hist[t] += histogram_counts(value, lo[t], hi[t], first_image=first)
     return ActivationStats(names, lo, hi, hist)
 
 
-def histogram_counts(value: np.ndarray, lo: float, hi: float) -> np.ndarray:
+def activation_bytes(model: onnx.ModelProto, names: list[str]) -> dict[str, int]:
+    """Float32 bytes of each named tensor for one image, from ONNX shape inference (None where a
+    dimension other than the batch is unknown)."""
+    inferred = onnx.shape_inference.infer_shapes(model)
+    sizes = {}
+    for value in list(inferred.graph.value_info) + list(inferred.graph.input) + list(inferred.graph.output):
+        dims = [d.dim_value if d.HasField("dim_value") else None for d in value.type.tensor_type.shape.dim]
+        sizes[value.name] = 4 * math.prod(dims[1:]) if dims and None not in dims[1:] else None
+    return {name: sizes.get(name) for name in names}
+
+
+def bounded_runs(session, input_name: str, names: list[str], per_image: dict[str, int | None],
+                 inputs: np.ndarray, budget_bytes: int = ACTIVATION_BUDGET_BYTES):
+    """Run `inputs` through an augmented session, yielding (first image index, tensor names, their
+    values) so that no call returns more than `budget_bytes`: fewer images per call, and when one
+    image's tensors alone exceed it (B7 at 600 px: several GB), the tensors in groups, the model then
+    running once per group. ONNX Runtime keeps every fetched output of a call alive at once, which
+    made the calibration the peak of a compile (B3: 6.2 GB with 10 images per call). Unknown
+    sizes count as zero: such models run as one call, as before."""
+    sizes = [per_image.get(name) or 0 for name in names]
+    images = max(1, min(len(inputs), budget_bytes // max(1, sum(sizes))))
+    groups, current, used = [], [], 0
+    for name, size in zip(names, sizes):
+        if current and used + size * images > budget_bytes:
+            groups.append(current)
+            current, used = [], 0
+        current.append(name)
+        used += size * images
+    groups.append(current)
+    for first in range(0, len(inputs), images):
+        chunk = inputs[first:first + images]
+        for group in groups:
+            yield first, group, session.run(group, {input_name: chunk})
+
+
+def histogram_counts(value: np.ndarray, lo: float, hi: float, first_image: int = 0) -> np.ndarray:
     """NUM_BINS counts of a batch of one activation over [lo, hi], on its histogram_stride
-    subsample (values outside go to the end bins; an empty span puts everything in bin 0)."""
-    sample = value.ravel()[::histogram_stride(value.shape)]
+    subsample (values outside go to the end bins; an empty span puts everything in bin 0).
+    `first_image`: where this batch starts inside a larger one it was split from; the subsample
+    then continues that batch's stride (the same elements as one run over the whole)."""
+    stride = histogram_stride(value.shape)
+    per_image = int(np.prod(value.shape[1:])) if value.ndim > 1 else 1
+    sample = value.ravel()[(-first_image * per_image) % stride::stride]
     if hi - lo <= 0:
         counts = np.zeros(NUM_BINS, np.int64)
         counts[0] = sample.size
