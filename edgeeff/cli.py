@@ -228,17 +228,9 @@ def cmd_sensitivity(args) -> int:
 
 def print_reports(folders: list[Path]) -> list[dict]:
     """Each folder's artifact table, printed (`edgeeff report`, and after a multi-target compile)."""
-    from .report.contract import table_text
+    from .report.contract import read_reports, table_text
 
-    reports = []
-    for folder in folders:
-        path = folder / "report.json" if folder.is_dir() else folder
-        try:
-            reports.append(json.loads(path.read_text()))
-        except FileNotFoundError:
-            raise UserError(f"{folder}: no report.json there; pass folders written by `edgeeff compile`") from None
-        except json.JSONDecodeError as err:
-            raise UserError(f"{path}: not valid JSON ({err.msg} at line {err.lineno})") from None
+    reports = read_reports(folders)
     for report in reports:
         print(f"== {report['variant']}-{report['target']} ({report['backend']})")
         print(table_text(report) + "\n")
