@@ -93,8 +93,14 @@ class RayLayerMap:
     def __call__(self, variants, float_sets: list[list[str]], inputs: np.ndarray, say=None) -> list[np.ndarray] | None:
         try:
             payload = pickle.dumps(variants)
-        except (TypeError, pickle.PicklingError, AttributeError):
-            return None  # this backend's variants live in its runtime's memory: the caller runs them serially
+        except (TypeError, pickle.PicklingError, AttributeError) as err:
+            # This backend's variants live in its runtime's memory (OpenVINO's ov.Model): not
+            # sendable to another process, so the caller ranks them here, as without --workers.
+            from .progress import warn
+
+            warn(f"--workers: the {variants.backend} layer variants cannot be sent to Ray workers "
+                 f"({type(err).__name__}); ranking the layers in this process")
+            return None
         with ray_session("--workers", self.workers, self.address) as ray:
             one_thread = pickle.loads(payload)
             one_thread.threads = 1  # one CPU per task, as declared below
