@@ -41,9 +41,12 @@ def cluster_address(address: str | None) -> str | None:
 
 
 @contextlib.contextmanager
-def ray_session(why: str, num_cpus: int, address: str | None = None):
+def ray_session(why: str, num_cpus: int, address: str | None = None, quiet: bool = False):
     """Ray for the block: joined if an address is given, else started locally with `num_cpus`
-    and shut down at the end. Inside a Ray task (a sweep's cell) the running Ray is used as it is."""
+    and shut down at the end. Inside a Ray task (a sweep's cell) the running Ray is used as it is.
+    `quiet`: Ray's own start-up lines too are left out (warnings stay)."""
+    import logging
+
     ray = require_ray(why)
     if ray.is_initialized():
         yield ray
@@ -51,15 +54,19 @@ def ray_session(why: str, num_cpus: int, address: str | None = None):
     if num_cpus < 1:
         raise UserError(f"--workers {num_cpus}: must be at least 1")
     address = cluster_address(address)
+    # log_to_driver off: the tasks' own output (a compile's tables) would interleave on this
+    # terminal; the driver prints one line per finished task instead.
+    level = logging.WARNING if quiet else logging.INFO
     try:
         if address:
             # A cluster's CPUs are declared by its nodes (`ray start --num-cpus`); num_cpus here
             # would be refused by Ray when connecting.
-            ray.init(address=address, log_to_driver=False, include_dashboard=False)
+            ray.init(address=address, log_to_driver=False, include_dashboard=False, logging_level=level)
         else:
             # "local": a fresh Ray of our own even if a `ray start` cluster runs on this machine
             # (ray.init() alone would join that one).
-            ray.init(address="local", num_cpus=num_cpus, log_to_driver=False, include_dashboard=False)
+            ray.init(address="local", num_cpus=num_cpus, log_to_driver=False, include_dashboard=False,
+                     logging_level=level)
     except ConnectionError as err:
         raise UserError(f"--address {address}: cannot join that Ray cluster ({err}); start it with "
                         f"`ray start --head` or leave --address and RAY_ADDRESS unset for a local Ray") from None

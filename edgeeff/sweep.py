@@ -312,7 +312,7 @@ def _inputs_hash(inputs: dict) -> str:
 def run_sweep(file: Path, out: Path | None = None, address: str | None = None, cpus: int | None = None,
               quiet: bool = False) -> int:
     from . import progress
-    from .distributed import cluster_address, ray_session, require_ray
+    from .distributed import cluster_address, require_ray
     from .output_folder import check_out_folder, remove_stale_partials
     from .pipeline import CompileOptions, output_name
     from .profiles import get_target
@@ -354,7 +354,7 @@ def run_sweep(file: Path, out: Path | None = None, address: str | None = None, c
         where = f"the Ray cluster at {joined}" if joined else f"a local Ray ({local_cpus} CPUs)"
         print(f"sweep: {len(pending)} of {len(cells)} cells to compile on {where}, "
               f"{settings['cpus_per_cell']} CPU(s) each", flush=True)
-        code = _run_on_ray(pending, results, settings, local_cpus, address, ray_session)
+        code = _run_on_ray(pending, results, settings, local_cpus, address, quiet)
         if code is not None:
             for cell in pending:  # the cancelled cells' temporary folders (their processes are gone)
                 remove_stale_partials(cell.group / output_name(CompileOptions(**cell.options),
@@ -377,9 +377,11 @@ def run_sweep(file: Path, out: Path | None = None, address: str | None = None, c
 
 
 def _run_on_ray(pending: list[Cell], results: dict, settings: dict, local_cpus: int, address: str | None,
-                ray_session) -> int | None:
+                quiet: bool) -> int | None:
     """Submit every pending cell, print each as it finishes. Returns 130 if interrupted, else None."""
-    with ray_session("edgeeff sweep", local_cpus, address) as ray:
+    from .distributed import ray_session
+
+    with ray_session("edgeeff sweep", local_cpus, address, quiet) as ray:
         per_cell = settings["cpus_per_cell"]
         # Sensitivity inside a cell fans its layers out too (distributed.RayLayerMap), over the
         # CPUs Ray has: a cell waiting on its layer tasks gives its own CPU back meanwhile.
@@ -445,6 +447,16 @@ def matrix_rows(settings: dict, results: list[dict]) -> list[list[str]]:
     return rows
 
 
+def chart_points(results: list[dict]) -> dict[str, list[tuple[str, float, float]]]:
+    """target -> (model group, INT8 latency ms, INT8 agreement %) for each cell that measured both."""
+    points: dict[str, list] = {}
+    for r in results:
+        s = r.get("int8") or {}
+        if s.get("latency_ms") is not None and s.get("top1_agreement") is not None:
+            points.setdefault(r["target"], []).append((r["group"], s["latency_ms"], s["top1_agreement"]))
+    return points
+
+
 def write_summary(out_root: Path, settings: dict, results: list[dict], wall_s: float, address: str | None) -> None:
     """sweep.json, sweep.md and sweep.html in OUT, by the code `edgeeff report` uses."""
     from .report.contract import markdown_table, read_reports
@@ -469,7 +481,8 @@ def write_summary(out_root: Path, settings: dict, results: list[dict], wall_s: f
               f"{sum(r['status'] == 'skipped' for r in results)} skipped as complete; {wall_s:.0f} s.", ""]
     (out_root / "sweep.md").write_text("\n".join(lines))
     (out_root / "sweep.html").write_text(render(reports, title=f"edgeeff sweep: {Path(settings['file']).name}",
-                                                extra=sweep_section(matrix, reports, failed)) if reports else
+                                                extra=sweep_section(matrix, chart_points(results), failed))
+                                         if reports else
                                          render_failures_only(settings, failed))
     print("\n".join(lines[4:4 + len(matrix) + 1]))
     print(f"wrote {out_root}/sweep.json, sweep.md, sweep.html")

@@ -261,23 +261,16 @@ def scatter_chart(title: str, points: list[tuple[str, float, float, str]], x_uni
     return f"<figure>{''.join(parts)}<figcaption>{_esc(title)}</figcaption></figure>"
 
 
-def sweep_section(matrix: list[list[str]], reports: list[dict], failed: list[dict]) -> str:
-    """`edgeeff sweep`'s matrix (model x target), one agreement-vs-latency chart per target (each
-    INT8 artifact a dot), and the failed cells with their one line."""
-    by_target: dict[str, list] = {}
-    models = list(dict.fromkeys(r["model"].get("variant", r["variant"]) + str(r["calibration"].get("recipe"))
-                                for r in reports))
-    for report in reports:
-        colour = SERIES[models.index(report["model"].get("variant", report["variant"])
-                                     + str(report["calibration"].get("recipe"))) % len(SERIES)]
-        for a in report["artifacts"]:
-            latency = (a.get("latency_ms") or {}).get("median")
-            if a["precision"] == "int8" and latency is not None and a.get("top1_agreement") is not None:
-                label = f"{report['variant']} ({report['calibration'].get('recipe')})"
-                by_target.setdefault(report["target"], []).append((label, latency, a["top1_agreement"], colour))
-    charts = "".join(scatter_chart(f"{target}: INT8 agreement with FP32 vs median latency", points,
+def sweep_section(matrix: list[list[str]], points: dict[str, list[tuple[str, float, float]]],
+                  failed: list[dict]) -> str:
+    """`edgeeff sweep`'s matrix (model x target), one chart per target of INT8 agreement against
+    latency (`points`: target -> (model, latency ms, agreement %), one dot per model, the same
+    colour for a model on every chart), and the failed cells with their one line."""
+    models = list(dict.fromkeys(label for dots in points.values() for label, _, _ in dots))
+    charts = "".join(scatter_chart(f"{target}: INT8 agreement with FP32 vs median latency",
+                                   [(label, x, y, SERIES[models.index(label) % len(SERIES)]) for label, x, y in dots],
                                    "latency, ms at batch 1", "agreement %")
-                     for target, points in by_target.items())
+                     for target, dots in points.items())
     failures = ("<h2>Failed cells</h2><ul>" + "".join(
         f"<li>{_esc(r['cell'])}: {_esc(r['message'])}</li>" for r in failed) + "</ul>") if failed else ""
     return ("<h2>Matrix</h2>" + _table(matrix[0], matrix[1:])
