@@ -76,7 +76,7 @@ def differences(a, b, path="") -> list[str]:
 def bench_sweep(args, work: Path) -> dict:
     models = [("lite0", "lite0", None), ("b0-test", "b0", args.b0_weights)]
     options = {"calib": str(args.calib), "val": str(args.val), "calib_count": args.calib_count,
-               "latency_runs": args.latency_runs}
+               "latency_runs": args.latency_runs, **dict(args.option)}
     lines = [f"targets = {json.dumps(args.targets)}", f"cpus = {args.cpus}", "[options]"]
     lines += [f"{k} = {json.dumps(v)}" for k, v in options.items()]
     for name, variant, weights in models:
@@ -93,6 +93,7 @@ def bench_sweep(args, work: Path) -> dict:
             cmd = ["compile", "--variant", variant, "--target", target, "--calib", str(args.calib), "--val",
                    str(args.val), "--calib-count", str(args.calib_count), "--latency-runs", str(args.latency_runs),
                    "--out", str(separate_out / name), "--quiet"] + (["--weights", str(weights)] if weights else [])
+            cmd += [part for key, value in args.option for part in (f"--{key.replace('_', '-')}", value)]
             # Each separate compile gets its own empty cache: what six independent runs cost.
             seconds = run(cmd, work / f"cache-{name}-{target}")
             separate_s += seconds
@@ -102,7 +103,7 @@ def bench_sweep(args, work: Path) -> dict:
             int8 = next(a for a in mine["artifacts"] if a["precision"] == "int8")
             cells.append({"model": name, "target": target, "separate_s": round(seconds, 1), "identical": not diff,
                           "differences": diff[:10], "int8_top1_agreement": int8.get("top1_agreement")})
-    return {"cpus": args.cpus, "targets": args.targets, "sweep_s": round(sweep_s, 1),
+    return {"cpus": args.cpus, "targets": args.targets, "options": dict(args.option), "sweep_s": round(sweep_s, 1),
             "separate_total_s": round(separate_s, 1), "cells": cells,
             "sweep_summary": json.loads((sweep_out / "sweep.json").read_text())["cells"]}
 
@@ -147,6 +148,9 @@ def main() -> None:
     p.add_argument("--sens-target", default="onnx")
     p.add_argument("--sens-extra", nargs=argparse.REMAINDER, default=[],
                    help="more compile options for both sensitivity runs (last on the line)")
+    p.add_argument("--option", action="append", default=[], type=lambda text: tuple(text.split("=", 1)),
+                   metavar="KEY=VALUE", help="sweep part: one more compile option for every cell and every separate "
+                                             "compile, e.g. --option optimize=off (a cut-down run)")
     p.add_argument("--part", choices=["sweep", "sensitivity", "both"], default="both")
     p.add_argument("--json", type=Path, default=REPO / "docs" / "results" / "bench_sweep.json")
     args = p.parse_args()
