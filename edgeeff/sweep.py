@@ -311,6 +311,9 @@ def _inputs_hash(inputs: dict) -> str:
 
 def run_sweep(file: Path, out: Path | None = None, address: str | None = None, cpus: int | None = None,
               quiet: bool = False) -> int:
+    """`edgeeff sweep`: check the file, hash every cell's inputs, skip the complete cells, run the
+    others on Ray, write the summary. The exit code: 0, 2 if a cell failed, 4 if only --max-drop
+    gates failed, 130 when interrupted (the finished cells stay recorded)."""
     from . import progress
     from .distributed import cluster_address, require_ray
     from .output_folder import check_out_folder, remove_stale_partials
