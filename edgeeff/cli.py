@@ -1,4 +1,4 @@
-"""Command line: `edgeeff compile | eval | variants`."""
+"""Command line: `edgeeff compile | eval | report | sweep | sensitivity | variants | targets`."""
 
 from __future__ import annotations
 
@@ -65,6 +65,12 @@ def _add_compile_flags(c: argparse.ArgumentParser) -> None:
                         "docs/quantization.md)")
     c.add_argument("--optimize-steps", type=int, metavar="N",
                    help="--optimize rounding: learning steps per block (default 20)")
+    c.add_argument("--workers", type=int, metavar="N",
+                   help="--sensitivity and --max-drop: evaluate the layers as Ray tasks, N at a time (a local "
+                        "Ray with N CPUs; needs edgeeff[sweep]; the ranking is the serial one: docs/sweep.md)")
+    c.add_argument("--address", metavar="HOST:PORT",
+                   help="with --workers (and for `sweep`): join this Ray cluster instead of starting a local "
+                        "Ray (default: RAY_ADDRESS if set)")
     v = c.add_argument_group("variants (docs/variants.md)")
     v.add_argument("--act", choices=choices.ACTIVATIONS,
                    help="swap every activation of the loaded model (default: keep the model's own)")
@@ -149,6 +155,15 @@ def build_parser(parser_class: type[argparse.ArgumentParser] = _Parser) -> argpa
     r.add_argument("--html", type=Path, default=Path("edgeeff-compare.html"), help="page to write")
     r.add_argument("--max-drop", type=float, metavar="PTS", help="highlight (and exit 4 on) drops above PTS")
 
+    w = sub.add_parser("sweep", help="compile a matrix of models, targets and recipes as Ray tasks, with one summary")
+    w.add_argument("file", type=Path, metavar="SWEEP.toml", help="the matrix (docs/sweep.md)")
+    w.add_argument("--out", type=Path, help="output root (default: the file's `out`, else out/<file name>)")
+    w.add_argument("--address", metavar="HOST:PORT",
+                   help="join this Ray cluster (default: RAY_ADDRESS if set, else a local Ray)")
+    w.add_argument("--cpus", type=int, metavar="N",
+                   help="local Ray only: CPUs it may use (default: the file's `cpus`, else all of this machine's)")
+    w.add_argument("--quiet", action="store_true", help="only the per-cell lines and the summary")
+
     sub.add_parser("variants", help="list the EfficientNet family: resolution, parameters, MACs")
     sub.add_parser("targets", help="list the device targets")
     return parser
@@ -201,7 +216,7 @@ def compile_options(args, target: str, **extra):
         recover_temperature=args.recover_temperature, recover_batch=args.recover_batch,
         recover_quant_aware=args.recover_quant_aware, train=args.train,
         seed=args.seed, scale_groups=args.scale_groups, optimize=args.optimize,
-        optimize_steps=args.optimize_steps, **extra)
+        optimize_steps=args.optimize_steps, workers=args.workers, ray_address=args.address, **extra)
 
 
 def cmd_sensitivity(args) -> int:
@@ -213,17 +228,9 @@ def cmd_sensitivity(args) -> int:
 
 def print_reports(folders: list[Path]) -> list[dict]:
     """Each folder's artifact table, printed (`edgeeff report`, and after a multi-target compile)."""
-    from .report.contract import table_text
+    from .report.contract import read_reports, table_text
 
-    reports = []
-    for folder in folders:
-        path = folder / "report.json" if folder.is_dir() else folder
-        try:
-            reports.append(json.loads(path.read_text()))
-        except FileNotFoundError:
-            raise UserError(f"{folder}: no report.json there; pass folders written by `edgeeff compile`") from None
-        except json.JSONDecodeError as err:
-            raise UserError(f"{path}: not valid JSON ({err.msg} at line {err.lineno})") from None
+    reports = read_reports(folders)
     for report in reports:
         print(f"== {report['variant']}-{report['target']} ({report['backend']})")
         print(table_text(report) + "\n")
@@ -242,6 +249,12 @@ def cmd_report(args) -> int:
         if failures:
             raise AccuracyGateError(f"--max-drop {args.max_drop}: {'; '.join(failures)}")
     return 0
+
+
+def cmd_sweep(args) -> int:
+    from .sweep import run_sweep
+
+    return run_sweep(args.file, out=args.out, address=args.address, cpus=args.cpus, quiet=args.quiet)
 
 
 def cmd_eval(args) -> int:
@@ -288,8 +301,8 @@ def cmd_targets(_args) -> int:
     return 0
 
 
-COMMANDS = {"compile": cmd_compile, "sensitivity": cmd_sensitivity, "eval": cmd_eval, "report": cmd_report, "variants": cmd_variants,
-            "targets": cmd_targets}
+COMMANDS = {"compile": cmd_compile, "sensitivity": cmd_sensitivity, "eval": cmd_eval, "report": cmd_report,
+            "sweep": cmd_sweep, "variants": cmd_variants, "targets": cmd_targets}
 
 
 def main(argv: list[str] | None = None) -> int:

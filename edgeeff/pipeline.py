@@ -79,6 +79,10 @@ class CompileOptions:
     scale_groups: str | None = None   # auto | off (scale_groups.py); None: the target's own setting
     optimize: str | None = None       # off | ranges | rounding (quant/optimise.py); None: the target's
     optimize_steps: int | None = None  # learning steps per block (None: optimise.DEFAULT_STEPS)
+    # --workers N: the per-layer evaluations of --sensitivity / --max-drop as Ray tasks (distributed.py);
+    # None: in this process. ray_address: join that Ray cluster instead of starting a local one.
+    workers: int | None = None
+    ray_address: str | None = None
 
 
 @dataclass
@@ -174,6 +178,12 @@ def check_inputs(opts: CompileOptions):
     if opts.calib_count < 1:
         raise UserError(f"--calib-count {opts.calib_count}: must be at least 1")
     check_threads(opts.threads)
+    if opts.workers is not None:
+        if opts.workers < 1:
+            raise UserError(f"--workers {opts.workers}: must be at least 1; leave it out to rank layers in this process")
+        from .distributed import require_ray
+
+        require_ray("--workers")  # exit 3 before any heavy work, with how to install it
     if opts.weights is None and not opts.random_weights:
         from .models.weights import no_weights_message, packaged_weights_path
 
@@ -412,6 +422,11 @@ def mixed_precision(backend, workdir: Path, artifacts: list, threads: int, opts:
     """
     from .quant.sensitivity import DEFAULT_IMAGES, fallback, float_limit, rank_layers
 
+    evaluate = None
+    if opts.workers is not None:
+        from .distributed import RayLayerMap
+
+        evaluate = RayLayerMap(opts.workers, opts.ray_address)
     with watch.stage("float_variants", "preparing the per-layer float variants"):
         variants = backend.float_variants(workdir, artifacts, threads)
     info: dict = {"quantizable_layers": len(variants.layers), "kept_float": []}
@@ -420,7 +435,7 @@ def mixed_precision(backend, workdir: Path, artifacts: list, threads: int, opts:
     if opts.sensitivity:
         with watch.stage("sensitivity", "per-layer sensitivity"):
             sensitivity = rank_layers(variants, variants.layers, calib_crops, validation.crops,
-                                      ref_scores.top1_classes, quiet=opts.quiet)
+                                      ref_scores.top1_classes, quiet=opts.quiet, evaluate=evaluate)
         info["sensitivity"] = sensitivity.as_dict()
     if opts.max_drop is None:
         return info
@@ -429,7 +444,8 @@ def mixed_precision(backend, workdir: Path, artifacts: list, threads: int, opts:
     def rank() -> list[str]:  # only when the all-INT8 artifact misses the budget
         if sensitivity is not None:
             return sensitivity.order()
-        return rank_layers(variants, variants.layers, calib_crops, quiet=opts.quiet, checked=0).order()
+        return rank_layers(variants, variants.layers, calib_crops, quiet=opts.quiet, checked=0,
+                           evaluate=evaluate).order()
 
     int8 = next(a for a in artifacts if a.file == variants.int8_path.name)
     all_int8 = {"size_bytes": int8.size_bytes(workdir)}  # before the fallback rewrites the file

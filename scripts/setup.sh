@@ -3,9 +3,10 @@
 #   bash scripts/setup.sh            # everything the tests use
 #   bash scripts/setup.sh onnx       # only the ONNX Runtime target
 #   bash scripts/setup.sh tflite     # only the TFLite/LiteRT targets (rpi, android, ios)
+#   bash scripts/setup.sh onnx,sweep # the ONNX Runtime target and `edgeeff sweep` (Ray)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-EXTRAS=${1:-onnx,tflite,openvino,jetson,lite,plot,dev}
+EXTRAS=${1:-onnx,tflite,openvino,jetson,lite,plot,sweep,dev}
 PYTHON=${PYTHON:-python3.11}
 command -v "$PYTHON" >/dev/null || PYTHON=python3
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv

@@ -1,6 +1,6 @@
 """The package's arrows run one way (docs/architecture.md): no import circles, nothing imports upwards.
 
-    edgeeff (the package) -> api -> cli, evaluation_cli -> pipeline, across_targets
+    edgeeff (the package) -> api -> cli, evaluation_cli -> pipeline, across_targets, sweep
         -> models, data, quant, backends, scoring, report
 
 Each rule is checked on the real import statements of every module (function-level imports too:
@@ -14,7 +14,7 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "edgeeff"
 TOP = {"edgeeff.cli", "edgeeff.evaluation_cli", "edgeeff.__main__", "edgeeff.api"}  # the command line, the Python API
-ORCHESTRATION = {"edgeeff.pipeline", "edgeeff.across_targets"}  # compiles, and commands that run several
+ORCHESTRATION = {"edgeeff.pipeline", "edgeeff.across_targets", "edgeeff.sweep"}  # compiles, and commands that run several
 RUNTIMES = {"onnxruntime", "openvino", "nncf", "ai_edge_litert", "ai_edge_quantizer", "litert_torch", "tensorrt",
             "tflite_runtime"}
 

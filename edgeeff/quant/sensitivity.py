@@ -67,25 +67,36 @@ class Sensitivity:
         return [s.layer.name for s in self.layers]
 
 
-def _run(runner, inputs: np.ndarray) -> np.ndarray:
+def run_batches(runner, inputs: np.ndarray) -> np.ndarray:
+    """The runner's logits on `inputs`, in batches of at most 16 (what every measurement here uses)."""
     batch = max(1, min(getattr(runner, "max_batch", 16), 16))
     return np.concatenate([runner.predict(inputs[i:i + batch]) for i in range(0, len(inputs), batch)])
 
 
 def rank_layers(variants, layers: list[Layer], calib_crops: np.ndarray, val_crops: np.ndarray | None = None,
                 ref_val_top1: np.ndarray | None = None, checked: int = DEFAULT_CHECKED,
-                quiet: bool = False) -> Sensitivity:
+                quiet: bool = False, evaluate: Callable | None = None) -> Sensitivity:
     """`variants` is a backend's float_variants(...) object: .runner(float_layers) -> a runner of
-    the artifact with those layers in float, .spec (its input), .backend, .artifact."""
+    the artifact with those layers in float, .spec (its input), .backend, .artifact.
+
+    `evaluate(variants, float_sets, inputs, say)`, when given, returns the logits for each set
+    of float layers in order, or None to leave them to this loop: edgeeff.distributed.RayLayerMap
+    runs them as Ray tasks (`--workers N`). Scoring and sorting stay here, so the ranking is the
+    serial one whichever ran the layers."""
     start = time.perf_counter()
     inputs = variants.spec.to_model_input(calib_crops)
     names = [layer.name for layer in layers]
-    reference = _run(variants.runner(names), inputs)  # everything float: the artifact's own FP32
-    everything = sqnr_db(reference, _run(variants.runner([]), inputs))
+    reference = run_batches(variants.runner(names), inputs)  # everything float: the artifact's own FP32
+    everything = sqnr_db(reference, run_batches(variants.runner([]), inputs))
+    # Layer i alone quantized = every other layer kept in float.
+    float_sets = [[n for n in names if n != layer.name] for layer in layers]
+    fanned = evaluate(variants, float_sets, inputs, None if quiet else say) if evaluate is not None else None
+    if fanned is None:
+        fanned = (run_batches(variants.runner(kept), inputs) for kept in float_sets)
     scores = []
-    for position, layer in enumerate(progress(layers, f"sensitivity ({variants.backend}): each layer quantized alone",
-                                              "layer", quiet)):
-        logits = _run(variants.runner([n for n in names if n != layer.name]), inputs)
+    for position, (layer, logits) in enumerate(progress(
+            zip(layers, fanned), f"sensitivity ({variants.backend}): each layer quantized alone", "layer", quiet,
+            total=len(layers))):
         scores.append(LayerScore(layer, sqnr_db(reference, logits), position=position))
     scores.sort(key=lambda s: (s.sqnr_db, s.layer.name))
     val_images = 0
@@ -96,7 +107,7 @@ def rank_layers(variants, layers: list[Layer], calib_crops: np.ndarray, val_crop
         val_images = len(val_inputs)
         picked = scores[:checked] + [s for s in scores[-checked:] if s not in scores[:checked]]
         for s in progress(picked, "sensitivity: agreement of the worst and best layers", "layer", quiet):
-            logits = _run(variants.runner([n for n in names if n != s.layer.name]), val_inputs)
+            logits = run_batches(variants.runner([n for n in names if n != s.layer.name]), val_inputs)
             s.top1_agreement = score(logits, np.zeros(len(logits), np.int64), ref_val_top1).top1_agreement
     return Sensitivity(variants.backend, variants.artifact, len(inputs), scores, everything, val_images,
                        time.perf_counter() - start)

@@ -27,6 +27,24 @@ def library_versions() -> dict:
     return found
 
 
+def read_reports(folders: list[Path]) -> list[dict]:
+    """report.json of each output folder (or the file itself): `edgeeff report` and `edgeeff sweep`."""
+    import json
+
+    from ..errors import UserError
+
+    reports = []
+    for folder in folders:
+        path = folder / "report.json" if folder.is_dir() else folder
+        try:
+            reports.append(json.loads(path.read_text()))
+        except FileNotFoundError:
+            raise UserError(f"{folder}: no report.json there; pass folders written by `edgeeff compile`") from None
+        except json.JSONDecodeError as err:
+            raise UserError(f"{path}: not valid JSON ({err.msg} at line {err.lineno})") from None
+    return reports
+
+
 def artifact_row(artifact) -> dict:
     """The report's view of one artifact: the contract's fields first, extras after."""
     row = {"file": artifact["file"], "format": artifact["format"], "precision": artifact["precision"]}

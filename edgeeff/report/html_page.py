@@ -228,6 +228,57 @@ def _charts(reports: list[dict]) -> str:
             + bar_chart("Size (MB)", size, "MB") + "</div>")
 
 
+def scatter_chart(title: str, points: list[tuple[str, float, float, str]], x_unit: str, y_unit: str,
+                  width: int = 480, height: int = 300) -> str:
+    """One dot per (label, x, y, colour), labelled; hover a dot for its values."""
+    if not points:
+        return f"<figure><figcaption>{_esc(title)}: not measured</figcaption></figure>"
+    left, right, top_pad, bottom = 50, 20, 20, 40
+    xs, ys = [p[1] for p in points], [p[2] for p in points]
+    x_lo, x_hi = 0.0, max(xs) * 1.1 or 1.0
+    y_lo, y_hi = min(ys), max(ys)
+    y_lo, y_hi = (y_lo - 1, y_hi + 1) if y_hi - y_lo < 2 else (y_lo - 0.5, y_hi + 0.5)
+    plot_w, plot_h = width - left - right, height - top_pad - bottom
+
+    def xy(x, y):
+        return left + (x - x_lo) / (x_hi - x_lo) * plot_w, top_pad + (1 - (y - y_lo) / (y_hi - y_lo)) * plot_h
+
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" role="img" '
+             f'aria-label="{_esc(title)}" font-family="system-ui,sans-serif" font-size="11">',
+             f'<line x1="{left}" y1="{top_pad + plot_h}" x2="{left + plot_w}" y2="{top_pad + plot_h}" stroke="#999"/>',
+             f'<line x1="{left}" y1="{top_pad}" x2="{left}" y2="{top_pad + plot_h}" stroke="#999"/>',
+             f'<text x="{left - 4}" y="{top_pad + 4}" text-anchor="end">{y_hi:.1f}</text>',
+             f'<text x="{left - 4}" y="{top_pad + plot_h}" text-anchor="end">{y_lo:.1f}</text>',
+             f'<text x="{left + plot_w}" y="{top_pad + plot_h + 14}" text-anchor="end">{x_hi:.1f}</text>',
+             f'<text x="{left + plot_w / 2}" y="{height - 8}" text-anchor="middle">{_esc(x_unit)} '
+             f'(y: {_esc(y_unit)})</text>']
+    for label, x, y, colour in points:
+        px, py = xy(x, y)
+        parts.append(f'<circle cx="{px:.1f}" cy="{py:.1f}" r="4" fill="{colour}"><title>{_esc(label)}: '
+                     f'{x:.2f} {_esc(x_unit)}, {y:.2f} {_esc(y_unit)}</title></circle>'
+                     f'<text x="{px + 6:.1f}" y="{py - 6:.1f}">{_esc(label)}</text>')
+    parts.append("</svg>")
+    return f"<figure>{''.join(parts)}<figcaption>{_esc(title)}</figcaption></figure>"
+
+
+def sweep_section(matrix: list[list[str]], points: dict[str, list[tuple[str, float, float]]],
+                  failed: list[dict]) -> str:
+    """`edgeeff sweep`'s matrix (model x target), one chart per target of INT8 agreement against
+    latency (`points`: target -> (model, latency ms, agreement %), one dot per model, the same
+    colour for a model on every chart), and the failed cells with their one line."""
+    models = list(dict.fromkeys(label for dots in points.values() for label, _, _ in dots))
+    charts = "".join(scatter_chart(f"{target}: INT8 agreement with FP32 vs median latency",
+                                   [(label, x, y, SERIES[models.index(label) % len(SERIES)]) for label, x, y in dots],
+                                   "latency, ms at batch 1", "agreement %")
+                     for target, dots in points.items())
+    failures = ("<h2>Failed cells</h2><ul>" + "".join(
+        f"<li>{_esc(r['cell'])}: {_esc(r['message'])}</li>" for r in failed) + "</ul>") if failed else ""
+    return ("<h2>Matrix</h2>" + _table(matrix[0], matrix[1:])
+            + "<p>INT8 top-1 agreement with the FP32 reference (%) / median latency at batch 1 (ms). Latency was "
+              "timed while other cells ran.</p>" + failures
+            + "<h2>Agreement vs latency per target</h2>" + f'<div class="charts">{charts}</div>')
+
+
 def _details(report: dict) -> str:
     from .contract import scale_groups_summary
 
@@ -261,11 +312,12 @@ def _chain_table(report: dict) -> str:
             f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")
 
 
-def render(reports: list[dict], title: str | None = None, max_drop: float | None = None) -> str:
+def render(reports: list[dict], title: str | None = None, max_drop: float | None = None, extra: str = "") -> str:
+    """The page for one or several reports; `extra`: HTML placed after the title (a sweep's matrix)."""
     single = len(reports) == 1
     title = title or (f"edgeeff: {reports[0]['variant']} for {reports[0]['target']}" if single
                       else f"edgeeff: {len(reports)} builds compared")
-    body = [f"<h1>{_esc(title)}</h1>"]
+    body = [f"<h1>{_esc(title)}</h1>", extra]
     if any(not r.get("accuracy_measured", True) for r in reports):
         body.append('<p class="warn">Accuracy was not measured for builds compiled without <code>--val</code>: '
                     'only size and latency there are measurements.</p>')
