@@ -5,7 +5,7 @@
 #   bash scripts/setup.sh tflite     # only the TFLite/LiteRT targets (rpi, android, ios)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-EXTRAS=${1:-onnx,tflite,openvino,jetson,lite,plot,dev}
+EXTRAS=${1:-onnx,tflite,openvino,jetson,lite,plot,phone,dev}
 PYTHON=${PYTHON:-python3.11}
 command -v "$PYTHON" >/dev/null || PYTHON=python3
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv

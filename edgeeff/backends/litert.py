@@ -408,11 +408,38 @@ def _load_inlined(path: Path):
     return model
 
 
+BUFFER_ALIGNMENT = 16  # the schema's `force_align: 16` on Buffer.data: LiteRT maps aligned weights in place
+
+
 def _save(model, path: Path) -> None:
+    """Pack the model, every buffer's data aligned to BUFFER_ALIGNMENT bytes in the file (the
+    generated Pack aligns bytes to 1: LiteRT then copies each misaligned weight to the heap)."""
     import flatbuffers
 
-    builder = flatbuffers.Builder(1024)
-    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
+    schema = _schema()
+
+    def aligned_pack(buffer, builder):
+        data = None
+        if buffer.data is not None:
+            raw = np.ascontiguousarray(buffer.data, dtype=np.uint8).tobytes()
+            builder.StartVector(1, len(raw), BUFFER_ALIGNMENT)
+            builder.head -= len(raw)
+            builder.Bytes[builder.head:builder.head + len(raw)] = raw
+            data = builder.EndVector()
+        schema.BufferStart(builder)
+        if data is not None:
+            schema.BufferAddData(builder, data)
+        schema.BufferAddOffset(builder, buffer.offset)
+        schema.BufferAddSize(builder, buffer.size)
+        return schema.BufferEnd(builder)
+
+    original = schema.BufferT.Pack
+    schema.BufferT.Pack = aligned_pack
+    try:
+        builder = flatbuffers.Builder(1024)
+        builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
+    finally:
+        schema.BufferT.Pack = original
     Path(path).write_bytes(builder.Output())
 
 
