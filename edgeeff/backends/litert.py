@@ -39,6 +39,9 @@ from ..device.device_preprocess import from_output_tensor, takes_raw_pixels, to_
 from ..errors import MissingBackendError, UserError
 from ..progress import progress
 from ..quant.calibration import HARD_SWISH_FLOOR
+from .tflite_flatbuffer import load_inlined as _load_inlined
+from .tflite_flatbuffer import save as _save
+from .tflite_flatbuffer import schema as _schema
 
 EXTRA = "tflite"
 SUFFIXES = (".tflite",)
@@ -385,63 +388,6 @@ def quantize_fp16(float_path: Path, out_path: Path) -> dict:
 
 
 # ---------------------------------------------------------------- flatbuffer edits
-
-def _schema():
-    from ai_edge_litert import schema_py_generated as schema
-
-    return schema
-
-
-def _load_inlined(path: Path):
-    """The model as mutable objects, with every weight buffer inside the flatbuffer.
-
-    litert-torch and ai-edge-quantizer store weights after the flatbuffer (Buffer.offset/size);
-    re-packing the object tree without inlining them first silently drops every weight.
-    """
-    schema = _schema()
-    raw = Path(path).read_bytes()
-    model = schema.ModelT.InitFromPackedBuf(raw, 0)
-    for buf in model.buffers:
-        if buf.offset > 1:
-            buf.data = np.frombuffer(raw[buf.offset:buf.offset + buf.size], np.uint8).copy()
-            buf.offset, buf.size = 0, 0
-    return model
-
-
-BUFFER_ALIGNMENT = 16  # the schema's `force_align: 16` on Buffer.data: LiteRT maps aligned weights in place
-
-
-def _save(model, path: Path) -> None:
-    """Pack the model, every buffer's data aligned to BUFFER_ALIGNMENT bytes in the file (the
-    generated Pack aligns bytes to 1: LiteRT then copies each misaligned weight to the heap)."""
-    import flatbuffers
-
-    schema = _schema()
-
-    def aligned_pack(buffer, builder):
-        data = None
-        if buffer.data is not None:
-            raw = np.ascontiguousarray(buffer.data, dtype=np.uint8).tobytes()
-            builder.StartVector(1, len(raw), BUFFER_ALIGNMENT)
-            builder.head -= len(raw)
-            builder.Bytes[builder.head:builder.head + len(raw)] = raw
-            data = builder.EndVector()
-        schema.BufferStart(builder)
-        if data is not None:
-            schema.BufferAddData(builder, data)
-        schema.BufferAddOffset(builder, buffer.offset)
-        schema.BufferAddSize(builder, buffer.size)
-        return schema.BufferEnd(builder)
-
-    original = schema.BufferT.Pack
-    schema.BufferT.Pack = aligned_pack
-    try:
-        builder = flatbuffers.Builder(1024)
-        builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
-    finally:
-        schema.BufferT.Pack = original
-    Path(path).write_bytes(builder.Output())
-
 
 def _builtin(opcode) -> int:
     return max(opcode.builtinCode, opcode.deprecatedBuiltinCode)

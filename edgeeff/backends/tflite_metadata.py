@@ -104,10 +104,11 @@ def add_classifier_metadata(path: Path, labels: list[str], mean_01, std_01, name
     """Write the classifier metadata into the .tflite at `path` (in place) and pack the labels
     after it. `mean_01`/`std_01`: the preprocessing's, on [0, 1] pixels. Returns the report's
     description of what was written."""
-    from . import litert
+    from .tflite_flatbuffer import load_inlined, save
+    from .tflite_flatbuffer import schema as tflite_schema
 
-    schema = litert._schema()
-    model = litert._load_inlined(path)  # re-packed below: every buffer inside the flatbuffer
+    schema = tflite_schema()
+    model = load_inlined(path)  # re-packed below: every buffer inside the flatbuffer
     graph = model.subgraphs[0]
     if len(graph.inputs) != 1 or len(graph.outputs) != 1:
         raise ValueError(f"{path}: classifier metadata needs one input and one output")
@@ -132,7 +133,7 @@ def add_classifier_metadata(path: Path, labels: list[str], mean_01, std_01, name
         entry = schema.MetadataT()
         entry.name, entry.buffer = METADATA_NAME, len(model.buffers) - 1
         model.metadata.append(entry)
-    litert._save(model, path)
+    save(model, path)
     packed = io.BytesIO(path.read_bytes())
     packed.seek(0, io.SEEK_END)
     with zipfile.ZipFile(packed, "a", compression=zipfile.ZIP_STORED) as zf:
