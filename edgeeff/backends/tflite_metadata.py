@@ -141,6 +141,14 @@ def add_classifier_metadata(path: Path, labels: list[str], mean_01, std_01, name
         info.external_attr = 0o644 << 16
         zf.writestr(info, "\n".join(labels) + "\n")
     path.write_bytes(packed.getvalue())
-    return {"schema": "TFLite metadata (metadata_schema.fbs)", "min_parser_version": MIN_PARSER_VERSION,
+    info = {"schema": "TFLite metadata (metadata_schema.fbs)", "min_parser_version": MIN_PARSER_VERSION,
             "input": {"normalization": {"mean": mean, "std": std}, "color_space": "RGB"},
             "labels": LABELS_FILE, "classes": len(labels)}
+    if len(set(mean)) > 1 or len(set(std)) > 1:
+        info["note"] = PER_CHANNEL_NOTE
+    return info
+
+
+# Measured on the B0 android files (ImageNet mean/std per channel): MediaPipe 1.2.3 refuses them.
+PER_CHANNEL_NOTE = ("per-channel normalisation: MediaPipe's ImageClassifier refuses it ('Per-channel image "
+                    "normalization is not available', mediapipe 1.2.3); the Lite models' one mean/std runs there")
