@@ -26,8 +26,8 @@ from .data.images import ImageSet, load_calibration, load_validation, resolve_la
 from .data.preprocess import PreprocessSpec
 from .errors import AccuracyGateError, UserError
 from .output_folder import atomic_folder, check_out_folder, kill_point
-from .scoring import (TorchRunner, align_classes, latency_in_turns, measure_latency, predict_all, score,
-                      torch_batches)
+from .scoring import (PER_CLASS_LIMIT, TorchRunner, align_classes, latency_in_turns, measure_latency,
+                      per_class_top1, predict_all, score, top_score_check, torch_batches)
 from .models.builder import count_macs, count_parameters
 from .models.export import export_onnx
 from .models.family import spec_for_variant
@@ -104,6 +104,7 @@ class Job:
     int8_onnx: Path | None = None
     optimisation: dict | None = None
     optimised_model: torch.nn.Module | None = None  # what int8_onnx (else fp32_onnx) was exported from
+    labels: tuple[str, ...] = ()  # class names in output order (labels.txt), for files that embed them
     timings: dict = field(default_factory=dict)
 
 
@@ -472,13 +473,20 @@ def mixed_precision(backend, workdir: Path, artifacts: list, threads: int, opts:
 CHANGED_FILES_LISTED = 200
 
 
-def changed_images(top1: np.ndarray, reference_top1: np.ndarray, validation: ImageSet) -> dict:
+def changed_images(top1: np.ndarray, reference_top1: np.ndarray, validation: ImageSet,
+                   names: list[str] | None = None) -> dict:
     """The validation images whose top-1 differs from the FP32 reference's: how many, their
     indices in the validation order (all: agreement on any subset, e.g. the halves a default is
-    checked on, follows from them) and the first CHANGED_FILES_LISTED files, to look at."""
+    checked on, follows from them) and the first CHANGED_FILES_LISTED files, to look at, with the
+    class names the reference and the artifact gave each (`reference_top1`, `top1`)."""
     indices = np.flatnonzero(top1 != reference_top1)
-    return {"count": int(len(indices)), "indices": [int(i) for i in indices],
-            "files": [str(validation.paths[i]) for i in indices[:CHANGED_FILES_LISTED]]}
+    listed = indices[:CHANGED_FILES_LISTED]
+    out = {"count": int(len(indices)), "indices": [int(i) for i in indices],
+           "files": [str(validation.paths[i]) for i in listed]}
+    if names is not None:
+        out["reference_top1"] = [names[int(reference_top1[i])] for i in listed]
+        out["top1"] = [names[int(top1[i])] for i in listed]
+    return out
 
 
 def time_in_turns(rows: list[dict], artifacts: list, runners: dict, crop: np.ndarray, threads: int, runs: int,
@@ -634,7 +642,8 @@ def _compile(opts: CompileOptions, shared: dict | None = None) -> tuple[Path, di
         int8_onnx, optimisation, optimised = optimise_int8(opts, target, backend, deploy, spec, calibration,
                                                             recipe, workdir, watch)
         job = Job(opts.variant, deploy, spec, target, recipe, calibration, workdir, fp32_onnx, threads, opts.quiet,
-                  int8_onnx=int8_onnx, optimisation=optimisation, optimised_model=optimised)
+                  int8_onnx=int8_onnx, optimisation=optimisation, optimised_model=optimised,
+                  labels=tuple(labels.names))
         with watch.stage("quantize", f"quantizing for {target.name} ({recipe['name']} calibration)"):
             artifacts = backend.build(job)
         fp32_onnx.unlink(missing_ok=True)
@@ -680,6 +689,7 @@ def _compile(opts: CompileOptions, shared: dict | None = None) -> tuple[Path, di
                                          ref_scores, watch)
         quantizable = layer_info["quantizable_layers"] if layer_info else count_layers(deploy)
         rows = []
+        class_top1 = {"reference": ref_scores.top1_classes} if ref_scores is not None else {}
         timed = {}  # file -> its runner, timed in turns below
         for artifact in artifacts:
             row = {"file": artifact.file, "format": artifact.format, "precision": artifact.precision,
@@ -706,7 +716,10 @@ def _compile(opts: CompileOptions, shared: dict | None = None) -> tuple[Path, di
                     s = score(logits, validation.labels, ref_scores.top1_classes)
                     row.update(s.as_dict())
                     if artifact.precision != "fp32":
-                        row["top1_changed"] = changed_images(s.top1_classes, ref_scores.top1_classes, validation)
+                        row["top1_changed"] = changed_images(s.top1_classes, ref_scores.top1_classes, validation,
+                                                             labels.names)
+                    class_top1[artifact.file] = s.top1_classes
+                    row["top_score"] = top_score_check(logits, artifact.extra.get("output"))
                     row["top1_drop"] = round(ref_scores.top1 - s.top1, 2)
                     if artifact.precision == "fp32":
                         # The export check: against the PyTorch model that was exported (the variant's own).
@@ -758,6 +771,9 @@ def _compile(opts: CompileOptions, shared: dict | None = None) -> tuple[Path, di
             "edgeeff_version": __version__,
             "versions": library_versions(),
         }
+        if validation is not None and len(np.unique(validation.labels)) <= PER_CLASS_LIMIT:
+            report["per_class"] = {"metric": "top-1 % per validation class", "limit": PER_CLASS_LIMIT,
+                                   "classes": per_class_top1(validation.labels, class_top1, labels.names)}
         if calibration.skipped or (validation and validation.skipped):
             report["skipped_images"] = calibration.skipped + (validation.skipped if validation else [])
         report["warnings"] = warnings

@@ -95,6 +95,44 @@ def score(logits: np.ndarray, labels: np.ndarray, reference_top1: np.ndarray | N
                   top1_agreement=agreement, top1_classes=top1)
 
 
+PER_CLASS_LIMIT = 100  # per-class top-1 is reported for validation sets of at most this many classes
+
+
+def per_class_top1(labels: np.ndarray, top1: dict[str, np.ndarray], names: list[str]) -> list[dict]:
+    """Top-1 (percent) per validation class for each named prediction (the reference and every
+    artifact), classes in index order: `index`, `name`, `images`, `top1` {name: percent}."""
+    rows = []
+    for cls in np.unique(labels):
+        mask = labels == cls
+        rows.append({"index": int(cls), "name": names[int(cls)] if int(cls) < len(names) else str(int(cls)),
+                     "images": int(mask.sum()),
+                     "top1": {key: round(100 * float((pred[mask] == cls).mean()), 2) for key, pred in top1.items()}})
+    return rows
+
+
+def top_score_check(logits: np.ndarray, output: dict | None = None) -> dict:
+    """How often an artifact's top score cannot be told apart: `saturated`, the image's top logit is
+    the largest value the output tensor can hold (an integer output's (qmax - zero_point) * scale;
+    a float output never saturates), so every more confident image reads the same; `tied`, the top
+    logit equals the runner-up's exactly (both round to one integer), so the top-1 is decided by
+    class order and a confidence threshold cannot separate them. Counts over the images, and the
+    share (percent) of images with either."""
+    ordered = np.sort(logits, axis=1)
+    top = ordered[:, -1]
+    tied = ordered[:, -1] == ordered[:, -2] if logits.shape[1] > 1 else np.zeros(len(logits), bool)
+    ceiling = None
+    if output and output.get("scale") and np.dtype(output["dtype"]).kind in "iu":
+        ceiling = float((np.iinfo(np.dtype(output["dtype"])).max - output["zero_point"]) * output["scale"])
+    # within half a step of the ceiling: the dequantized value is the ceiling, up to float rounding
+    saturated = top >= ceiling - output["scale"] / 2 if ceiling is not None else np.zeros(len(logits), bool)
+    either = saturated | tied
+    return {"images": len(logits), "saturated": int(saturated.sum()), "tied": int(tied.sum()),
+            "saturated_or_tied": int(either.sum()),
+            "saturated_or_tied_pct": round(100 * float(either.mean()), 2) if len(logits) else None,
+            "output_max": None if ceiling is None else round(ceiling, 4),
+            "top_score_max": round(float(top.max()), 4) if len(logits) else None}
+
+
 def latency_in_turns(runners: dict[str, Runner], crop: np.ndarray, threads: int, runs: int = 50,
                      per_turn: int = 5, warmup: int = 10, reference: str | None = None,
                      pause_s: float = 0.0, turn_warmup: int = 0) -> dict[str, dict]:

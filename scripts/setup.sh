@@ -6,7 +6,7 @@
 #   bash scripts/setup.sh onnx,sweep # the ONNX Runtime target and `edgeeff sweep` (Ray)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-EXTRAS=${1:-onnx,tflite,openvino,jetson,lite,plot,sweep,dev}
+EXTRAS=${1:-onnx,tflite,openvino,jetson,lite,plot,sweep,phone,dev}
 PYTHON=${PYTHON:-python3.11}
 command -v "$PYTHON" >/dev/null || PYTHON=python3
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv

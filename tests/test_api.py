@@ -35,6 +35,12 @@ def test_quiet_compile_and_evaluate_return_results_and_print_nothing(tmp_path, v
     assert folder == tmp_path / "lite0-onnx"
     assert report == json.loads((folder / "report.json").read_text())
     assert report["dataset"]["images"] == 4 and report["calibration"]["requested"] == 8
+    # two validation classes (<= 100): top-1 per class for the reference and every artifact
+    per_class = report["per_class"]["classes"]
+    assert [(c["name"], c["images"]) for c in per_class] == [("tench", 2), ("goldfish", 2)]
+    assert set(per_class[0]["top1"]) == {"reference", "model_fp32.onnx", "model_int8.onnx"}
+    assert all(a["top_score"]["images"] == 4 for a in report["artifacts"])
+    assert "Top-1 per class" in (folder / "report.html").read_text()
 
     scores = edgeeff.evaluate(folder / "model_int8.onnx", val=str(val), threads=1, quiet=True)
     assert capfd.readouterr() == ("", "")

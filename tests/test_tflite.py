@@ -62,19 +62,25 @@ def read_graph(path: Path):
 
 @pytest.mark.slow
 def test_rpi_int8_model_is_integer_only(rpi_quick):
-    """Every op takes and gives integer tensors: nothing can fall back to float on the Pi."""
+    """Every op computes in integers: nothing can fall back to float on the Pi. The one float
+    tensor is the logits, written by the final DEQUANTIZE of the int16 classifier output
+    (float logits: 8-bit ones tie and saturate the top score)."""
     ops, tensor_types, (in_types, out_types) = read_graph(rpi_quick / "model_int8.tflite")
-    assert not [t for t in tensor_types if t.startswith("FLOAT")]
+    assert [t for t in tensor_types if t.startswith("FLOAT")] == ["FLOAT32"]
     names = [name for name, *_ in ops]
-    assert set(names) <= INTEGER_OPS, set(names) - INTEGER_OPS
+    assert set(names) <= INTEGER_OPS | {"DEQUANTIZE"}, set(names) - INTEGER_OPS
     assert names.count("CONV_2D") == 33 and names.count("DEPTHWISE_CONV_2D") == 16
-    assert "DEQUANTIZE" not in names and "TRANSPOSE" not in names
-    for name, ins, outs, _ in ops:
-        assert all(t in ("INT8", "UINT8", "INT32") for t in ins + outs), (name, ins, outs)
-    # The Pi's profile asks for int8 I/O: the quantizer's graph with nothing added at its ends.
+    assert "TRANSPOSE" not in names
+    assert names[-3:] == ["QUANTIZE", "FULLY_CONNECTED", "DEQUANTIZE"]  # int8 -> int16, classifier, float
+    assert ops[-1][1:3] == (["INT16"], ["FLOAT32"]) and ops[-2][2] == ["INT16"]
+    for name, ins, outs, _ in ops[:-1]:
+        assert all(t in ("INT8", "UINT8", "INT16", "INT32", "INT64") for t in ins + outs), (name, ins, outs)
+    # The Pi's profile asks for int8 input: the quantizer's graph with nothing added at its start.
     assert get_target("rpi").input_dtype == "int8"
-    assert in_types == ["INT8"] and out_types == ["INT8"]
-    assert "QUANTIZE" not in names
+    assert in_types == ["INT8"] and out_types == ["FLOAT32"]
+    assert names.count("QUANTIZE") == 1
+    summary = litert.graph_summary(rpi_quick / "model_int8.tflite")
+    assert summary["integer_only"] and summary["float_logits"]
 
 
 @pytest.mark.slow
@@ -84,15 +90,17 @@ def test_io_uint8_adds_exact_requantizations_at_the_ends(rpi_quick, tmp_path):
     folder, report = compile_model(tmp_path, "lite0", "rpi", *QUICK, "--io", "uint8")
     ops, tensor_types, (in_types, out_types) = read_graph(folder / "model_int8.tflite")
     names = [name for name, *_ in ops]
-    assert in_types == ["UINT8"] and out_types == ["UINT8"] and not [t for t in tensor_types if t.startswith("FLOAT")]
-    assert names.count("QUANTIZE") == 2 and names[0] == names[-1] == "QUANTIZE"
-    assert names[1:-1] == [name for name, *_ in read_graph(rpi_quick / "model_int8.tflite")[0]]
+    # the logits stay float (float_logits): uint8 only at the input
+    assert in_types == ["UINT8"] and out_types == ["FLOAT32"]
+    assert [t for t in tensor_types if t.startswith("FLOAT")] == ["FLOAT32"]
+    assert names[0] == "QUANTIZE" and names[-1] == "DEQUANTIZE"
+    assert names[1:] == [name for name, *_ in read_graph(rpi_quick / "model_int8.tflite")[0]]
     assert report["target_profile"]["input_dtype"] == "uint8"
     entry = next(a for a in json.loads((folder / "manifest.json").read_text())["artifacts"]
                  if a["file"] == "model_int8.tflite")
     # Lite0's mean = std = 0.5: the uint8 input's quantization is 2/255 with zero point 127, so the
     # pixel bytes themselves are the input to within half a step.
-    assert entry["input"]["dtype"] == "uint8" and entry["output"]["dtype"] == "uint8"
+    assert entry["input"]["dtype"] == "uint8" and entry["output"]["dtype"] == "float32"
     assert abs(entry["input"]["scale"] - 2 / 255) < 1e-6 and entry["input"]["zero_point"] == 127
     spec = spec_for_variant("lite0").with_layout("NHWC", "float32")
     x = spec.to_model_input(np.random.default_rng(3).integers(0, 256, (4, 224, 224, 3), dtype=np.uint8))
@@ -148,7 +156,7 @@ def test_manifest_carries_what_the_device_needs(rpi_quick):
     # Lite0's mean = std = 0.5: the int8 input's quantization is 2/255 with zero point -1, so the
     # input is the pixel byte minus 128 to within half a step.
     assert abs(entry["input"]["scale"] - 2 / 255) < 1e-6 and entry["input"]["zero_point"] == -1
-    assert entry["output"]["dtype"] == "int8" and entry["output"]["scale"] > 0
+    assert entry["output"]["dtype"] == "float32" and "scale" not in entry["output"]  # float logits
     # and the numbers are the file's own
     it = litert.interpreter(rpi_quick / "model_int8.tflite", 1)
     scale, zero = it.get_input_details()[0]["quantization"]

@@ -39,6 +39,9 @@ from ..device.device_preprocess import from_output_tensor, takes_raw_pixels, to_
 from ..errors import MissingBackendError, UserError
 from ..progress import progress
 from ..quant.calibration import HARD_SWISH_FLOOR
+from .tflite_flatbuffer import load_inlined as _load_inlined
+from .tflite_flatbuffer import save as _save
+from .tflite_flatbuffer import schema as _schema
 
 EXTRA = "tflite"
 SUFFIXES = (".tflite",)
@@ -288,6 +291,13 @@ def calibrate_int8(float_path: Path, calib_inputs: np.ndarray, recipe: dict, thr
         qsvs = cal.get_model_qsvs()
         ranges = reduce_ranges(qsvs, percentile)
     extremes = {name: {"min": qsv["min"], "max": qsv["max"]} for name, qsv in qsvs.items()}
+    # The graph's input and output keep every calibration image's extremes: the input's range is the
+    # preprocessing's, and a percentile of the logits' per-image maxima clips the confident images'
+    # top score (Lite0 android: every logit above 14.5 read as 14.5, 0.6% of val saturated).
+    interp = Interpreter(model_path=str(float_path))
+    for detail in interp.get_input_details() + interp.get_output_details():
+        if detail["name"] in extremes:
+            ranges[detail["name"]] = {**ranges[detail["name"]], **extremes[detail["name"]]}
     hard_swish = hard_swish_inputs(float_path)
     if recipe["method"] in ("percentile", "mse"):
         ranges = histogram_ranges(float_path, calib_inputs, ranges, recipe, hard_swish, threads, quiet)
@@ -379,36 +389,6 @@ def quantize_fp16(float_path: Path, out_path: Path) -> dict:
 
 # ---------------------------------------------------------------- flatbuffer edits
 
-def _schema():
-    from ai_edge_litert import schema_py_generated as schema
-
-    return schema
-
-
-def _load_inlined(path: Path):
-    """The model as mutable objects, with every weight buffer inside the flatbuffer.
-
-    litert-torch and ai-edge-quantizer store weights after the flatbuffer (Buffer.offset/size);
-    re-packing the object tree without inlining them first silently drops every weight.
-    """
-    schema = _schema()
-    raw = Path(path).read_bytes()
-    model = schema.ModelT.InitFromPackedBuf(raw, 0)
-    for buf in model.buffers:
-        if buf.offset > 1:
-            buf.data = np.frombuffer(raw[buf.offset:buf.offset + buf.size], np.uint8).copy()
-            buf.offset, buf.size = 0, 0
-    return model
-
-
-def _save(model, path: Path) -> None:
-    import flatbuffers
-
-    builder = flatbuffers.Builder(1024)
-    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
-    Path(path).write_bytes(builder.Output())
-
-
 def _builtin(opcode) -> int:
     return max(opcode.builtinCode, opcode.deprecatedBuiltinCode)
 
@@ -428,8 +408,10 @@ def int8_io_to_uint8(src: Path, dst: Path) -> None:
         model.operatorCodes.append(code)
         quantize_op = len(model.operatorCodes) - 1
 
-    def uint8_twin(index: int) -> int:
+    def uint8_twin(index: int) -> int | None:
         src_tensor = graph.tensors[index]
+        if src_tensor.type == schema.TensorType.FLOAT32 and index in list(graph.outputs):
+            return None  # float logits (Int8Build.float_logits) stay float
         if src_tensor.type != schema.TensorType.INT8:
             raise ValueError(f"{src}: graph input/output {src_tensor.name!r} is not int8")
         tensor = schema.TensorT()
@@ -465,6 +447,8 @@ def int8_io_to_uint8(src: Path, dst: Path) -> None:
         retarget(old, new, "inputs")
     for k, old in enumerate(list(graph.outputs)):
         new = uint8_twin(old)
+        if new is None:
+            continue
         op = schema.OperatorT()
         op.opcodeIndex, op.inputs, op.outputs = quantize_op, [old], [new]
         graph.operators.append(op)
@@ -546,21 +530,29 @@ def repair_bias_overflow(int8_path: Path, float_path: Path) -> int:
 
 def graph_summary(path: Path) -> dict:
     """Op counts and tensor dtypes read from the flatbuffer; `integer_only`: no float tensor at all
-    (so no op can run in float on the device)."""
+    (so no op can run in float on the device) but float logits, the graph output a final DEQUANTIZE
+    writes (Int8Build.float_logits); `float_logits` says whether there are."""
     schema = _schema()
     model = schema.Model.GetRootAs(Path(path).read_bytes(), 0)
     op_names = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
     type_names = {v: k for k, v in vars(schema.TensorType).items() if not k.startswith("_")}
     ops, dtypes = collections.Counter(), collections.Counter()
+    float_tensors, float_logits = 0, 0
     for g in range(model.SubgraphsLength()):
         graph = model.Subgraphs(g)
+        outputs = set(graph.OutputsAsNumpy().tolist())
         for i in range(graph.OperatorsLength()):
-            code = model.OperatorCodes(graph.Operators(i).OpcodeIndex())
-            ops[op_names.get(max(code.BuiltinCode(), code.DeprecatedBuiltinCode()), "CUSTOM")] += 1
+            op = graph.Operators(i)
+            code = model.OperatorCodes(op.OpcodeIndex())
+            name = op_names.get(max(code.BuiltinCode(), code.DeprecatedBuiltinCode()), "CUSTOM")
+            ops[name] += 1
+            if name == "DEQUANTIZE":
+                float_logits += sum(1 for t in op.OutputsAsNumpy().tolist() if t in outputs)
         for i in range(graph.TensorsLength()):
             dtypes[type_names[graph.Tensors(i).Type()]] += 1
+            float_tensors += type_names[graph.Tensors(i).Type()].startswith("FLOAT")
     return {"ops": dict(sorted(ops.items())), "tensor_dtypes": dict(sorted(dtypes.items())),
-            "integer_only": not any(name.startswith("FLOAT") for name in dtypes)}
+            "integer_only": float_tensors == float_logits, "float_logits": float_logits > 0}
 
 
 # ---------------------------------------------------------------- running
@@ -680,9 +672,21 @@ def build(job) -> list:
     calib = spec.to_model_input(job.calibration.crops)
     calibration = calibrate_int8(fp32, calib, job.recipe, threads=job.threads, quiet=job.quiet,
                                  range_overrides=_searched_ranges(job, calib))
-    int8_build = Int8Build(fp32, calibration, io_dtype)
+    float_logits = target.quantization.get("logits", "int8") == "float"
+    # android, ios: TFLite metadata (normalisation, labels) for MediaPipe's and the Task Library's classifiers
+    metadata = None
+    if target.raw.get("metadata", False):
+        from ..version import __version__
+
+        metadata = {"labels": list(job.labels), "mean_01": list(job.spec.mean), "std_01": list(job.spec.std),
+                    "name": f"EfficientNet {job.variant}", "version": f"edgeeff {__version__}"}
+    int8_build = Int8Build(fp32, calibration, io_dtype, float_logits, metadata)
     details = int8_details(calibration, int8_build.write(int8))
-    details["io"] = "uint8 (integer QUANTIZE int8<->uint8 at input and output)" if io_dtype == "uint8" else "int8"
+    ends = "input" if float_logits else "input and output"
+    details["io"] = f"uint8 (integer QUANTIZE int8<->uint8 at {ends})" if io_dtype == "uint8" else "int8"
+    if float_logits:
+        details["logits"] = (f"float32: the classifier at a16w8, its int16 output (+-{LOGIT_HEADROOM:g}x the "
+                             f"calibration's largest logit) dequantized")
     if job.optimisation is not None:
         details["optimisation"] = job.optimisation
     artifacts = [
@@ -695,6 +699,13 @@ def build(job) -> list:
         fp16_details = quantize_fp16(fp32, fp16)
         artifacts.append(Artifact(file=fp16.name, format="tflite", precision="fp16", spec=spec,
                                   quantization=fp16_details, extra=_io_fields(fp16)))
+    if metadata is not None:  # last: the quantizer reads the float file without it
+        from .tflite_metadata import add_classifier_metadata
+
+        for artifact in artifacts:
+            info = add_classifier_metadata(job.workdir / artifact.file, **metadata) \
+                if artifact.precision != "int8" else int8_build.metadata_info
+            artifact.extra["metadata"] = info
     scripts = target.raw.get("device_scripts", [])  # rpi, android: rpi_classify.py
     if scripts:
         from . import ship_device_scripts
@@ -836,24 +847,93 @@ def a16w8_recipe(quantizer, graph: list[TfliteOp], calibration: Int8Calibration,
     return ranges
 
 
+LOGIT_HEADROOM = 2.0  # float logits: the int16 classifier output spans this many times the calibration's
+
+
 @dataclass
 class Int8Build:
     """How build() wrote the INT8 file, kept in memory (Artifact.state) so the a16w8 variants are
-    quantized from the same float file and calibration, with the same I/O."""
+    quantized from the same float file and calibration, with the same I/O.
+
+    `float_logits`: the classifier (the op writing the graph's output) runs at a16w8 and its int16
+    output is dequantized to float32 logits by a DEQUANTIZE op: 8-bit logits tie close classes and,
+    with a range from calibration, saturate on images more confident than any calibration image
+    (Lite0 android, 650 val: 1.23% of images tied or saturated at int8, docs/quantization.md). The
+    int16 output spans LOGIT_HEADROOM times the largest logit calibration saw, at ~1/1000 of a logit
+    per step."""
 
     float_path: Path
     calibration: Int8Calibration
     io: str  # int8 | uint8
+    float_logits: bool = False
+    metadata: dict | None = None  # tflite_metadata.add_classifier_metadata's arguments: written into every file
+    metadata_info: dict | None = None  # what it wrote (the report's `metadata`)
 
     def write(self, out_path: Path, a16w8_ops=(), graph=()) -> int:
         """The INT8 file (with `a16w8_ops` at a16w8) at out_path; returns the bias channels repaired."""
-        if self.io != "uint8":
-            return write_int8(self.float_path, out_path, self.calibration, a16w8_ops, graph)
+        repaired = self._write(out_path, a16w8_ops, graph)
+        if self.metadata is not None:
+            from .tflite_metadata import add_classifier_metadata
+
+            self.metadata_info = add_classifier_metadata(out_path, **self.metadata)
+        return repaired
+
+    def _write(self, out_path: Path, a16w8_ops=(), graph=()) -> int:
+        calibration = self.calibration
+        if self.float_logits:
+            graph = graph or tflite_graph(self.float_path)[0]
+            output = _graph_output_name(self.float_path)
+            classifier = [op for op in graph if output in op.outputs]
+            a16w8_ops = list(a16w8_ops) + [op for op in classifier if op not in a16w8_ops]
+            extremes = calibration.extremes[output]
+            reach = LOGIT_HEADROOM * max(abs(float(np.min(extremes["min"]))), abs(float(np.max(extremes["max"]))))
+            ranges = {**calibration.ranges, output: _with_range(calibration.ranges[output], -reach, reach)}
+            calibration = Int8Calibration(ranges, calibration.extremes, calibration.info)
+        if self.io != "uint8" and not self.float_logits:
+            return write_int8(self.float_path, out_path, calibration, a16w8_ops, graph)
         with tempfile.TemporaryDirectory(prefix="edgeeff-litert-") as tmp:
             native = Path(tmp) / "int8_io.tflite"
-            repaired = write_int8(self.float_path, native, self.calibration, a16w8_ops, graph)
-            int8_io_to_uint8(native, out_path)
+            repaired = write_int8(self.float_path, native, calibration, a16w8_ops, graph)
+            if self.float_logits:
+                dequantize_output(native, native)
+            if self.io == "uint8":
+                int8_io_to_uint8(native, out_path)
+            else:
+                out_path.write_bytes(native.read_bytes())
         return repaired
+
+
+def _graph_output_name(path: Path) -> str:
+    from ai_edge_litert.interpreter import Interpreter
+
+    return Interpreter(model_path=str(path)).get_output_details()[0]["name"]
+
+
+def dequantize_output(src: Path, dst: Path) -> None:
+    """The graph output's last op, the quantizer's QUANTIZE int16 -> int8 after an a16w8 classifier,
+    becomes a DEQUANTIZE int16 -> float32: the logits leave the model in float, unrounded to 8 bits."""
+    schema = _schema()
+    model = _load_inlined(src)
+    graph = model.subgraphs[0]
+    out = int(graph.outputs[0])
+    writer = next(op for op in graph.operators if out in list(op.outputs))
+    source = graph.tensors[writer.inputs[0]]
+    if _builtin(model.operatorCodes[writer.opcodeIndex]) != schema.BuiltinOperator.QUANTIZE \
+            or source.type != schema.TensorType.INT16:
+        raise ValueError(f"{src}: the graph output is not a QUANTIZE of an int16 classifier output")
+    code = next((i for i, oc in enumerate(model.operatorCodes)
+                 if _builtin(oc) == schema.BuiltinOperator.DEQUANTIZE), None)
+    if code is None:
+        opcode = schema.OperatorCodeT()
+        opcode.builtinCode = opcode.deprecatedBuiltinCode = schema.BuiltinOperator.DEQUANTIZE
+        opcode.version = 4  # int16 input
+        model.operatorCodes.append(opcode)
+        code = len(model.operatorCodes) - 1
+    writer.opcodeIndex = code
+    writer.builtinOptionsType, writer.builtinOptions = 0, None
+    graph.tensors[out].type = schema.TensorType.FLOAT32
+    graph.tensors[out].quantization = None
+    _save(model, dst)
 
 
 class A16w8Variants:

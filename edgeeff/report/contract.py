@@ -97,6 +97,7 @@ ARTIFACT_COLUMNS = (
     ("top5", "top-5", "top-5"),
     ("top1_drop", "drop", "drop"),
     ("top1_agreement", "agree%", "agreement %"),
+    ("top_score_pct", "tie/sat%", "top score tied or saturated %"),
     ("size_mb", "size MB", "size MB"),
     ("latency_ms", "ms (b1)", "latency ms (b1)"),
     ("latency_ratio", "x FP32", "latency x FP32"),
@@ -121,6 +122,8 @@ def artifact_table(report: dict) -> list[dict]:
                "latency_ms": (a.get("latency_ms") or {}).get("median"),
                "latency_proxy": bool((a.get("latency_ms") or {}).get("proxy")),
                "verified": a.get("verified", True), "reason": a.get("reason", "")}
+        if a.get("top_score"):  # share of val images whose top logit ties the runner-up or saturates
+            row["top_score_pct"] = a["top_score"]["saturated_or_tied_pct"]
         if a["precision"] != "fp32" and a.get("latency_ms"):
             # the same runtime's FP32 file timed in turns with it; none for a proxy (not the device)
             row["latency_ratio"] = a["latency_ms"].get("ratio_to_fp32")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import html
 import json
+from pathlib import Path
 
 PALETTE = {"fp32": "#5b7db1", "fp16": "#8fb35b", "int8": "#d9822b", "reference": "#7f7f7f"}
 CSS = """
@@ -16,7 +17,8 @@ h1{font-size:1.5rem} h2{font-size:1.15rem;margin-top:2rem;border-bottom:1px soli
 table{border-collapse:collapse;margin:.5rem 0;font-size:.9rem} th,td{border:1px solid #ccc;padding:.3rem .6rem;text-align:right}
 th{background:#f3f3f3} td.l,th.l{text-align:left} .warn{background:#fff4e5;border:1px solid #f0b46c;padding:.6rem;border-radius:4px}
 .bad{color:#b00020;font-weight:600} .charts{display:flex;flex-wrap:wrap;gap:1.5rem} figure{margin:0}
-figcaption{font-size:.85rem;color:#555} dl{display:grid;grid-template-columns:max-content auto;gap:.2rem 1rem;font-size:.9rem} dt{font-weight:600}
+figcaption{font-size:.85rem;color:#555} .thumbs{display:flex;flex-wrap:wrap;gap:.4rem}
+figure.thumb{width:96px;font-size:.7rem} figure.thumb figcaption{font-size:.65rem;overflow-wrap:anywhere} dl{display:grid;grid-template-columns:max-content auto;gap:.2rem 1rem;font-size:.9rem} dt{font-weight:600}
 """
 
 
@@ -187,6 +189,58 @@ def _fallback_section(report: dict) -> str:
             + _table(["layers in float", "top-1", "drop", "agreement %"], steps))
 
 
+def _per_class_section(report: dict) -> str:
+    """Top-1 per validation class (report.json `per_class`, at most PER_CLASS_LIMIT classes): the FP32
+    reference and every artifact; a cell below the reference's is marked."""
+    per_class = report.get("per_class")
+    if not per_class or not per_class.get("classes"):
+        return ""
+    keys = list(per_class["classes"][0]["top1"])
+    head = "".join(f"<th>{_esc('FP32 reference' if k == 'reference' else k)}</th>" for k in keys)
+    rows = []
+    for c in per_class["classes"]:
+        ref = c["top1"].get("reference")
+        cells = "".join(f'<td class="{"bad" if k != "reference" and ref is not None and v < ref else ""}">'
+                        f"{v:.1f}</td>" for k, v in c["top1"].items())
+        rows.append(f'<tr><td class="l">{c["index"]}</td><td class="l">{_esc(c["name"])}</td>'
+                    f"<td>{c['images']}</td>{cells}</tr>")
+    return ("<h3>Top-1 per class (%)</h3><p>Each validation class's top-1 for the FP32 reference and every "
+            "artifact; red: below the reference.</p>"
+            f'<table><thead><tr><th class="l">class</th><th class="l">name</th><th>images</th>{head}</tr></thead>'
+            f"<tbody>{''.join(rows)}</tbody></table>")
+
+
+def _changed_section(report: dict) -> str:
+    """Thumbnails of the validation images whose top-1 an artifact changed (artifacts[].top1_changed),
+    at most THUMBS_SHOWN per artifact, captioned reference class -> artifact class."""
+    from .thumbnails import THUMB_PX, THUMBS_SHOWN, thumbnail_uri
+
+    parts = []
+    for a in report["artifacts"]:
+        changed = a.get("top1_changed")
+        if not changed or not changed.get("count"):
+            continue
+        files = changed["files"][:THUMBS_SHOWN]
+        refs, tops = changed.get("reference_top1", []), changed.get("top1", [])
+        figures, missing = [], 0
+        for i, path in enumerate(files):
+            uri = thumbnail_uri(path, report["preprocess"])
+            if uri is None:
+                missing += 1
+                continue
+            caption = f"{refs[i]} -> {tops[i]}" if i < len(refs) and i < len(tops) else Path(path).name
+            figures.append(f'<figure class="thumb"><img src="{uri}" width="{THUMB_PX}" height="{THUMB_PX}" '
+                           f'alt="{_esc(Path(path).name)}" title="{_esc(path)}: {_esc(caption)}">'
+                           f"<figcaption>{_esc(caption)}</figcaption></figure>")
+        shown = len(figures)
+        note = (f"{changed['count']} images changed; the first {shown} shown"
+                + (f", {missing} not readable here" if missing else "") + ". Caption: FP32 reference's class -> "
+                "this artifact's.")
+        parts.append(f"<h3>{_esc(a['file'])}: top-1 changed</h3><p>{_esc(note)}</p>"
+                     f'<div class="thumbs">{"".join(figures)}</div>')
+    return "".join(parts)
+
+
 def sensitivity_page(variant: str, targets: list[str], rows: list[dict]) -> str:
     """`edgeeff sensitivity`: one chart with a line per target, and the worst layers' table."""
     series = [(t, [r[t]["sqnr_db"] if r[t] else None for r in rows]) for t in targets]
@@ -333,6 +387,8 @@ def render(reports: list[dict], title: str | None = None, max_drop: float | None
         body.append(_chain_table(report))
         body.append(_fallback_section(report))
         body.append(_sensitivity_section(report))
+        body.append(_per_class_section(report))
+        body.append(_changed_section(report))
         body.append(_details(report))
     body.append("<h2>report.json</h2><details><summary>raw</summary><pre>"
                 + _esc(json.dumps(reports[0] if single else reports, indent=1)[:200000]) + "</pre></details>")
