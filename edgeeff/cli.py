@@ -8,8 +8,8 @@ import sys
 from pathlib import Path
 
 from . import choices, progress
-from .version import __version__
 from .errors import AccuracyGateError, UserError
+from .version import __version__
 
 EPILOG = "Docs: README.md and docs/ in the edgeeff repository."
 

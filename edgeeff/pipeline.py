@@ -18,25 +18,35 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .version import __version__
 from .backends import backend as load_backend
 from .cache import cached_array, content_key
 from .choices import OPTIMIZE_SETTINGS, RECOVER_METHODS, SCALE_GROUP_SETTINGS, SE_CHOICES
 from .data.images import ImageSet, load_calibration, load_validation, resolve_labels, spread_choice
 from .data.preprocess import PreprocessSpec
 from .errors import AccuracyGateError, UserError
-from .output_folder import atomic_folder, check_out_folder, kill_point
-from .scoring import (PER_CLASS_LIMIT, TorchRunner, align_classes, latency_in_turns, measure_latency,
-                      per_class_top1, predict_all, score, top_score_check, torch_batches)
 from .models.builder import count_macs, count_parameters
 from .models.export import export_onnx
 from .models.family import spec_for_variant
 from .models.weights import load_model
+from .output_folder import atomic_folder, check_out_folder, kill_point
 from .profiles import TargetProfile, get_recipe, get_target, optimize_for_model, recipe_for_model
 from .progress import say, warn
 from .report.contract import RANDOM_WEIGHTS_NOTE, artifact_row, library_versions, markdown, table_text, write_manifest
 from .report.html_page import render as render_html
+from .scoring import (
+    PER_CLASS_LIMIT,
+    TorchRunner,
+    align_classes,
+    latency_in_turns,
+    measure_latency,
+    per_class_top1,
+    predict_all,
+    score,
+    top_score_check,
+    torch_batches,
+)
 from .util import write_json
+from .version import __version__
 
 
 @dataclass

@@ -22,9 +22,9 @@ import numpy as np  # noqa: E402
 
 from edgeeff.backends import backend_for_file  # noqa: E402
 from edgeeff.data.images import load_validation, resolve_labels  # noqa: E402
-from edgeeff.scoring import predict_all  # noqa: E402
 from edgeeff.evaluation_cli import spec_from_manifest  # noqa: E402
 from edgeeff.report.contract import format_table  # noqa: E402
+from edgeeff.scoring import predict_all  # noqa: E402
 
 
 def top1_of(path: Path, val: Path, threads: int) -> tuple[np.ndarray, np.ndarray]:

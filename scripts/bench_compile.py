@@ -35,7 +35,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from edgeeff.data.images import find_images  # noqa: E402
-from edgeeff.report.benchmarks import machine_info, machine_line, replace_section
+from edgeeff.report.benchmarks import machine_info, machine_line, replace_section  # noqa: E402
 from edgeeff.report.contract import format_table, markdown_table  # noqa: E402
 
 # Stages grouped for the table and the plot (the JSON keeps every stage as compile reported it).

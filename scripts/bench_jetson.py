@@ -22,7 +22,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from edgeeff.backends.onnxruntime import OrtRunner  # noqa: E402
 from edgeeff.data.images import imagenet_labels, load_calibration, load_validation  # noqa: E402
-from edgeeff.scoring import TorchRunner, predict_all, score  # noqa: E402
 from edgeeff.models.export import export_onnx  # noqa: E402
 from edgeeff.models.family import spec_for_variant  # noqa: E402
 from edgeeff.models.weights import load_model  # noqa: E402
@@ -31,6 +30,7 @@ from edgeeff.quant.calibration import cached_stats, tensor_ranges  # noqa: E402
 from edgeeff.quant.qdq import PLACEMENTS, build_qdq, plan_placement, prepare_for_tensorrt, tensorrt_rule_violations  # noqa: E402
 from edgeeff.report.benchmarks import add_model_and_data_arguments, report_row  # noqa: E402
 from edgeeff.report.contract import format_table
+from edgeeff.scoring import TorchRunner, predict_all, score  # noqa: E402
 
 
 def main() -> int:

@@ -41,7 +41,6 @@ sys.path.insert(0, str(REPO))
 from edgeeff.backends import backend as load_backend  # noqa: E402
 from edgeeff.cache import cached_array, content_key  # noqa: E402
 from edgeeff.data.images import imagenet_labels, load_calibration, load_validation  # noqa: E402
-from edgeeff.scoring import TorchRunner, align_classes, predict_all, score  # noqa: E402
 from edgeeff.models.export import export_onnx  # noqa: E402
 from edgeeff.models.family import spec_for_variant  # noqa: E402
 from edgeeff.models.weights import load_model  # noqa: E402
@@ -53,7 +52,8 @@ from edgeeff.report.benchmarks import (  # noqa: E402
     replace_section,
     report_row,
 )
-from edgeeff.report.contract import format_table, markdown_table
+from edgeeff.report.contract import format_table, markdown_table  # noqa: E402
+from edgeeff.scoring import TorchRunner, align_classes, predict_all, score  # noqa: E402
 
 TARGET_FOR = {"onnxruntime": "onnx", "openvino": "intel", "litert": "rpi"}
 T0 = time.perf_counter()

@@ -126,3 +126,19 @@ def test_the_checker_sees_a_circle_and_an_upward_import(tmp_path, monkeypatch):
         test_no_import_circle()
     with pytest.raises(AssertionError, match="nothing below the pipeline"):
         test_arrows_point_down()
+
+
+def test_lint_is_clean():
+    """ruff with the rules pyproject.toml selects (pyflakes, pycodestyle errors, isort) finds nothing."""
+    import shutil
+    import subprocess
+    import sys
+
+    import pytest
+
+    ruff = shutil.which("ruff", path=str(Path(sys.executable).parent)) or shutil.which("ruff")
+    if ruff is None:
+        pytest.skip("ruff is not installed (the dev extra)")
+    repo = Path(__file__).resolve().parents[1]
+    done = subprocess.run([ruff, "check", "edgeeff", "scripts", "tests"], cwd=repo, capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout[-3000:]

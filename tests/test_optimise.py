@@ -198,13 +198,12 @@ def test_searched_ranges_reach_openvino_fake_quantizes(tmp_path):
     the per-channel ones (depthwise inputs) keep NNCF's."""
     pytest.importorskip("nncf")
     import onnx
+    import openvino as ov
 
     from edgeeff.backends.openvino import quantize, set_searched_ranges
     from edgeeff.models.export import export_onnx
     from edgeeff.quant.simulation import _activation_qparams
     from edgeeff.quant.tensor_names import onnx_tensors_for_points, rename_ranges
-
-    import openvino as ov
 
     model = _model(se=True)
     export_onnx(model, RES, tmp_path / "fp32.onnx")

@@ -2,9 +2,9 @@
 
 import numpy as np
 
-from edgeeff.scoring import score
 from edgeeff.report.benchmarks import machine_info, machine_line, replace_section, report_row
 from edgeeff.report.contract import markdown_table
+from edgeeff.scoring import score
 
 
 def test_report_row_has_the_contract_fields_rounded_with_drop_as_reference_minus_artifact():

@@ -12,11 +12,11 @@ import pytest
 from edgeeff.backends.onnxruntime import OrtRunner, QdqFloatVariants
 from edgeeff.cli import main
 from edgeeff.data.preprocess import PreprocessSpec
-from edgeeff.scoring import score
 from edgeeff.quant.calibration import elementwise_readers, function_mse_range, mse_range, quant_error
 from edgeeff.quant.layers import find_layers, keep_float, sqnr_db
 from edgeeff.quant.qdq import QDQRuleError, build_qdq, check_tensorrt_rules, plan_placement, prepare_for_tensorrt
 from edgeeff.quant.sensitivity import fallback, rank_layers
+from edgeeff.scoring import score
 
 from .conftest import needs_shared
 from .graphs import tiny_efficientnet

@@ -6,7 +6,6 @@ import pytest
 
 from edgeeff.cli import main
 
-
 TARGETS = ("onnx", "intel", "rpi", "android", "jetson-orin")
 
 

@@ -24,8 +24,8 @@ from __future__ import annotations
 import collections
 import contextlib
 import os
-import sys
 import re
+import sys
 import tempfile
 import warnings
 from dataclasses import dataclass

@@ -12,7 +12,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .family import ACTIVATIONS, FUSED, VARIANTS, BlockPlan, Variant, block_plan, head_channels, resolve_variant, stem_channels
+from .family import (
+    ACTIVATIONS,
+    FUSED,
+    VARIANTS,
+    BlockPlan,
+    Variant,
+    block_plan,
+    head_channels,
+    resolve_variant,
+    stem_channels,
+)
 
 # TF-trained weights (every published EfficientNet, including Lite) use TF's BatchNorm epsilon
 # and "same" padding; PyTorch-trained ones (timm's non-tf_ models, torchvision) use 1e-5 and

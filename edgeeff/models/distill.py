@@ -29,10 +29,10 @@ import torch
 import torch.nn.functional as F
 
 from ..data.preprocess import PreprocessSpec
-from ..scoring import torch_batches
 from ..profiles import get_recipe
 from ..progress import progress, say
 from ..quant.simulation import activation_ranges, simulated_int8
+from ..scoring import torch_batches
 
 WARMUP_STEPS = 5
 # Quantization-aware steps: activation ranges from this calib/ recipe (the real artifact is

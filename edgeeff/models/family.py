@@ -17,7 +17,6 @@ from dataclasses import dataclass
 
 from ..data.preprocess import PreprocessSpec
 
-
 MBCONV = "mbconv"
 FUSED = "fused"
 

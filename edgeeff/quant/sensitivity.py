@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..scoring import predict_all, score
 from ..progress import progress, say
+from ..scoring import predict_all, score
 from .layers import Layer, sqnr_db
 
 DEFAULT_IMAGES = 32  # calibration images per SQNR measurement: enough to rank, cheap to repeat

@@ -48,8 +48,8 @@ def machine_info() -> dict:
     cpu, flags = platform.processor() or platform.machine(), []
     try:
         info = Path("/proc/cpuinfo").read_text()
-        cpu = next((l.split(":", 1)[1].strip() for l in info.splitlines() if l.startswith("model name")), cpu)
-        present = set(next((l.split(":", 1)[1].split() for l in info.splitlines() if l.startswith("flags")), []))
+        cpu = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")), cpu)
+        present = set(next((line.split(":", 1)[1].split() for line in info.splitlines() if line.startswith("flags")), []))
         flags = [f for f in ("avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "avx512_bf16",
                              "amx_int8", "amx_bf16") if f in present]
     except OSError:

@@ -28,13 +28,13 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from edgeeff.data.images import imagenet_labels, load_calibration, load_validation, spread_choice  # noqa: E402
-from edgeeff.scoring import torch_batches  # noqa: E402
 from edgeeff.models.distill import kd_loss  # noqa: E402
 from edgeeff.models.family import spec_for_variant  # noqa: E402
 from edgeeff.models.weights import load_model  # noqa: E402
 from edgeeff.profiles import get_recipe  # noqa: E402
 from edgeeff.progress import progress  # noqa: E402
 from edgeeff.quant.simulation import activation_ranges, quant_points, simulated_int8  # noqa: E402
+from edgeeff.scoring import torch_batches  # noqa: E402
 
 
 @torch.no_grad()

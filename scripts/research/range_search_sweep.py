@@ -28,13 +28,13 @@ import torch  # noqa: E402
 
 from edgeeff.backends import backend  # noqa: E402
 from edgeeff.data.images import crop_all, find_images, spread_choice  # noqa: E402
-from edgeeff.scoring import torch_batches  # noqa: E402
 from edgeeff.models.distill import kd_loss  # noqa: E402
 from edgeeff.models.family import spec_for_variant  # noqa: E402
 from edgeeff.models.weights import load_model  # noqa: E402
 from edgeeff.profiles import get_recipe, get_target  # noqa: E402
 from edgeeff.quant.optimise import ActivationQuantizers, OptimiseSettings, optimise_int8_model  # noqa: E402
 from edgeeff.quant.simulation import activation_ranges, simulated_int8  # noqa: E402
+from edgeeff.scoring import torch_batches  # noqa: E402
 
 SETTINGS = {  # name -> OptimiseSettings fields (steps=0: ranges only)
     "recipe ranges (no search)": {"search_ranges": False},

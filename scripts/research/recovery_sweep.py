@@ -27,12 +27,12 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from edgeeff.data.images import imagenet_labels, load_calibration, load_validation  # noqa: E402
-from edgeeff.scoring import TorchRunner, predict_all, score  # noqa: E402
 from edgeeff.models.distill import RecoverySettings, distill  # noqa: E402
 from edgeeff.models.family import spec_for_variant  # noqa: E402
 from edgeeff.models.surgery import make_variant  # noqa: E402
 from edgeeff.models.weights import load_model  # noqa: E402
 from edgeeff.report.benchmarks import add_model_and_data_arguments, machine_info  # noqa: E402
+from edgeeff.scoring import TorchRunner, predict_all, score  # noqa: E402
 
 
 def parse_setting(text: str) -> tuple[str, dict]:

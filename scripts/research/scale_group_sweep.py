@@ -32,13 +32,13 @@ import torch  # noqa: E402
 from edgeeff.backends import litert  # noqa: E402
 from edgeeff.backends import onnxruntime as ort_backend  # noqa: E402
 from edgeeff.data.images import imagenet_labels, load_calibration, load_validation  # noqa: E402
-from edgeeff.scoring import TorchRunner, predict_all, score, torch_batches  # noqa: E402
-from edgeeff.scoring import latency_in_turns as scoring_latency_in_turns  # noqa: E402
 from edgeeff.models.export import export_onnx  # noqa: E402
 from edgeeff.models.family import spec_for_variant  # noqa: E402
 from edgeeff.models.weights import load_model  # noqa: E402
 from edgeeff.profiles import get_recipe, get_target, recipe_for_model  # noqa: E402
 from edgeeff.quant import scale_groups  # noqa: E402
+from edgeeff.scoring import TorchRunner, predict_all, score, torch_batches  # noqa: E402
+from edgeeff.scoring import latency_in_turns as scoring_latency_in_turns  # noqa: E402
 
 ALL_GAIN = 4.0  # `all`: every site whose split gains at least this
 LATENCY_ROUNDS = 10  # latency: each configuration runs latency_runs / LATENCY_ROUNDS times per round
