@@ -133,16 +133,25 @@ def top_score_check(logits: np.ndarray, output: dict | None = None) -> dict:
             "top_score_max": round(float(top.max()), 4) if len(logits) else None}
 
 
+# Before each turn: a pause, then untimed calls. ONNX Runtime's pool threads keep spinning for a
+# while after a call; without the pause the previous file's spinning threads took a core from the
+# next file on this 2-core host. Lite0 onnx, idle host, four repeats of 200 calls per file: INT8/FP32
+# 0.668-0.755 (FP32 10.5 ms) without; 0.542-0.590 (FP32 5.4 ms, what a device running one model
+# sees) with a 50 ms pause and 2 untimed calls (docs/benchmarks.md).
+TURN_PAUSE_S = 0.05
+TURN_WARMUP = 2
+
+
 def latency_in_turns(runners: dict[str, Runner], crop: np.ndarray, threads: int, runs: int = 50,
                      per_turn: int = 5, warmup: int = 10, reference: str | None = None,
-                     pause_s: float = 0.0, turn_warmup: int = 0) -> dict[str, dict]:
+                     pause_s: float = TURN_PAUSE_S, turn_warmup: int = TURN_WARMUP) -> dict[str, dict]:
     """Batch-1 wall time of several files of one runtime, taking turns: after each file's warm-up,
     every round times `per_turn` calls of each file in turn, until each has `runs` timings. A
     shared host's drift and one runtime's spinning threads then weigh on every file alike, so their
     ratio holds where two sequential measurements can differ by 20-50%. Returns, per name, the
     median, p90 and the spread (p10-p90) in ms, and `ratio_to_fp32` (medians) against `reference`.
-    `pause_s` and `turn_warmup`: a pause and untimed calls before each turn, for when one runtime's
-    spinning threads must settle before the next file's turn (scripts/research/scale_group_sweep.py)."""
+    `pause_s` and `turn_warmup`: a pause and untimed calls before each turn, so the previous file's
+    spinning runtime threads have settled and this file's caches are warm when its timing starts."""
     inputs = {name: runner.spec.to_model_input(crop[None]) for name, runner in runners.items()}
     for name, runner in runners.items():
         for _ in range(warmup):
@@ -165,7 +174,9 @@ def latency_in_turns(runners: dict[str, Runner], crop: np.ndarray, threads: int,
                      "spread": [round(float(p10), 3), round(float(p90), 3)], "runs": len(values),
                      "threads": threads, "batch": 1, "host": platform.machine(),
                      "measured": f"in turns with {', '.join(n for n in runners if n != name) or 'nothing'}, "
-                                 f"{per_turn} calls each per turn, after {warmup} warm-up calls"}
+                                 f"{per_turn} calls each per turn, after {warmup} warm-up calls"
+                                 + (f"; each turn after a {1000 * pause_s:.0f} ms pause and {turn_warmup} untimed calls"
+                                    if pause_s or turn_warmup else "")}
     if reference in out:
         for name, row in out.items():
             if name != reference:
