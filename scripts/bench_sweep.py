@@ -31,9 +31,7 @@ sys.path.insert(0, str(REPO))
 
 from edgeeff.data.images import find_images, spread_choice  # noqa: E402
 from edgeeff.report.benchmarks import machine_info, machine_line  # noqa: E402
-from edgeeff.report.contract import format_table  # noqa: E402
-
-VOLATILE = {"timings_s", "peak_rss_mb"}
+from edgeeff.report.contract import comparable, format_table  # noqa: E402
 
 
 def log(message: str) -> None:
@@ -51,17 +49,6 @@ def run(args: list[str], cache: Path) -> float:
         raise SystemExit(f"edgeeff {' '.join(args)} failed ({done.returncode}): {done.stderr.strip()[-2000:]}")
     log(f"  {seconds:.0f} s")
     return seconds
-
-
-def comparable(report: dict) -> dict:
-    report = {k: v for k, v in report.items() if k not in VOLATILE}
-    report["reference"] = {k: v for k, v in report["reference"].items() if k != "cached"}
-    report["artifacts"] = [{k: ({q: x for q, x in v.items() if q != "calibration_stats_cached"}
-                                if k == "quantization" else v) for k, v in a.items() if k != "latency_ms"}
-                           for a in report["artifacts"]]
-    if "sensitivity" in report:
-        report["sensitivity"] = {k: v for k, v in report["sensitivity"].items() if k != "seconds"}
-    return report
 
 
 def differences(a, b, path="") -> list[str]:

@@ -16,9 +16,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from edgeeff.output_folder import _exchange
+
+from .photos import synthetic_photo_folders
 
 pytestmark = pytest.mark.slow
 
@@ -39,18 +40,7 @@ def run(args: list[str], env: dict | None = None, wait: bool = True):
 @pytest.fixture(scope="module")
 def images(tmp_path_factory) -> tuple[Path, Path]:
     """A calibration folder and a two-class validation tree of synthetic photos (real synsets)."""
-    root = tmp_path_factory.mktemp("images")
-    rng = np.random.default_rng(0)
-    calib = root / "calib"
-    calib.mkdir()
-    for i in range(4):
-        Image.fromarray(rng.integers(0, 256, (240, 260, 3), dtype=np.uint8)).save(calib / f"c{i}.png")
-    val = root / "val"
-    for synset in ("n01440764", "n01443537"):
-        (val / synset).mkdir(parents=True)
-        for i in range(2):
-            Image.fromarray(rng.integers(0, 256, (240, 260, 3), dtype=np.uint8)).save(val / synset / f"v{i}.png")
-    return calib, val
+    return synthetic_photo_folders(tmp_path_factory.mktemp("images"), val_per_class=2)
 
 
 @pytest.fixture(scope="module")

@@ -17,18 +17,18 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
-from PIL import Image
 
 from edgeeff.cli import main
+from edgeeff.report.contract import comparable
+
+from .photos import synthetic_photo_folders
 
 pytest.importorskip("ray", reason="edgeeff[sweep] (ray) is not installed")
 
 QUICK = {"calib_count": 4, "latency_runs": 1}
 # What differs between two runs of the same compile: wall times, memory, latency and whether
 # the FP32 reference's logits and the calibration statistics came from the cache (edgeeff/cache.py).
-VOLATILE = {"timings_s", "peak_rss_mb"}
 
 
 def write_toml(path: Path, text: str) -> Path:
@@ -83,18 +83,7 @@ def test_without_ray_sweep_says_how_to_install_it_and_exits_3(tmp_path, capsys, 
 @pytest.fixture(scope="module")
 def images(tmp_path_factory) -> tuple[Path, Path]:
     """A calibration folder and a two-class validation tree of synthetic photos (real synsets)."""
-    root = tmp_path_factory.mktemp("images")
-    rng = np.random.default_rng(0)
-    calib = root / "calib"
-    calib.mkdir()
-    for i in range(4):
-        Image.fromarray(rng.integers(0, 256, (240, 260, 3), dtype=np.uint8)).save(calib / f"c{i}.png")
-    val = root / "val"
-    for synset in ("n01440764", "n01443537"):
-        (val / synset).mkdir(parents=True)
-        for i in range(3):
-            Image.fromarray(rng.integers(0, 256, (240, 260, 3), dtype=np.uint8)).save(val / synset / f"v{i}.png")
-    return calib, val
+    return synthetic_photo_folders(tmp_path_factory.mktemp("images"), val_per_class=3)
 
 
 @pytest.fixture(scope="module")
@@ -106,15 +95,6 @@ def separate(images, tmp_path_factory) -> Path:
                  "--calib-count", str(QUICK["calib_count"]), "--latency-runs", str(QUICK["latency_runs"]),
                  "--out", str(out), "--quiet"]) == 0
     return out / "lite0-onnx"
-
-
-def comparable(report: dict) -> dict:
-    report = {k: v for k, v in report.items() if k not in VOLATILE}
-    report["reference"] = {k: v for k, v in report["reference"].items() if k != "cached"}
-    report["artifacts"] = [{k: ({q: x for q, x in v.items() if q != "calibration_stats_cached"}
-                                if k == "quantization" else v) for k, v in a.items() if k != "latency_ms"}
-                           for a in report["artifacts"]]
-    return report
 
 
 def sweep_command(toml: Path, out: Path) -> list[str]:

@@ -285,3 +285,21 @@ def markdown(report: dict) -> str:
     md += ["", "## Stage timings (s)", ""] + [f"- {k}: {v}" for k, v in report.get("timings_s", {}).items()]
     return "\n".join(md) + "\n"
 
+
+
+# What differs between two compiles of the same inputs: wall times, memory, latency, cache hits.
+RUN_DEPENDENT_FIELDS = {"timings_s", "peak_rss_mb"}
+
+
+def comparable(report: dict) -> dict:
+    """report.json without what legitimately differs between two runs of the same compile (timings,
+    memory, latency, whether the cache was hit, the sensitivity's seconds): what a sweep cell and a
+    separate compile must agree on (tests/test_sweep.py, scripts/bench_sweep.py)."""
+    report = {k: v for k, v in report.items() if k not in RUN_DEPENDENT_FIELDS}
+    report["reference"] = {k: v for k, v in report["reference"].items() if k != "cached"}
+    report["artifacts"] = [{k: ({q: x for q, x in v.items() if q != "calibration_stats_cached"}
+                                if k == "quantization" else v) for k, v in a.items() if k != "latency_ms"}
+                           for a in report["artifacts"]]
+    if "sensitivity" in report:
+        report["sensitivity"] = {k: v for k, v in report["sensitivity"].items() if k != "seconds"}
+    return report
