@@ -317,8 +317,30 @@ def main(argv: list[str] | None = None) -> int:
         print(f"edgeeff: {err}", file=sys.stderr)
         return err.exit_code
     except KeyboardInterrupt:
-        print("edgeeff: interrupted; no output folder was written", file=sys.stderr)
-        return 130
+        return _interrupted()
+    except Exception as err:
+        # Python wraps an exception raised while a class body is being set up (dataclasses'
+        # __set_name__, hit when Ctrl-C lands during torch.onnx's lazy imports) in a RuntimeError,
+        # and some libraries wrap errors in their own types: an interrupt is an interrupt however
+        # deep it sits in the chain.
+        if _caused_by_interrupt(err):
+            return _interrupted()
+        raise
+
+
+def _caused_by_interrupt(err: BaseException) -> bool:
+    seen = set()
+    while err is not None and id(err) not in seen:
+        if isinstance(err, KeyboardInterrupt):
+            return True
+        seen.add(id(err))
+        err = err.__cause__ or err.__context__
+    return False
+
+
+def _interrupted() -> int:
+    print("edgeeff: interrupted; no output folder was written", file=sys.stderr)
+    return 130
 
 
 if __name__ == "__main__":

@@ -183,6 +183,29 @@ def test_interrupted_compile_leaves_no_output(tmp_path, sig):
     assert not list(out.glob(".*partial*"))
 
 
+def test_interrupt_wrapped_by_a_library_is_still_a_clean_interrupt(monkeypatch, capsys):
+    # CI once sent SIGINT while torch.onnx was importing a dataclass: Python re-raised the
+    # KeyboardInterrupt as "RuntimeError: Error calling __set_name__ ...", which reached the user
+    # as a traceback. Any exception whose chain holds an interrupt must end as one.
+    from edgeeff import cli
+
+    def wrapped(_args):
+        try:
+            raise KeyboardInterrupt
+        except KeyboardInterrupt as interrupt:
+            raise RuntimeError("Error calling __set_name__") from interrupt
+
+    def plain(_args):
+        raise RuntimeError("a bug, not an interrupt")
+
+    monkeypatch.setitem(cli.COMMANDS, "targets", wrapped)
+    assert cli.main(["targets"]) == 130
+    assert capsys.readouterr().err.strip() == "edgeeff: interrupted; no output folder was written"
+    monkeypatch.setitem(cli.COMMANDS, "targets", plain)
+    with pytest.raises(RuntimeError, match="a bug"):
+        cli.main(["targets"])
+
+
 def test_stale_partial_folder_of_a_killed_run_is_cleaned(tmp_path):
     from edgeeff.output_folder import remove_stale_partials
 
