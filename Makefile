@@ -17,7 +17,7 @@ run: setup
 	fi
 
 test: setup
-	.venv/bin/python -m pytest -q -ra --durations=20
+	.venv/bin/python -m pytest -q -ra --durations=20 -n 2 --dist loadfile
 
 bench: setup
 	.venv/bin/python scripts/bench_accuracy.py --variant lite0 --calib $(SHARED)/calib --val $(SHARED)/val

@@ -20,6 +20,7 @@ from .models.family import IMAGENET_MEAN, IMAGENET_STD
 from .pipeline import check_threads
 from .report.contract import format_table
 from .scoring import align_classes, latency_in_turns, predict_all, score
+from .util import usable_cpus
 
 
 def spec_from_manifest(manifest_path, artifact_name: str) -> PreprocessSpec:
@@ -71,7 +72,7 @@ def evaluate_artifact(args) -> dict:
         spec, notes = spec_from_flags(args, backend.inspect_input(path))
     for note in notes:
         print(f"note: {note}", file=sys.stderr)
-    threads = args.threads or 2
+    threads = args.threads or min(2, usable_cpus())  # as compile: never more than this process may use
     # The labels.txt a compile wrote beside the artifact is the model's own class list: no --synsets needed.
     labels = (None if args.synsets else labels_beside(path.parent)) or resolve_labels(args.synsets)
     validation = load_validation(args.val, labels, spec, args.quiet)

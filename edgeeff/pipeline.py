@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import os
 import resource
 import time
 from dataclasses import dataclass, field
@@ -45,7 +44,7 @@ from .scoring import (
     top_score_check,
     torch_batches,
 )
-from .util import write_json
+from .util import usable_cpus, write_json
 from .version import __version__
 
 
@@ -581,7 +580,7 @@ def _compile(opts: CompileOptions, shared: dict | None = None) -> tuple[Path, di
     watch = Stopwatch()
     target, recipe, backend, final = check_inputs(opts)
     # The profile's threads are the device's; evaluating here, never ask for more than the host has.
-    threads = opts.threads or max(1, min(target.threads, os.cpu_count() or 1))
+    threads = opts.threads or max(1, min(target.threads, usable_cpus()))
     torch.set_num_threads(threads)
     spec = spec_for_variant(opts.variant)
     # Read once per preprocessing: by the conventions' measurement if it runs, else below (and

@@ -30,7 +30,7 @@ import tomllib
 from pathlib import Path
 
 from .errors import AccuracyGateError, UserError
-from .util import sha256_file, write_json
+from .util import sha256_file, usable_cpus, write_json
 
 # Keys of the file's top level, of a [[models]] entry, and the compile options [options] takes.
 TOP_KEYS = {"out", "cpus", "cpus_per_cell", "targets", "recipes", "options", "models"}
@@ -351,7 +351,7 @@ def run_sweep(file: Path, out: Path | None = None, address: str | None = None, c
         cell.options["force"] = final.exists()
         pending.append(cell)
 
-    local_cpus = cpus or settings["cpus"] or os.cpu_count() or 1
+    local_cpus = cpus or settings["cpus"] or usable_cpus()
     joined = cluster_address(address)
     if pending:
         where = f"the Ray cluster at {joined}" if joined else f"a local Ray ({local_cpus} CPUs)"

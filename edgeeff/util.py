@@ -27,3 +27,12 @@ def set_threads(threads: int) -> None:
 
     torch.set_num_threads(threads)
     os.environ.setdefault("OMP_NUM_THREADS", str(threads))
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may run on: its affinity set (taskset, a container's cpuset, a test
+    worker pinned to one core), not every core the host has, so a runtime never gets more threads
+    than it can run and spins against itself."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return os.cpu_count() or 1

@@ -23,6 +23,21 @@ needs_b0_weights = pytest.mark.skipif(
     not B0_TEST_WEIGHTS.is_file(), reason=f"needs the B0 swish+SE test weights at {B0_TEST_WEIGHTS}")
 
 
+def pytest_configure(config):
+    """Under pytest-xdist (`make test` runs two workers), each worker gets cores of its own (one each on
+    two cores): edgeeff then sizes its runtimes to them (util.usable_cpus), and two workers' ONNX Runtime pools
+    never spin against each other. Subprocesses (the device scripts, Ray) inherit the pinning."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    if not worker.startswith("gw") or not hasattr(os, "sched_setaffinity"):
+        return
+    cpus = sorted(os.sched_getaffinity(0))
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if len(cpus) >= workers > 1:
+        mine = cpus[int(worker[2:]) % workers::workers]  # worker i: every workers-th core from i
+        os.sched_setaffinity(0, mine)
+        os.environ["OMP_NUM_THREADS"] = str(len(mine))  # before torch is first imported by a test module
+
+
 @pytest.fixture(autouse=True, scope="session")
 def _isolated_cache(tmp_path_factory):
     """Tests never read a developer's cache: a stale hit must not make a test pass."""
