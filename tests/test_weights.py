@@ -1,5 +1,6 @@
 """Key mapping from the layouts users have, checked on state dicts built here in each library's
-naming (written out below from those libraries' module structure, independently of the loaders)."""
+naming (written out from those libraries' module structure, independently of the loaders: timm's
+and torchvision's in tests/layouts.py, TF's and EfficientNet-PyTorch's below)."""
 
 
 import numpy as np
@@ -12,8 +13,7 @@ from edgeeff.models.family import VARIANTS, block_plan
 from edgeeff.models.weights import best_fit_variant, load_model, no_weights_message
 
 from .conftest import B0_TEST_WEIGHTS, needs_b0_weights, needs_shared
-
-BN = ("weight", "bias", "running_mean", "running_var")
+from .layouts import to_timm, to_torchvision
 
 
 def _random_native(variant="b0", se=True):
@@ -22,81 +22,6 @@ def _random_native(variant="b0", se=True):
     state = {k: torch.randn_like(v) if v.dtype.is_floating_point else v for k, v in model.state_dict().items()}
     state = {k: (v.abs() + 0.1 if k.endswith("running_var") else v) for k, v in state.items()}
     return state
-
-
-def _stages(variant):
-    """(stage, index within stage) of every block, in order."""
-    seen, out = {}, []
-    for plan in block_plan(VARIANTS[variant]):
-        out.append((plan.stage, seen.get(plan.stage, 0)))
-        seen[plan.stage] = seen.get(plan.stage, 0) + 1
-    return out
-
-
-def _bn(prefix_src, prefix_dst, state, out):
-    for p in BN:
-        out[f"{prefix_dst}.{p}"] = state[f"{prefix_src}.{p}"]
-
-
-def _outside_blocks(state, stem_conv, stem_bn, head_conv, head_bn, classifier):
-    """Stem, head and classifier under a library's module names (without .weight, .bias...)."""
-    out = {f"{stem_conv}.weight": state["stem.conv.weight"], f"{head_conv}.weight": state["head.conv.weight"],
-           f"{classifier}.weight": state["classifier.weight"], f"{classifier}.bias": state["classifier.bias"]}
-    _bn("stem.bn", stem_bn, state, out)
-    _bn("head.bn", head_bn, state, out)
-    return out
-
-
-def to_timm(state, variant="b0"):
-    out = _outside_blocks(state, "conv_stem", "bn1", "conv_head", "bn2", "classifier")
-    for i, (s, j) in enumerate(_stages(variant)):
-        b, t = f"blocks.{i}", f"blocks.{s}.{j}"
-        if f"{b}.dw.conv.weight" not in state:  # V2's Fused-MBConv: ConvBnAct (`cn`) or EdgeResidual (`er`)
-            if f"{b}.expand.conv.weight" in state:
-                out[f"{t}.conv_exp.weight"] = state[f"{b}.expand.conv.weight"]
-                _bn(f"{b}.expand.bn", f"{t}.bn1", state, out)
-                out[f"{t}.conv_pwl.weight"] = state[f"{b}.project.conv.weight"]
-                _bn(f"{b}.project.bn", f"{t}.bn2", state, out)
-            else:
-                out[f"{t}.conv.weight"] = state[f"{b}.project.conv.weight"]
-                _bn(f"{b}.project.bn", f"{t}.bn1", state, out)
-        elif f"{b}.expand.conv.weight" in state:  # InvertedResidual
-            out[f"{t}.conv_pw.weight"] = state[f"{b}.expand.conv.weight"]
-            _bn(f"{b}.expand.bn", f"{t}.bn1", state, out)
-            out[f"{t}.conv_dw.weight"] = state[f"{b}.dw.conv.weight"]
-            _bn(f"{b}.dw.bn", f"{t}.bn2", state, out)
-            out[f"{t}.conv_pwl.weight"] = state[f"{b}.project.conv.weight"]
-            _bn(f"{b}.project.bn", f"{t}.bn3", state, out)
-        else:  # DepthwiseSeparable
-            out[f"{t}.conv_dw.weight"] = state[f"{b}.dw.conv.weight"]
-            _bn(f"{b}.dw.bn", f"{t}.bn1", state, out)
-            out[f"{t}.conv_pw.weight"] = state[f"{b}.project.conv.weight"]
-            _bn(f"{b}.project.bn", f"{t}.bn2", state, out)
-        for src, dst in (("reduce", "conv_reduce"), ("expand", "conv_expand")):
-            for p in ("weight", "bias"):
-                if f"{b}.se.{src}.{p}" in state:
-                    out[f"{t}.se.{dst}.{p}"] = state[f"{b}.se.{src}.{p}"]
-    return out
-
-
-def to_torchvision(state, variant="b0"):
-    head = len(VARIANTS[variant].stages) + 1  # features: stem, one Sequential per stage, head
-    out = _outside_blocks(state, "features.0.0", "features.0.1", f"features.{head}.0", f"features.{head}.1",
-                          "classifier.1")
-    for i, (s, j) in enumerate(_stages(variant)):
-        b, t = f"blocks.{i}", f"features.{s + 1}.{j}.block"
-        units = (["expand"] if f"{b}.expand.conv.weight" in state else []) + ["dw", "se", "project"]
-        if f"{b}.dw.conv.weight" not in state:  # V2's FusedMBConv: [kxk expand,] project, no SE
-            units = [u for u in units if u not in ("dw", "se")]
-        for k, unit in enumerate(units):
-            if unit == "se":
-                for src, dst in (("reduce", "fc1"), ("expand", "fc2")):
-                    for p in ("weight", "bias"):
-                        out[f"{t}.{k}.{dst}.{p}"] = state[f"{b}.se.{src}.{p}"]
-            else:
-                out[f"{t}.{k}.0.weight"] = state[f"{b}.{unit}.conv.weight"]
-                _bn(f"{b}.{unit}.bn", f"{t}.{k}.1", state, out)
-    return out
 
 
 def to_tf(state, variant="b0", ema=False):
@@ -554,7 +479,7 @@ def test_a_checkpoint_holding_two_models_is_refused(tmp_path):
 
 # EfficientNetV2: timm's layout (conv/bn1 ConvBnAct first stage, conv_exp EdgeResidual Fused-MBConv,
 # InvertedResidual MBConv; timm/models/_efficientnet_blocks.py) and torchvision's (features.S.I.block.J,
-# FusedMBConv / MBConv; torchvision/models/efficientnet.py), built above from those naming rules.
+# FusedMBConv / MBConv; torchvision/models/efficientnet.py), built in tests/layouts.py from those naming rules.
 # A timm state dict records no convention (the file name is never believed): given here as the
 # option; torchvision's layout has one convention of its own.
 V2_LAYOUTS = [("timm", to_timm, "tf_efficientnetv2_b0.pth", "tf", True, TF_BN_EPS),
