@@ -549,3 +549,14 @@ def test_v2_best_fit_and_missing_weights_message():
     assert "download.pytorch.org" not in no_weights_message("v2-b2")  # torchvision has no V2-B weights
     with pytest.raises(UserError, match="tf_efficientnetv2_b2"):
         load_model("v2-b2")
+
+
+def test_timm_arch_names_imply_their_conventions():
+    """timm's train.py records `arch`: its tf_ ports (V1 and V2) use TF padding and eps, its own
+    efficientnet_* and efficientnetv2_* (rw ones included) were trained in PyTorch."""
+    from edgeeff.models.weights import arch_conventions
+
+    cases = {"tf_efficientnet_b0.ns_jft_in1k": "tf", "tf_efficientnetv2_s.in21k_ft_in1k": "tf",
+             "efficientnet_b0.ra_in1k": "pytorch", "efficientnetv2_s": "pytorch",
+             "efficientnetv2_rw_s.ra2_in1k": "pytorch", "efficientnet": None, "resnet50": None}
+    assert {arch: arch_conventions(arch) for arch in cases} == cases

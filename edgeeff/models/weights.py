@@ -309,12 +309,13 @@ SAME_PADDING_CLASSES = {"Conv2dSame", "Conv2dStaticSamePadding", "Conv2dDynamicS
 
 
 def arch_conventions(arch: str) -> str | None:
-    """The convention a timm model name implies: tf_efficientnet_* are TF ports (tf), the other
-    efficientnet_* were trained in PyTorch (pytorch); a bare class name ('efficientnet') says nothing."""
+    """The convention a timm model name implies: tf_efficientnet_* and tf_efficientnetv2_* are TF
+    ports (tf), the other efficientnet_* and efficientnetv2_* were trained in PyTorch (pytorch); a
+    bare class name ('efficientnet') says nothing."""
     arch = arch.lower().rsplit(".", 1)[0]  # timm names may carry a pretrained tag: name.tag
     if arch.startswith("tf_efficientnet"):
         return "tf"
-    if arch.startswith("efficientnet_"):
+    if arch.startswith(("efficientnet_", "efficientnetv2_")):
         return "pytorch"
     return None
 
