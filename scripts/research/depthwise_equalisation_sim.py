@@ -84,6 +84,8 @@ def main() -> int:
     parser.add_argument("--eval", type=Path, required=True, help="images to measure agreement on")
     parser.add_argument("--range-images", type=int, default=64)
     parser.add_argument("--backends", nargs="+", default=list(BACKENDS))
+    parser.add_argument("--scale-groups", action="store_true",
+                        help="split the model's wide-ranged sites first (quant/scale_groups.py), as rpi and jetson do")
     parser.add_argument("--out", type=Path, default=Path("docs/results/depthwise_equalisation_sim.json"))
     args = parser.parse_args()
     torch.set_num_threads(2)
@@ -95,6 +97,11 @@ def main() -> int:
     calibration = load_calibration(args.calib, args.range_images, spec)
     evaluation = load_calibration(args.eval, 10_000, spec)
     batches = list(torch_batches(calibration.crops, spec, 16))
+    if args.scale_groups:
+        from edgeeff.quant.scale_groups import split_for_int8
+
+        model, split = split_for_int8(model, batches)
+        print("scale groups at", [site["site"] for site in split], flush=True)
     inputs = torch.cat(list(torch_batches(evaluation.crops, spec, 50)))
     reference = logits_of(model, inputs)
     points = quant_points(model)
