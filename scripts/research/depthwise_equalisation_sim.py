@@ -31,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 import torch  # noqa: E402
 
 from edgeeff.data.images import load_calibration  # noqa: E402
+from edgeeff.models.builder import forward_with_hooks  # noqa: E402
 from edgeeff.models.family import spec_for_variant  # noqa: E402
 from edgeeff.models.weights import load_model  # noqa: E402
 from edgeeff.profiles import get_recipe  # noqa: E402
@@ -62,12 +63,7 @@ def per_channel_absmax(model, points: dict, names: list[str], batches, q: float 
             seen[n].append(t.detach().abs().transpose(0, 1).reshape(t.shape[1], -1))
             return t
         hooks.append(_hook(module, where, keep))
-    try:
-        for x in batches:
-            model(x)
-    finally:
-        for h in hooks:
-            h.remove()
+    forward_with_hooks(model, hooks, batches)
     out = {}
     for n, parts in seen.items():
         values = torch.cat(parts, dim=1)
