@@ -108,8 +108,8 @@ class Job:
     fp32_onnx: Path  # exported only when the backend's NEEDS_ONNX is true (the default)
     threads: int
     quiet: bool = False
-    # --optimize: the same graph with weights on their learned INT8 grid (quant/optimise.py), for
-    # backends whose OPTIMIZE_MODES take rounding; the FP32 artifact stays fp32_onnx
+    # --optimize rounding: the same graph with weights on their learned INT8 grid (quant/optimise.py),
+    # exported for the ONNX-based backends (LiteRT converts optimised_model); the FP32 artifact stays fp32_onnx
     int8_onnx: Path | None = None
     optimisation: dict | None = None
     optimised_model: torch.nn.Module | None = None  # what int8_onnx (else fp32_onnx) was exported from
@@ -281,6 +281,8 @@ def optimise_int8(opts: CompileOptions, target: TargetProfile, backend, deploy, 
         info["setting"], info["starting_ranges"] = mode, start["name"]
         if mode == "ranges":  # weights stay the model's own: the quantizer rounds them to nearest
             return None, info, deploy
+        if not getattr(backend, "NEEDS_ONNX", True):  # LiteRT converts the optimised model itself
+            return None, info, model
         path = workdir / ".export_int8.onnx"
         export_onnx(model, spec.resolution, path)
     return path, info, model
@@ -788,6 +790,9 @@ def _compile(opts: CompileOptions, shared: dict | None = None) -> tuple[Path, di
         report["warnings"] = warnings
         report["timings_s"] = watch.timings
         report["peak_rss_mb"] = watch.peak_rss_mb
+        for scratch in workdir.glob(".*"):  # the backends' scratch files (.export.onnx, .int8_source.tflite)
+            if scratch.is_file():
+                scratch.unlink()
         (workdir / "labels.txt").write_text("\n".join(labels.names) + "\n")
         write_json(workdir / "report.json", report)
         (workdir / "report.md").write_text(markdown(report))

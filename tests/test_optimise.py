@@ -112,6 +112,63 @@ def test_onnx_runtime_artifact_holds_the_learned_integers(optimised, tmp_path):
     assert equal / total >= 0.999, f"{equal}/{total}"
 
 
+def _tflite_int8_weights(path) -> list[np.ndarray]:
+    """The INT8 weights of every conv, depthwise conv and fully-connected op, in graph order, in
+    PyTorch's layout: (out, in, kh, kw) from TFLite's (out, kh, kw, in), (C, 1, kh, kw) from its
+    depthwise (1, kh, kw, C)."""
+    from edgeeff.backends.tflite_flatbuffer import load_inlined, schema
+
+    model = load_inlined(path)
+    ops = schema().BuiltinOperator
+    wanted = {ops.CONV_2D: "conv", ops.DEPTHWISE_CONV_2D: "depthwise", ops.FULLY_CONNECTED: "fc"}
+    graph, found = model.subgraphs[0], []
+    for op in graph.operators:
+        code = model.operatorCodes[op.opcodeIndex]
+        kind = wanted.get(max(code.builtinCode, code.deprecatedBuiltinCode))
+        if kind is None:
+            continue
+        tensor = graph.tensors[op.inputs[1]]
+        assert tensor.type == schema().TensorType.INT8, kind
+        w = np.frombuffer(bytes(model.buffers[tensor.buffer].data), np.int8).reshape(tensor.shape)
+        found.append({"conv": lambda a: a.transpose(0, 3, 1, 2), "depthwise": lambda a: a.transpose(3, 0, 1, 2),
+                      "fc": lambda a: a}[kind](w).astype(np.int64))
+    return found
+
+
+def test_litert_artifact_holds_the_learned_integers(optimised, tmp_path):
+    """The baked model converted to float .tflite and quantized by ai-edge-quantizer as the LiteRT
+    targets do (litert.build with --optimize rounding): its INT8 weights equal the learned integers
+    (the bar: at least 99.9% of them), read back out of the .tflite."""
+    pytest.importorskip("ai_edge_quantizer")
+    from edgeeff.backends.litert import Int8Build, calibrate_int8, convert_float
+
+    model, opt, _info = optimised
+    baked, int8 = tmp_path / "baked.tflite", tmp_path / "int8.tflite"
+    convert_float(opt, RES, baked)
+    calib = _input(_crops(8, seed=2)).numpy().transpose(0, 2, 3, 1)  # NHWC, as the LiteRT runner feeds it
+    calibration = calibrate_int8(baked, calib, get_recipe("minmax"), threads=1, quiet=True)
+    Int8Build(baked, calibration, "int8").write(int8)
+    stored = _tflite_int8_weights(int8)
+    learned = [_integers(m.weight.detach()).round().numpy().astype(np.int64)
+               for m in opt.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    assert sorted(s.shape for s in stored) == sorted(q.shape for q in learned)
+    # Graph order is the module order here except where the converter reorders independent ops:
+    # pair each stored tensor with the first unused learned one of its shape.
+    unused, equal = list(learned), 0
+    for s in stored:
+        q = next(q for q in unused if q.shape == s.shape and (q == s).mean() > 0.9)
+        unused.remove(q)
+        equal += int((s == q).sum())
+    total = sum(q.size for q in learned)
+    assert equal / total >= 0.999, f"{equal}/{total}"
+    # and the file holds the learned integers, not the original weights rounded to nearest: more
+    # weights were moved by learning than the file disagrees on
+    nearest = [_integers(m.weight.detach()).round().numpy().astype(np.int64)
+               for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    moved = sum(int((q != n).sum()) for q, n in zip(learned, nearest))
+    assert moved > total - equal, (moved, total - equal)
+
+
 def test_every_quantization_point_finds_its_onnx_tensor(tmp_path):
     """quant/tensor_names.py pairs each PyTorch point with the tensors holding its values in the
     BN-folded graph ONNX Runtime quantizes: all of them, and the right kind of node."""

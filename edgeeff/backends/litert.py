@@ -246,8 +246,9 @@ def _with_range(entry: dict, low: float, high: float) -> dict:
 
 
 # --optimize ranges: the searched ranges replace the recipe's for the tensors they match (by value,
-# quant/tensor_names.py); LOGISTIC outputs keep TFLite's fixed scale 1/256, zero point -128
-OPTIMIZE_MODES = ("ranges",)
+# quant/tensor_names.py); LOGISTIC outputs keep TFLite's fixed scale 1/256, zero point -128.
+# --optimize rounding: the same, and the INT8 file is quantized from the learned weights (build()).
+OPTIMIZE_MODES = ("ranges", "rounding")
 SIMULATION = {"fixed_ranges": {".se.gate": (0.0, 255 / 256)}}
 
 
@@ -667,10 +668,18 @@ def build(job) -> list:
     spec = job.spec.with_layout("NHWC", "float32")  # the runner quantizes from the normalised float
     fp32 = job.workdir / "model_fp32.tflite"
     int8 = job.workdir / "model_int8.tflite"
+    # --optimize rounding: the INT8 file is quantized from the same graph with its weights on their
+    # learned grid (ai-edge-quantizer's max|w| / 127 per channel then rounds each to the learned
+    # integer); model_fp32.tflite stays the original weights. A scratch file: the pipeline removes
+    # the workdir's dot-files before it publishes the folder.
+    source = fp32
     with _captured_output():
         convert_float(job.model, spec.resolution, fp32)
+        if (job.optimisation or {}).get("setting") == "rounding":
+            source = job.workdir / ".int8_source.tflite"
+            convert_float(job.optimised_model, spec.resolution, source)
     calib = spec.to_model_input(job.calibration.crops)
-    calibration = calibrate_int8(fp32, calib, job.recipe, threads=job.threads, quiet=job.quiet,
+    calibration = calibrate_int8(source, calib, job.recipe, threads=job.threads, quiet=job.quiet,
                                  range_overrides=_searched_ranges(job, calib))
     float_logits = target.quantization.get("logits", "int8") == "float"
     # android, ios: TFLite metadata (normalisation, labels) for MediaPipe's and the Task Library's classifiers
@@ -680,7 +689,7 @@ def build(job) -> list:
 
         metadata = {"labels": list(job.labels), "mean_01": list(job.spec.mean), "std_01": list(job.spec.std),
                     "name": f"EfficientNet {job.variant}", "version": f"edgeeff {__version__}"}
-    int8_build = Int8Build(fp32, calibration, io_dtype, float_logits, metadata)
+    int8_build = Int8Build(source, calibration, io_dtype, float_logits, metadata)
     details = int8_details(calibration, int8_build.write(int8))
     ends = "input" if float_logits else "input and output"
     details["io"] = f"uint8 (integer QUANTIZE int8<->uint8 at {ends})" if io_dtype == "uint8" else "int8"
