@@ -672,7 +672,8 @@ def _compile(opts: CompileOptions, shared: dict | None = None) -> tuple[Path, di
             with watch.stage("evaluate_reference", "evaluating FP32 reference (PyTorch)"):
                 # Cached by content: a second target for the same model and images reuses it.
                 key = content_key(weights_info.sha256 or weights_info.source, original.describe(),
-                                  original.state_dict_digest(), validation.crops, reference.runtime)
+                                  original.state_dict_digest(), validation.crops, reference.runtime,
+                                  reference.layout)
                 earlier = shared is not None and "reference_logits" in shared  # an earlier target's
                 ref_logits, hit = _once(shared, "reference_logits", lambda: cached_array(
                     "reference_logits", key, lambda: predict_all(reference, validation.crops, "FP32 reference",

@@ -28,13 +28,33 @@ class Runner(Protocol):
     def predict(self, inputs: np.ndarray) -> np.ndarray: ...
 
 
+def inference_copy(model: torch.nn.Module) -> torch.nn.Module:
+    """The same function, laid out for fast CPU inference: an eval-mode copy with each BatchNorm
+    folded into the conv before it and the weights channels-last. PyTorch's CPU convolutions run
+    EfficientNet's depthwise convs about twice as fast channels-last, and a folded BatchNorm is one
+    pass over the activations less (Lite0 and the B0 test model, 32 images: 1.8-2x; logits within
+    1e-5 of the unfolded model's, float rounding). The model given is left as it is."""
+    import copy
+
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+    from .models.builder import ConvBNAct
+
+    fast = copy.deepcopy(model).eval()
+    for module in fast.modules():
+        if isinstance(module, ConvBNAct) and isinstance(module.bn, torch.nn.BatchNorm2d):
+            module.conv, module.bn = fuse_conv_bn_eval(module.conv, module.bn), torch.nn.Identity()
+    return fast.to(memory_format=torch.channels_last)
+
+
 class TorchRunner:
-    """The FP32 reference: the PyTorch module itself."""
+    """The FP32 reference: the PyTorch module itself, run as `inference_copy` lays it out."""
 
     max_batch = 32
+    layout = "batch norm folded, channels-last"  # part of the reference cache's key: logits move by ~1e-6
 
     def __init__(self, model: torch.nn.Module, spec: PreprocessSpec, threads: int = 2):
-        self.model = model.eval()
+        self.model = inference_copy(model)
         self.spec = spec.with_layout("NCHW", "float32")
         self.runtime = f"torch {torch.__version__.split('+')[0]}"
         self.threads = threads
@@ -42,7 +62,8 @@ class TorchRunner:
     def predict(self, inputs: np.ndarray) -> np.ndarray:
         torch.set_num_threads(self.threads)
         with torch.inference_mode():
-            return self.model(torch.from_numpy(inputs)).numpy()
+            x = torch.from_numpy(inputs).contiguous(memory_format=torch.channels_last)
+            return self.model(x).contiguous().numpy()
 
 
 def torch_batches(crops: np.ndarray, spec: PreprocessSpec, batch: int):
