@@ -646,7 +646,11 @@ def _compile(opts: CompileOptions, shared: dict | None = None) -> tuple[Path, di
         fp32_onnx = workdir / ".export.onnx"
         if getattr(backend, "NEEDS_ONNX", True):  # the LiteRT backend converts the PyTorch model itself
             with watch.stage("export_onnx", "exporting FP32 ONNX"):
-                export_onnx(deploy, spec.resolution, fp32_onnx)
+                # The export is deterministic: targets of one command whose graph is the same (no
+                # scale groups, or the same ones) write the first one's bytes instead of exporting again.
+                graph_key = content_key(deploy.describe(), deploy.state_dict_digest(), spec.resolution)
+                fp32_onnx.write_bytes(_once(shared, f"fp32 onnx {graph_key}",
+                                            lambda: export_onnx(deploy, spec.resolution, fp32_onnx).read_bytes()))
         # The target's default recipe, refined per activation (`calibration_by_activation` in its
         # file, chosen by measurement); a recipe the user chose with --calib-method stays as given.
         recipe = recipe_for_model(target, recipe, model)

@@ -205,20 +205,24 @@ def test_option_choices_match_what_the_modules_accept():
 
 @pytest.mark.slow
 def test_several_targets_in_one_command_share_the_work_and_survive_a_failure(tmp_path, monkeypatch, capsys):
-    """--target a,b,c: each target its own folder; the weights and images loaded once; a target
+    """--target a,b,c: each target its own folder; the weights, images and FP32 export made once; a target
     that fails (intel takes no percentile recipe) is one line and the others are still written;
     the command exits 2 and prints the folders' tables."""
     import edgeeff.pipeline as pipeline
     from edgeeff.cli import main
 
-    calls = []
-    real = pipeline.load_model
+    calls, exports = [], []
+    real, real_export = pipeline.load_model, pipeline.export_onnx
     monkeypatch.setattr(pipeline, "load_model", lambda *a, **k: calls.append(a) or real(*a, **k))
+    monkeypatch.setattr(pipeline, "export_onnx", lambda *a, **k: exports.append(a) or real_export(*a, **k))
     code = main(["compile", "--variant", "lite0", "--target", "onnx,intel,jetson", "--calib-method", "percentile",
                  *QUICK, "--out", str(tmp_path)])
     err = capsys.readouterr()
     assert code == 2, err
     assert len(calls) == 1  # one load for three targets
+    # one FP32 export: Lite0 has no scale-group site, so jetson's graph is onnx's (its bytes reused;
+    # jetson then writes its own opset-17 copy for TensorRT)
+    assert len(exports) == 1
     assert (tmp_path / "lite0-onnx" / "report.json").is_file()
     assert (tmp_path / "lite0-jetson-orin" / "report.json").is_file()
     assert not (tmp_path / "lite0-intel").exists()
