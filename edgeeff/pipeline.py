@@ -8,6 +8,7 @@ beside the destination and renamed into place at the end, so it appears complete
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import resource
 import time
@@ -253,11 +254,13 @@ def split_scales(opts: CompileOptions, target: TargetProfile, model, spec, calib
 
 
 def optimise_int8(opts: CompileOptions, target: TargetProfile, backend, deploy, spec, calibration, recipe: dict,
-                  workdir: Path, watch):
+                  workdir: Path, watch, shared: dict | None = None):
     """--optimize (quant/optimise.py), unit by unit against the FP32 model: `ranges` searches each
     activation range; `rounding` also learns each weight's rounding and exports the graph again
     with its weights on their learned INT8 grid. Returns (that ONNX or None, what was done, the
-    model the quantized graph comes from); (None, None, deploy) when off."""
+    model the quantized graph comes from); (None, None, deploy) when off.
+    Targets of one command that simulate the same arithmetic on the same model and images (`rpi`,
+    `android`, `ios`) share one search: `shared` holds it, each target gets its own copy."""
     mode = opts.optimize or optimize_for_model(target, deploy)
     if mode == "off":
         return None, None, deploy
@@ -276,8 +279,15 @@ def optimise_int8(opts: CompileOptions, target: TargetProfile, backend, deploy, 
         # Where the target's recipe is its quantizer's own (LiteRT's sample_percentile), the search
         # starts from edgeeff's percentile ranges, the closest of its own recipes.
         start = recipe if recipe["method"] in OWN_METHODS else get_recipe("percentile")
-        ranges = activation_ranges(deploy, batches, start, symmetric=settings.symmetric)
-        model, info = optimise_int8_model(deploy, torch.cat(batches), ranges, settings, opts.quiet)
+
+        def search():
+            ranges = activation_ranges(deploy, batches, start, symmetric=settings.symmetric)
+            return optimise_int8_model(deploy, torch.cat(batches), ranges, settings, opts.quiet)
+
+        key = content_key(mode, repr(settings), repr(spec), start, deploy.describe(), deploy.state_dict_digest(),
+                          calibration.crops[chosen])
+        found = _once(shared, f"optimise {key}", search)
+        model, info = copy.deepcopy(found) if shared is not None else found  # a target's own copy
         info["setting"], info["starting_ranges"] = mode, start["name"]
         if mode == "ranges":  # weights stay the model's own: the quantizer rounds them to nearest
             return None, info, deploy
@@ -655,7 +665,7 @@ def _compile(opts: CompileOptions, shared: dict | None = None) -> tuple[Path, di
         # file, chosen by measurement); a recipe the user chose with --calib-method stays as given.
         recipe = recipe_for_model(target, recipe, model)
         int8_onnx, optimisation, optimised = optimise_int8(opts, target, backend, deploy, spec, calibration,
-                                                            recipe, workdir, watch)
+                                                            recipe, workdir, watch, shared)
         job = Job(opts.variant, deploy, spec, target, recipe, calibration, workdir, fp32_onnx, threads, opts.quiet,
                   int8_onnx=int8_onnx, optimisation=optimisation, optimised_model=optimised,
                   labels=tuple(labels.names))

@@ -282,3 +282,30 @@ def test_searched_ranges_reach_openvino_fake_quantizes(tmp_path):
         scale, zero_point = _activation_qparams(*wanted)
         assert high - low == pytest.approx(255 * scale, rel=1e-5)
         assert -low / scale == pytest.approx(zero_point + 128, abs=1e-3)  # zero on the grid
+
+
+def test_targets_that_simulate_alike_share_one_search(tmp_path, monkeypatch):
+    """rpi and android (the same LiteRT arithmetic) in one command search the ranges once; each gets
+    its own copy of the result; onnx (another simulation) searches again."""
+    import edgeeff.quant.optimise as optimise
+    from edgeeff.backends import litert, onnxruntime
+    from edgeeff.data.images import ImageSet
+    from edgeeff.pipeline import CompileOptions, Stopwatch, optimise_int8
+    from edgeeff.profiles import get_target
+
+    from .test_variants import _spec
+
+    searches = []
+    real = optimise.optimise_int8_model
+    monkeypatch.setattr(optimise, "optimise_int8_model", lambda *a, **k: searches.append(1) or real(*a, **k))
+    model, crops = _model(se=True), _crops(6, seed=3)
+    calibration = ImageSet(paths=[tmp_path / f"{i}.png" for i in range(len(crops))], crops=crops)
+    shared, infos = {}, []
+    for target, backend in (("rpi", litert), ("android", litert), ("onnx", onnxruntime)):
+        opts = CompileOptions(variant="b0", target=target, out=tmp_path, optimize="ranges", quiet=True)
+        _, info, _ = optimise_int8(opts, get_target(target), backend, model, _spec(), calibration,
+                                   get_recipe("percentile"), tmp_path, Stopwatch(), shared)
+        infos.append(info)
+    assert len(searches) == 2  # rpi's search served android; onnx simulates other arithmetic
+    assert infos[0] == infos[1] and infos[0] is not infos[1]
+    assert infos[0]["ranges"] != infos[2]["ranges"]
