@@ -284,10 +284,12 @@ def optimise_int8(opts: CompileOptions, target: TargetProfile, backend, deploy, 
             ranges = activation_ranges(deploy, batches, start, symmetric=settings.symmetric)
             return optimise_int8_model(deploy, torch.cat(batches), ranges, settings, opts.quiet)
 
-        key = content_key(mode, repr(settings), repr(spec), start, deploy.describe(), deploy.state_dict_digest(),
-                          calibration.crops[chosen])
-        found = _once(shared, f"optimise {key}", search)
-        model, info = copy.deepcopy(found) if shared is not None else found  # a target's own copy
+        if shared is None:
+            model, info = search()
+        else:  # each target gets its own copy of the one search
+            key = content_key(mode, repr(settings), repr(spec), start, deploy.describe(), deploy.state_dict_digest(),
+                              calibration.crops[chosen])
+            model, info = copy.deepcopy(_once(shared, f"optimise {key}", search))
         info["setting"], info["starting_ranges"] = mode, start["name"]
         if mode == "ranges":  # weights stay the model's own: the quantizer rounds them to nearest
             return None, info, deploy
@@ -656,11 +658,14 @@ def _compile(opts: CompileOptions, shared: dict | None = None) -> tuple[Path, di
         fp32_onnx = workdir / ".export.onnx"
         if getattr(backend, "NEEDS_ONNX", True):  # the LiteRT backend converts the PyTorch model itself
             with watch.stage("export_onnx", "exporting FP32 ONNX"):
-                # The export is deterministic: targets of one command whose graph is the same (no
-                # scale groups, or the same ones) write the first one's bytes instead of exporting again.
-                graph_key = content_key(deploy.describe(), deploy.state_dict_digest(), spec.resolution)
-                fp32_onnx.write_bytes(_once(shared, f"fp32 onnx {graph_key}",
-                                            lambda: export_onnx(deploy, spec.resolution, fp32_onnx).read_bytes()))
+                if shared is None:
+                    export_onnx(deploy, spec.resolution, fp32_onnx)
+                else:
+                    # The export is deterministic: targets of one command whose graph is the same (no
+                    # scale groups, or the same ones) write the first one's bytes instead of exporting again.
+                    graph_key = content_key(deploy.describe(), deploy.state_dict_digest(), spec.resolution)
+                    fp32_onnx.write_bytes(_once(shared, f"fp32 onnx {graph_key}",
+                                                lambda: export_onnx(deploy, spec.resolution, fp32_onnx).read_bytes()))
         # The target's default recipe, refined per activation (`calibration_by_activation` in its
         # file, chosen by measurement); a recipe the user chose with --calib-method stays as given.
         recipe = recipe_for_model(target, recipe, model)
