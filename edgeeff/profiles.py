@@ -100,6 +100,17 @@ def optimize_for_model(target: TargetProfile, model) -> str:
     return dict(quant.get("optimize_by_activation", {})).get(act, quant.get("optimize", "off"))
 
 
+def quantization_for_model(target: TargetProfile, model) -> dict:
+    """The target's [quantization] table with each `<key>_by_activation` entry applied for the
+    model's activation (chosen by measurement: `centre_pointwise_inputs` on `jetson-orin`)."""
+    act = model.describe().get("act") if hasattr(model, "describe") else None
+    quant = dict(target.quantization)
+    for key, by_act in target.quantization.items():
+        if key.endswith("_by_activation") and act in by_act and key != "optimize_by_activation":
+            quant[key.removesuffix("_by_activation")] = by_act[act]
+    return quant
+
+
 def recipe_for_model(target: TargetProfile, recipe: dict, model) -> dict:
     """The target's default recipe refined for the model's activation (`calibration_by_activation`
     in the target file, chosen by measurement). A recipe the user chose with --calib-method other

@@ -28,6 +28,7 @@ from edgeeff.quant.qdq import (
     check_tensorrt_rules,
     plan_placement,
     prepare_for_tensorrt,
+    shiftable_tensors,
     tensorrt_rule_violations,
 )
 
@@ -133,6 +134,76 @@ def test_qdq_model_passes_the_rules_and_tracks_fp32(tiny_qdq):
     # no FP32 copy of a quantized weight is left in the file
     names = {i.name for i in qdq.graph.initializer}
     assert "stem_w" not in names and "stem_w_int8" in names and "stem_b" in names
+
+
+def _activation_qdq_as_identity(model):
+    """The model with every activation Q/DQ pair an Identity (weights stay INT8-dequantized)."""
+    model = onnx.ModelProto.FromString(model.SerializeToString())
+    inits = {i.name for i in model.graph.initializer}
+    for n in model.graph.node:
+        if n.op_type in ("QuantizeLinear", "DequantizeLinear") and n.input[0] not in inits:
+            n.op_type = "Identity"
+            del n.input[1:]
+            del n.attribute[:]
+    return model
+
+
+def test_centred_inputs_are_exact_in_float_and_pass_the_rules(tiny_qdq):
+    """centre_pointwise_inputs: a tensor only 1x1 convs read is shifted to the middle of its range
+    before its Q, and the convs' biases take the shift back."""
+    fp32, plain = tiny_qdq
+    plan = plan_placement(fp32, "nvidia")
+    shiftable = shiftable_tensors(fp32, plan)
+    readers = {t: [n for n in fp32.graph.node if t in n.input] for t in shiftable}
+    inits = {i.name: i for i in fp32.graph.initializer}
+    # the SE multiply's output (read by the 1x1 projection) is one; no reader pads or groups
+    assert any(any(r.name == "project" for r in rs) for rs in readers.values())
+    for rs in readers.values():
+        for r in rs:
+            assert r.op_type == "Gemm" or list(inits[r.input[1]].dims[2:]) == [1, 1]
+    centred = build_qdq(fp32, plan, _ranges(fp32), shifted={t: (-1.0, 7.0) for t in shiftable})
+    assert check_tensorrt_rules(centred, max_opset=13)["passed"]
+    for t in shiftable:  # the Q covers [-4, 4] around the middle 3: scale 4/127, not 7/127
+        assert numpy_helper.to_array(_init(centred, f"{t}_shift")) == pytest.approx(-3.0)
+        assert numpy_helper.to_array(_init(centred, f"{t}_qdq_scale")) == pytest.approx(4 / 127)
+    x = np.random.default_rng(3).normal(size=(4, 3, 16, 16)).astype(np.float32)
+    # In float the shift is exact: the same function of the same INT8 weights.
+    same = _run(_activation_qdq_as_identity(plain), x)
+    assert np.abs(_run(_activation_qdq_as_identity(centred), x) - same).max() < 1e-4 * np.abs(same).max()
+
+
+def test_float_layers_read_the_uncentred_tensor(tiny_qdq):
+    """--max-drop keeps layers in float with their FP32 weights and bias: a layer that read a
+    centred input must then read the tensor itself, or its output is off by the centre."""
+    from edgeeff.quant.layers import find_layers, keep_float
+
+    fp32, _ = tiny_qdq
+    plan = plan_placement(fp32, "nvidia")
+    centred = build_qdq(fp32, plan, _ranges(fp32), shifted={t: (-1.0, 7.0) for t in shiftable_tensors(fp32, plan)})
+    every_layer = [layer.name for layer in find_layers(fp32)]
+    all_float = keep_float(centred, fp32, every_layer, needed_by="consumers")
+    x = np.random.default_rng(5).normal(size=(4, 3, 16, 16)).astype(np.float32)
+    ref = _run(fp32, x)
+    assert np.abs(_run(all_float, x) - ref).max() < 1e-4 * np.abs(ref).max()
+
+def test_bias_correction_sees_the_centring(tiny_qdq):
+    """Bias correction compares W x with W_q (q(x - m) + m): with a range that clips the centred
+    tensors hard, correcting the biases must bring the mean error down (measuring q(x) without
+    the shift, as it did before, corrects almost nothing and once wrecked the B0 model)."""
+    from edgeeff.quant.bias_correction import correct_biases
+
+    fp32, _ = tiny_qdq
+    plan = plan_placement(fp32, "nvidia")
+    shifted = {t: (1.0, 9.0) for t in shiftable_tensors(fp32, plan)}  # below 1.0 clips to 1.0
+    centred = build_qdq(fp32, plan, _ranges(fp32), shifted=shifted)
+    rng = np.random.default_rng(4)
+    calib = rng.normal(size=(32, 3, 16, 16)).astype(np.float32)
+    x = rng.normal(size=(16, 3, 16, 16)).astype(np.float32)
+    ref = _run(fp32, x)
+    before = np.abs((_run(centred, x) - ref).mean(0)).mean()
+    correct_biases(centred, fp32, calib, quiet=True)
+    after = np.abs((_run(centred, x) - ref).mean(0)).mean()
+    assert after < 0.5 * before
 
 
 def _init(model, name):
@@ -474,3 +545,15 @@ def test_b0_swish_se_qdq_passes_the_check_and_is_measured(b0_jetson):
     # own per-channel min/max keeps 64.6%.
     assert qdq["top1_agreement"] >= 90.0, qdq
     assert qdq["top1_drop"] <= 4.0, qdq
+
+
+def test_centring_is_on_for_swish_models_only():
+    """jetson-orin centres pointwise inputs for swish models (measured on B0) and not for ReLU6
+    ones (Lite0: no gain on the unused calibration images), by `_by_activation` in its file."""
+    from edgeeff.models.builder import build_model
+    from edgeeff.profiles import get_target, quantization_for_model
+
+    orin = get_target("jetson-orin")
+    assert quantization_for_model(orin, build_model("b0"))["centre_pointwise_inputs"] is True
+    assert quantization_for_model(orin, build_model("lite0"))["centre_pointwise_inputs"] is False
+    assert not quantization_for_model(get_target("jetson-nano"), build_model("b0")).get("centre_pointwise_inputs")

@@ -20,6 +20,7 @@ import numpy as np
 
 from ..data.preprocess import PreprocessSpec
 from ..errors import MissingBackendError, UserError
+from ..profiles import quantization_for_model
 from . import onnxruntime as ort_backend
 from . import ship_device_scripts
 
@@ -160,7 +161,7 @@ def quantize_for_tensorrt(fp32_path: Path, out_path: Path, calib_inputs: np.ndar
     import onnx
 
     from ..quant.calibration import HISTOGRAM_METHODS, OWN_METHODS, cached_stats, elementwise_readers, tensor_ranges
-    from ..quant.qdq import build_qdq, check_tensorrt_rules, plan_placement
+    from ..quant.qdq import build_qdq, check_tensorrt_rules, plan_placement, shiftable_tensors
 
     method = recipe["method"]
     if method not in OWN_METHODS:
@@ -175,7 +176,13 @@ def quantize_for_tensorrt(fp32_path: Path, out_path: Path, calib_inputs: np.ndar
         searched, searched_info = range_overrides(fp32)
         ranges.update({name: r for name, r in searched.items() if name in ranges})
     plan = plan_placement(fp32, quant.get("placement", "nvidia"))
-    qdq = build_qdq(fp32, plan, ranges)
+    shifted = {}
+    if quant.get("centre_pointwise_inputs"):
+        # The tensors only 1x1 convs read are centred before their Q (qdq.shiftable_tensors): they
+        # take the recipe's asymmetric range, which their zero-point-0 scale then covers alone.
+        own = tensor_ranges(stats, recipe, symmetric=False, readers=elementwise_readers(fp32))
+        shifted = {t: own[t] for t in shiftable_tensors(fp32, plan)}
+    qdq = build_qdq(fp32, plan, ranges, shifted=shifted)
     corrected = None
     if quant.get("bias_correction"):
         from ..quant.bias_correction import correct_biases
@@ -190,6 +197,7 @@ def quantize_for_tensorrt(fp32_path: Path, out_path: Path, calib_inputs: np.ndar
             "activations": "int8 symmetric per-tensor", "weights": "int8 symmetric per-channel (axis 0)",
             "bias": "float", "calibration": method, "calibration_stats_cached": hit,
             "placement": plan.name, "qdq_pairs": plan.counts(), "tensorrt_rules_check": summary,
+            **({"centred_inputs": len(shifted)} if shifted else {}),
             **({"bias_correction": corrected} if corrected else {}),
             **({"searched_ranges": searched_info} if searched_info else {})}
 
@@ -207,7 +215,7 @@ def build(job) -> list:
     onnx.save(prepare_for_tensorrt(onnx.load(str(job.fp32_onnx)), int(cfg.get("opset", 17))), str(fp32))
     qdq = job.workdir / "model_qdq.onnx"
     calib_inputs = spec.to_model_input(job.calibration.crops)
-    details = quantize_for_tensorrt(fp32, qdq, calib_inputs, job.recipe, job.target.quantization,
+    details = quantize_for_tensorrt(fp32, qdq, calib_inputs, job.recipe, quantization_for_model(job.target, job.model),
                                     max_opset=cfg.get("max_opset"), quiet=job.quiet,
                                     range_overrides=ort_backend.searched_ranges(job, calib_inputs))
     if job.optimisation is not None:

@@ -82,6 +82,13 @@ def correct_biases(qdq: onnx.ModelProto, fp32: onnx.ModelProto, inputs: np.ndarr
         xq = producers.get(xdq.input[0])
         if xq is None or xq.op_type != "QuantizeLinear":
             continue
+        # A centred input (qdq.shiftable_tensors): Q/DQ sees x + offset, and the layer's bias took
+        # the offset back, so the layer computes W_q (q(x + offset) - offset).
+        centring = producers.get(xq.input[0])
+        offset = 0.0
+        if (centring is not None and centring.op_type == "Add" and centring.name.endswith("_centre")
+                and centring.input[1] in inits):
+            offset = float(numpy_helper.to_array(inits[centring.input[1]]))
         original = fp32_nodes[node.name]
         if original.op_type == "Gemm" and not any(a.name == "transB" and a.i == 1 for a in original.attribute):
             continue
@@ -94,7 +101,8 @@ def correct_biases(qdq: onnx.ModelProto, fp32: onnx.ModelProto, inputs: np.ndarr
                            inits.get(wdq.input[2]) if len(wdq.input) > 2 else None, axis=axis)
         w = numpy_helper.to_array(fp32_inits[original.input[1]]).astype(np.float64)
         group = next((a.i for a in node.attribute if a.name == "group"), 1)
-        plans.append((node, original.input[0], w, w_q, scale, float(zero_array), int(info.min), int(info.max), group))
+        plans.append((node, original.input[0], w, w_q, scale, float(zero_array), int(info.min), int(info.max), group,
+                      offset))
     if not plans:
         return {"method": "fast bias correction", "layers": 0}
     tensors = list(dict.fromkeys(p[1] for p in plans))
@@ -117,12 +125,12 @@ def correct_biases(qdq: onnx.ModelProto, fp32: onnx.ModelProto, inputs: np.ndarr
             for x_name, value in zip(group, values):
                 x = value.astype(np.float64)
                 axes = tuple(i for i in range(x.ndim) if i != 1)
-                for node, _x, _w, _wq, scale, zero, qmin, qmax, _g in readers[x_name]:
+                for node, _x, _w, _wq, scale, zero, qmin, qmax, _g, offset in readers[x_name]:
                     mx, mq = means[node.name]
-                    means[node.name] = (mx + x.mean(axis=axes) * len(x),
-                                        mq + _fake_quant(x, scale, zero, qmin, qmax).mean(axis=axes) * len(x))
+                    seen = _fake_quant(x + offset, scale, zero, qmin, qmax) - offset
+                    means[node.name] = (mx + x.mean(axis=axes) * len(x), mq + seen.mean(axis=axes) * len(x))
     shifts = []
-    for node, _x, w, w_q, _s, _z, _lo, _hi, group in plans:
+    for node, _x, w, w_q, _s, _z, _lo, _hi, group, _offset in plans:
         mx, mq = (m / len(inputs) for m in means[node.name])
         delta = _expected_output(w, mx, node.op_type, group) - _expected_output(w_q, mq, node.op_type, group)
         _shift_bias(node, delta, producers, inits)

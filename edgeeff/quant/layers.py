@@ -125,6 +125,15 @@ def keep_float(int8: onnx.ModelProto, fp32: onnx.ModelProto, float_layers: list[
     float_nodes = _float_nodes(graph, {n for name in float_layers for n in layers[name].nodes},
                                {n for layer in layers.values() for n in layer.nodes}, producers, set(initializers))
 
+    def uncentred(tensor: str) -> str:
+        """A Q/DQ pair's float tensor as the float layer needs it: TensorRT's centred inputs
+        (quant/qdq.py build_qdq) are the tensor plus a constant, which only the INT8 layer's
+        moved bias takes back; a float layer reads the tensor itself with its FP32 bias."""
+        p = producers.get(tensor)
+        if p is not None and p.op_type == "Add" and p.name.endswith("_centre") and p.input[1] in initializers:
+            return p.input[0]
+        return tensor
+
     drop, rename = set(), {}
     for tensor, (q, dqs) in _qdq_pairs(graph, set(initializers)).items():
         producer = {producers[tensor].name} if tensor in producers else set()
@@ -136,12 +145,12 @@ def keep_float(int8: onnx.ModelProto, fp32: onnx.ModelProto, float_layers: list[
                     if reader.name in float_nodes:
                         for i, name in enumerate(reader.input):
                             if name in {dq.output[0] for dq in dqs}:
-                                reader.input[i] = tensor
+                                reader.input[i] = uncentred(tensor)
             continue  # a quantized op still takes or gives this tensor quantized
         drop.add(q.name)
         for dq in dqs:
             drop.add(dq.name)
-            rename[dq.output[0]] = tensor
+            rename[dq.output[0]] = uncentred(tensor)
     # Weights and bias: the float layer reads the FP32 initializers (not the INT8 weights
     # dequantized, nor a bias that bias correction moved to suit them).
     fp32_nodes = {n.name: n for n in fp32.graph.node}

@@ -291,16 +291,66 @@ def quantize_weight(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return q.astype(np.int8), scale
 
 
-def build_qdq(model: onnx.ModelProto, plan: Placement, ranges: dict[str, tuple[float, float]]) -> onnx.ModelProto:
-    """Insert Q/DQ pairs on `plan`'s tensors (scales from `ranges`) and INT8 per-channel weights."""
+def _reads_pointwise(node, inits: dict) -> bool:
+    """A Conv with a 1x1 kernel, no padding and no groups, or a Gemm: a constant added to its input
+    changes each output channel by a constant (so the bias can take it back exactly)."""
+    if node.op_type not in WEIGHTED or len(node.input) < 2 or node.input[1] not in inits:
+        return False
+    if node.op_type == "Gemm":
+        return True
+    attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    auto_pad = attrs.get("auto_pad", b"NOTSET")
+    auto_pad = auto_pad.decode() if isinstance(auto_pad, bytes) else auto_pad
+    return (list(inits[node.input[1]].dims[2:]) == [1, 1] and not any(attrs.get("pads", []))
+            and int(attrs.get("group", 1)) == 1 and auto_pad in ("NOTSET", "VALID"))
+
+
+def shiftable_tensors(model: onnx.ModelProto, plan: Placement) -> list[str]:
+    """The planned tensors that only 1x1 convs (or the classifier) read.
+
+    TensorRT's activations have zero point 0, so a tensor in [-0.28, 12] (a swish output, the SE
+    multiply's output) spends half its 255 steps on [-12, -0.28], which it never holds. Adding a
+    constant -m before its Q (m the middle of its range) centres it, and a 1x1 conv without padding
+    turns the constant into m * sum(W) per output channel, which its bias takes back: exact in
+    float, and TensorRT fuses the Add into the pointwise kernel that writes the INT8 tensor. Not
+    for k x k convs: their zero padding would become -m."""
+    graph = model.graph
+    inits = {i.name: i for i in graph.initializer}
+    _, consumers = _graph_maps(graph)
+    return [t for t in plan.tensors if consumers.get(t) and all(_reads_pointwise(n, inits) for n in consumers[t])]
+
+
+def build_qdq(model: onnx.ModelProto, plan: Placement, ranges: dict[str, tuple[float, float]],
+              shifted: dict[str, tuple[float, float]] | None = None) -> onnx.ModelProto:
+    """Insert Q/DQ pairs on `plan`'s tensors (scales from `ranges`) and INT8 per-channel weights.
+
+    `shifted`: tensor -> its own (asymmetric) range, for tensors of `shiftable_tensors`: each is
+    centred by an Add before its Q/DQ, and its readers' biases take the constant back."""
     model = onnx.ModelProto.FromString(model.SerializeToString())
     graph = model.graph
     inits = {i.name: i for i in graph.initializer}
-    missing = [t for t in plan.tensors if t not in ranges]
+    shifted = shifted or {}
+    missing = [t for t in plan.tensors if t not in ranges and t not in shifted]
     if missing:
         raise UserError(f"no calibration range for {len(missing)} tensor(s), e.g. {missing[0]}")
     new_nodes, new_inits, rename = [], [], {}
+    centres = {}  # shifted tensor -> m
+    for t in list(shifted):
+        low, high = shifted[t]
+        centres[t] = np.float32((low + high) / 2)
+        new_inits.append(numpy_helper.from_array(np.array(-centres[t], np.float32), f"{t}_shift"))
+        new_nodes.append(helper.make_node("Add", [t, f"{t}_shift"], [f"{t}_centred"], name=f"{t}_centre"))
     for t in plan.tensors:
+        if t in centres:
+            half = (shifted[t][1] - shifted[t][0]) / 2
+            scale = activation_scale(-half, half)
+            s, z = f"{t}_qdq_scale", f"{t}_qdq_zero"
+            new_inits += [numpy_helper.from_array(np.array(scale, np.float32), s),
+                          numpy_helper.from_array(np.array(0, np.int8), z)]
+            new_nodes += [helper.make_node("QuantizeLinear", [f"{t}_centred", s, z], [f"{t}_q"], name=f"{t}_Q"),
+                          helper.make_node("DequantizeLinear", [f"{t}_q", s, z], [f"{t}_dq"], name=f"{t}_DQ")]
+            rename[t] = f"{t}_dq"
+            continue
         scale = activation_scale(*ranges[t])
         s, z = f"{t}_qdq_scale", f"{t}_qdq_zero"
         new_inits += [numpy_helper.from_array(np.array(scale, np.float32), s),
@@ -310,12 +360,16 @@ def build_qdq(model: onnx.ModelProto, plan: Placement, ranges: dict[str, tuple[f
         rename[t] = f"{t}_dq"
     quantized_weights = {}
     for n in graph.node:
+        centre = None
         for k, x in enumerate(n.input):
             if x in rename:
+                centre = centres.get(x, centre)
                 n.input[k] = rename[x]
         if n.op_type not in WEIGHTED or len(n.input) < 2 or n.input[1] not in inits:
             continue
         wname = n.input[1]
+        if centre is not None:
+            _take_back_shift(n, inits, new_inits, centre)
         if n.op_type == "Gemm":
             attrs = {a.name: helper.get_attribute_value(a) for a in n.attribute}
             if not attrs.get("transB", 0):
@@ -334,6 +388,24 @@ def build_qdq(model: onnx.ModelProto, plan: Placement, ranges: dict[str, tuple[f
     _topological_sort(graph)
     strip_unused_initializers(model)
     return model
+
+
+def _take_back_shift(node, inits: dict, new_inits: list, centre: np.float32) -> None:
+    """The reader of a centred tensor: bias += centre * sum of its INT8 weights (dequantized) per
+    output channel, so that conv(x - centre) + bias' = conv(x) + bias with the weights it runs."""
+    w = numpy_helper.to_array(inits[node.input[1]]).astype(np.float32)
+    q, scale = quantize_weight(w)
+    dequantized = q.astype(np.float32) * scale.reshape((-1,) + (1,) * (w.ndim - 1))
+    added = centre * dequantized.reshape(w.shape[0], -1).sum(axis=1)
+    if len(node.input) > 2 and node.input[2]:
+        bias = numpy_helper.to_array(inits[node.input[2]]).astype(np.float32)
+    else:
+        bias = np.zeros(w.shape[0], np.float32)
+        while len(node.input) < 3:
+            node.input.append("")
+    name = f"{node.name or node.output[0]}_bias_centred"
+    new_inits.append(numpy_helper.from_array((bias + added).astype(np.float32), name))
+    node.input[2] = name
 
 
 def _topological_sort(graph) -> None:
