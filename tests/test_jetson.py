@@ -537,6 +537,7 @@ def test_b0_swish_se_qdq_passes_the_check_and_is_measured(b0_jetson):
     assert qdq["quantization"]["placement"] == "nvidia"
     assert report["calibration"]["method"] == qdq["quantization"]["calibration"] == "mse"  # swish
     assert qdq["quantization"]["qdq_pairs"]["se_gate"] == 16
+    assert qdq["quantization"]["centred_inputs"] == 56  # every tensor only 1x1 convs read (docs/jetson.md)
     # Scale groups are on for jetson-orin: B0 splits the stem and two expand convs, each into one
     # more conv, so 82 + 6 layers, every one bias-corrected.
     assert len(report["scale_groups"]["sites"]) == 3
