@@ -74,10 +74,26 @@ def torch_batches(crops: np.ndarray, spec: PreprocessSpec, batch: int):
         yield torch.from_numpy(nchw.to_model_input(crops[start:start + batch]))
 
 
+# Images per evaluation call are bounded by their size: a runtime holds each call's activations,
+# and an EfficientNet's largest one (an expand conv's output at half the input resolution) is
+# about LARGEST_ACTIVATION_PER_INPUT times the float input. 64 images of 224 px fit the budget
+# (unchanged); 300 px (B3) take 38, 600 px (B7) 9. B3 at 64 raised compile's peak RSS by 1.2 GB
+# in the FP32 ONNX evaluation alone (docs/benchmarks.md).
+EVALUATION_BUDGET_BYTES = 640 * 2**20
+LARGEST_ACTIVATION_PER_INPUT = 16
+
+
+def images_per_call(crops: np.ndarray, max_batch: int, batch: int | None = None) -> int:
+    """How many of these crops (N, H, W, 3) one predict() call takes."""
+    per_image = LARGEST_ACTIVATION_PER_INPUT * 4 * int(np.prod(crops.shape[1:])) if crops.ndim == 4 else 1
+    by_size = max(1, EVALUATION_BUDGET_BYTES // max(1, per_image))
+    return max(1, min(batch or max_batch, max_batch, by_size))
+
+
 def predict_all(runner: Runner, crops: np.ndarray, desc: str = "evaluating", quiet=False,
                 batch: int | None = None) -> np.ndarray:
     """Logits for every crop, in order."""
-    step = max(1, min(batch or runner.max_batch, runner.max_batch))
+    step = images_per_call(crops, runner.max_batch, batch)
     outputs = []
     for start in progress(range(0, len(crops), step), desc=desc, unit="batch", quiet=quiet):
         chunk = crops[start:start + step]

@@ -147,3 +147,39 @@ def test_memory_bounded_calls_give_the_same_statistics(tmp_path):
     session = Recording()
     list(bounded_runs(session, "x", ["x", "y", "z"], {"x": 16, "y": 16, "z": 16}, x[:10], budget_bytes=32))
     assert session.calls[:2] == [(1, ("x", "y")), (1, ("z",))] and len(session.calls) == 20
+
+
+def test_evaluation_calls_shrink_with_the_image_size():
+    """predict_all feeds a runtime fewer images per call as they grow (scoring.images_per_call):
+    224 px keeps the runner's 64, B3's 300 px and B7's 600 px take fewer, never below one, never
+    above what the runner or the caller allows; and the logits are the same whatever the split."""
+    from edgeeff.scoring import images_per_call, predict_all
+
+    def crops(size, n=1):
+        return np.zeros((n, size, size, 3), np.uint8)
+
+    assert images_per_call(crops(224), 64) == 64
+    assert images_per_call(crops(300), 64) < 64
+    assert images_per_call(crops(600), 64) < images_per_call(crops(300), 64)
+    assert images_per_call(crops(4000), 64) == 1
+    assert images_per_call(crops(224), 1) == 1 and images_per_call(crops(224), 64, batch=8) == 8
+
+    class Recorder:
+        max_batch = 64
+        calls = []
+
+        class spec:
+            @staticmethod
+            def to_model_input(chunk):
+                return chunk.astype(np.float32)
+
+        def predict(self, x):
+            self.calls.append(len(x))
+            return x.reshape(len(x), -1)[:, :2]
+
+    rng = np.random.default_rng(0)
+    big = rng.integers(0, 255, (20, 600, 600, 3), dtype=np.uint8)
+    runner = Recorder()
+    logits = predict_all(runner, big, quiet=True)
+    assert max(runner.calls) == images_per_call(big, 64) < 20 and sum(runner.calls) == 20
+    assert np.array_equal(logits, big.reshape(20, -1)[:, :2].astype(np.float32))
