@@ -74,18 +74,18 @@ def torch_batches(crops: np.ndarray, spec: PreprocessSpec, batch: int):
         yield torch.from_numpy(nchw.to_model_input(crops[start:start + batch]))
 
 
-# Images per evaluation call are bounded by their size: a runtime holds each call's activations,
-# and an EfficientNet's largest one (an expand conv's output at half the input resolution) is
-# about LARGEST_ACTIVATION_PER_INPUT times the float input. 64 images of 224 px fit the budget
-# (unchanged); 300 px (B3) take 38, 600 px (B7) 9. B3 at 64 raised compile's peak RSS by 1.2 GB
-# in the FP32 ONNX evaluation alone (docs/benchmarks.md).
-EVALUATION_BUDGET_BYTES = 640 * 2**20
-LARGEST_ACTIVATION_PER_INPUT = 16
+# Images per evaluation call are bounded by their size: a runtime holds each call's activations
+# while it runs. Measured with ONNX Runtime on B3's FP32 file (300 px, one run, RSS rise): 1 image
+# +31 MB, 8 images +294 MB, 38 images +1403 MB, about WORKING_SET_PER_INPUT times the float input
+# per image. 26 images of 224 px fit the budget, 300 px (B3) 14, 600 px (B7) 3. B3 at 38-64
+# raised compile's peak RSS by 1.3 GB in the FP32 ONNX evaluation alone (docs/benchmarks.md).
+EVALUATION_BUDGET_BYTES = 512 * 2**20
+WORKING_SET_PER_INPUT = 34
 
 
 def images_per_call(crops: np.ndarray, max_batch: int, batch: int | None = None) -> int:
     """How many of these crops (N, H, W, 3) one predict() call takes."""
-    per_image = LARGEST_ACTIVATION_PER_INPUT * 4 * int(np.prod(crops.shape[1:])) if crops.ndim == 4 else 1
+    per_image = WORKING_SET_PER_INPUT * 4 * int(np.prod(crops.shape[1:])) if crops.ndim == 4 else 1
     by_size = max(1, EVALUATION_BUDGET_BYTES // max(1, per_image))
     return max(1, min(batch or max_batch, max_batch, by_size))
 
