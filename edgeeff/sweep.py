@@ -24,6 +24,7 @@ import hashlib
 import json
 import os
 import re
+import signal
 import sys
 import time
 import tomllib
@@ -402,17 +403,24 @@ def _run_on_ray(pending: list[Cell], results: dict, settings: dict, local_cpus: 
             for cell in others:
                 refs[follow_task.remote(cell, shared_ref, workers)] = cell
         remaining = list(refs)
+        # Ctrl-C sets a flag that the loop reads between short waits: a KeyboardInterrupt raised
+        # while ray.wait blocks can be swallowed inside Ray (a sweep once ran on to exit 0).
+        interrupted = []
+        previous = signal.signal(signal.SIGINT, lambda *_: interrupted.append(True))
         try:
             while remaining:
-                done, remaining = ray.wait(remaining, num_returns=1)
-                cell = refs[done[0]]
-                try:
-                    result = ray.get(done[0])
-                except ray.exceptions.RayError as err:  # the worker died (killed, out of memory)
-                    cause = getattr(err, "cause", None) or err
-                    result = {**_result(cell), "status": "failed", "message": _one_line(cause)}
-                results[cell.id] = result
-                print(f"[{len(refs) - len(remaining)}/{len(refs)}] " + _line(result), flush=True)
+                done, remaining = ray.wait(remaining, num_returns=1, timeout=0.2)
+                for ref in done:
+                    cell = refs[ref]
+                    try:
+                        result = ray.get(ref)
+                    except ray.exceptions.RayError as err:  # the worker died (killed, out of memory)
+                        cause = getattr(err, "cause", None) or err
+                        result = {**_result(cell), "status": "failed", "message": _one_line(cause)}
+                    results[cell.id] = result
+                    print(f"[{len(refs) - len(remaining)}/{len(refs)}] " + _line(result), flush=True)
+                if interrupted and remaining:
+                    raise KeyboardInterrupt
         except KeyboardInterrupt:
             # ray.cancel raises KeyboardInterrupt inside each running cell, whose atomic_folder
             # then removes its temporary folder; wait a little for that before Ray is shut down.
@@ -424,6 +432,8 @@ def _run_on_ray(pending: list[Cell], results: dict, settings: dict, local_cpus: 
                   f"cancelled (no folder half-written); run the same command again to compile the rest",
                   file=sys.stderr)
             return 130
+        finally:
+            signal.signal(signal.SIGINT, previous)
     return None
 
 
