@@ -92,10 +92,15 @@ def get_recipe(name: str) -> dict:
                     f"known: {', '.join(recipes)} (or a path to a recipe .toml)")
 
 
+def _activation(model) -> str | None:
+    """The model's activation name (swish, hswish, relu6), which `*_by_activation` entries key on."""
+    return model.describe().get("act") if hasattr(model, "describe") else None
+
+
 def optimize_for_model(target: TargetProfile, model) -> str:
     """The target's --optimize default for the model's activation: `[quantization] optimize`,
     refined by `optimize_by_activation` (chosen by measurement, docs/quantization.md)."""
-    act = model.describe().get("act") if hasattr(model, "describe") else None
+    act = _activation(model)
     quant = target.quantization
     return dict(quant.get("optimize_by_activation", {})).get(act, quant.get("optimize", "off"))
 
@@ -103,7 +108,7 @@ def optimize_for_model(target: TargetProfile, model) -> str:
 def quantization_for_model(target: TargetProfile, model) -> dict:
     """The target's [quantization] table with each `<key>_by_activation` entry applied for the
     model's activation (chosen by measurement: `centre_pointwise_inputs` on `jetson-orin`)."""
-    act = model.describe().get("act") if hasattr(model, "describe") else None
+    act = _activation(model)
     quant = dict(target.quantization)
     for key, by_act in target.quantization.items():
         if key.endswith("_by_activation") and act in by_act and key != "optimize_by_activation":
@@ -115,7 +120,7 @@ def recipe_for_model(target: TargetProfile, recipe: dict, model) -> dict:
     """The target's default recipe refined for the model's activation (`calibration_by_activation`
     in the target file, chosen by measurement). A recipe the user chose with --calib-method other
     than the target's default is used as given."""
-    act = model.describe().get("act") if hasattr(model, "describe") else None
+    act = _activation(model)
     by_act = dict(target.raw.get("calibration_by_activation", {}))
     if act in by_act and recipe["name"] == target.calibration:
         return get_recipe(by_act[act])

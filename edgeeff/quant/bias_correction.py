@@ -21,6 +21,7 @@ from onnx import numpy_helper
 
 from ..progress import progress
 from .calibration import activation_bytes, bounded_runs
+from .qdq import centring_offset
 
 
 def _augmented(model: onnx.ModelProto, outputs: list[str]) -> bytes:
@@ -84,11 +85,7 @@ def correct_biases(qdq: onnx.ModelProto, fp32: onnx.ModelProto, inputs: np.ndarr
             continue
         # A centred input (qdq.shiftable_tensors): Q/DQ sees x + offset, and the layer's bias took
         # the offset back, so the layer computes W_q (q(x + offset) - offset).
-        centring = producers.get(xq.input[0])
-        offset = 0.0
-        if (centring is not None and centring.op_type == "Add" and centring.name.endswith("_centre")
-                and centring.input[1] in inits):
-            offset = float(numpy_helper.to_array(inits[centring.input[1]]))
+        offset = centring_offset(producers.get(xq.input[0]), inits) or 0.0
         original = fp32_nodes[node.name]
         if original.op_type == "Gemm" and not any(a.name == "transB" and a.i == 1 for a in original.attribute):
             continue

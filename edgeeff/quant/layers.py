@@ -21,6 +21,8 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from .qdq import centring_offset
+
 WEIGHTED_OPS = ("Conv", "Gemm", "MatMul")
 SINGLE_ACTIVATIONS = ("Clip", "Relu", "HardSwish", "Sigmoid")
 
@@ -130,9 +132,7 @@ def keep_float(int8: onnx.ModelProto, fp32: onnx.ModelProto, float_layers: list[
         (quant/qdq.py build_qdq) are the tensor plus a constant, which only the INT8 layer's
         moved bias takes back; a float layer reads the tensor itself with its FP32 bias."""
         p = producers.get(tensor)
-        if p is not None and p.op_type == "Add" and p.name.endswith("_centre") and p.input[1] in initializers:
-            return p.input[0]
-        return tensor
+        return p.input[0] if centring_offset(p, initializers) is not None else tensor
 
     drop, rename = set(), {}
     for tensor, (q, dqs) in _qdq_pairs(graph, set(initializers)).items():

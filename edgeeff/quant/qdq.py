@@ -341,21 +341,15 @@ def build_qdq(model: onnx.ModelProto, plan: Placement, ranges: dict[str, tuple[f
         new_inits.append(numpy_helper.from_array(np.array(-centres[t], np.float32), f"{t}_shift"))
         new_nodes.append(helper.make_node("Add", [t, f"{t}_shift"], [f"{t}_centred"], name=f"{t}_centre"))
     for t in plan.tensors:
-        if t in centres:
+        if t in centres:  # the centred tensor spans [-half, half]
             half = (shifted[t][1] - shifted[t][0]) / 2
-            scale = activation_scale(-half, half)
-            s, z = f"{t}_qdq_scale", f"{t}_qdq_zero"
-            new_inits += [numpy_helper.from_array(np.array(scale, np.float32), s),
-                          numpy_helper.from_array(np.array(0, np.int8), z)]
-            new_nodes += [helper.make_node("QuantizeLinear", [f"{t}_centred", s, z], [f"{t}_q"], name=f"{t}_Q"),
-                          helper.make_node("DequantizeLinear", [f"{t}_q", s, z], [f"{t}_dq"], name=f"{t}_DQ")]
-            rename[t] = f"{t}_dq"
-            continue
-        scale = activation_scale(*ranges[t])
+            source, scale = f"{t}_centred", activation_scale(-half, half)
+        else:
+            source, scale = t, activation_scale(*ranges[t])
         s, z = f"{t}_qdq_scale", f"{t}_qdq_zero"
         new_inits += [numpy_helper.from_array(np.array(scale, np.float32), s),
                       numpy_helper.from_array(np.array(0, np.int8), z)]
-        new_nodes += [helper.make_node("QuantizeLinear", [t, s, z], [f"{t}_q"], name=f"{t}_Q"),
+        new_nodes += [helper.make_node("QuantizeLinear", [source, s, z], [f"{t}_q"], name=f"{t}_Q"),
                       helper.make_node("DequantizeLinear", [f"{t}_q", s, z], [f"{t}_dq"], name=f"{t}_DQ")]
         rename[t] = f"{t}_dq"
     quantized_weights = {}
@@ -388,6 +382,13 @@ def build_qdq(model: onnx.ModelProto, plan: Placement, ranges: dict[str, tuple[f
     _topological_sort(graph)
     strip_unused_initializers(model)
     return model
+
+
+def centring_offset(node, inits) -> float | None:
+    """The constant a centring Add of build_qdq adds to its input (-m), or None for any other node."""
+    if node is not None and node.op_type == "Add" and node.name.endswith("_centre") and node.input[1] in inits:
+        return float(numpy_helper.to_array(inits[node.input[1]]))
+    return None
 
 
 def _take_back_shift(node, inits: dict, new_inits: list, centre: np.float32) -> None:
