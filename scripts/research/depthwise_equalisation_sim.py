@@ -21,7 +21,6 @@ images the ranges were not taken from, never the validation set a default is jud
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
@@ -29,26 +28,18 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 import torch  # noqa: E402
+from simulation_setup import common_arguments, load, logits_of  # noqa: E402
 
-from edgeeff.data.images import load_calibration  # noqa: E402
 from edgeeff.models.builder import forward_with_hooks  # noqa: E402
-from edgeeff.models.family import spec_for_variant  # noqa: E402
-from edgeeff.models.weights import load_model  # noqa: E402
 from edgeeff.profiles import get_recipe  # noqa: E402
 from edgeeff.quant.optimise import ActivationQuantizers, OptimiseSettings, depthwise_input_points  # noqa: E402
 from edgeeff.quant.simulation import _hook, activation_ranges, quant_points, simulated_int8  # noqa: E402
-from edgeeff.scoring import torch_batches  # noqa: E402
 
 BACKENDS = {
     "tensorrt": "edgeeff.backends.tensorrt",
     "onnxruntime": "edgeeff.backends.onnxruntime",
     "litert": "edgeeff.backends.litert",
 }
-
-
-@torch.no_grad()
-def logits_of(model, inputs: torch.Tensor, batch: int = 50) -> torch.Tensor:
-    return torch.cat([model(x) for x in inputs.split(batch)])
 
 
 @torch.no_grad()
@@ -73,32 +64,20 @@ def per_channel_absmax(model, points: dict, names: list[str], batches, q: float 
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--variant", default="b0")
-    parser.add_argument("--weights", type=Path, required=True)
-    parser.add_argument("--calib", type=Path, required=True)
-    parser.add_argument("--eval", type=Path, required=True, help="images to measure agreement on")
-    parser.add_argument("--range-images", type=int, default=64)
+    parser = common_arguments(__doc__)
     parser.add_argument("--backends", nargs="+", default=list(BACKENDS))
     parser.add_argument("--scale-groups", action="store_true",
                         help="split the model's wide-ranged sites first (quant/scale_groups.py), as rpi and jetson do")
     parser.add_argument("--out", type=Path, default=Path("docs/results/depthwise_equalisation_sim.json"))
     args = parser.parse_args()
-    torch.set_num_threads(2)
     import importlib
 
-    spec = spec_for_variant(args.variant)
-    model, _ = load_model(args.variant, args.weights)
-    model.eval()
-    calibration = load_calibration(args.calib, args.range_images, spec)
-    evaluation = load_calibration(args.eval, 10_000, spec)
-    batches = list(torch_batches(calibration.crops, spec, 16))
+    model, batches, inputs, calibration_images = load(args)
     if args.scale_groups:
         from edgeeff.quant.scale_groups import split_for_int8
 
         model, split = split_for_int8(model, batches)
         print("scale groups at", [site["site"] for site in split], flush=True)
-    inputs = torch.cat(list(torch_batches(evaluation.crops, spec, 50)))
     reference = logits_of(model, inputs)
     points = quant_points(model)
     dw_points = depthwise_input_points(model, points)
@@ -133,7 +112,7 @@ def main() -> int:
             print(f"{backend:<12} {mode:<12} agreement {agreement:6.2f}%  rel. logit error {rel:.4f}", flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"command": {k: str(v) for k, v in vars(args).items()},
-                                    "eval_images": len(inputs), "range_images": len(calibration),
+                                    "eval_images": len(inputs), "range_images": calibration_images,
                                     "depthwise_input_points": dw_points,
                                     "channel_spread_max_over_median": spreads, "rows": rows}, indent=2) + "\n")
     print(f"wrote {args.out}")

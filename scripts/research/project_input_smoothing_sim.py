@@ -24,7 +24,6 @@ SIMULATION), for alpha in `--alphas` (0 = today). Ranges from the target's recip
 
 from __future__ import annotations
 
-import argparse
 import copy
 import importlib
 import json
@@ -34,26 +33,18 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 import torch  # noqa: E402
+from simulation_setup import common_arguments, load, logits_of  # noqa: E402
 
-from edgeeff.data.images import load_calibration  # noqa: E402
 from edgeeff.models.builder import forward_with_hooks  # noqa: E402
-from edgeeff.models.family import spec_for_variant  # noqa: E402
-from edgeeff.models.weights import load_model  # noqa: E402
 from edgeeff.profiles import get_recipe  # noqa: E402
 from edgeeff.quant.optimise import ActivationQuantizers, OptimiseSettings  # noqa: E402
 from edgeeff.quant.simulation import activation_ranges, simulated_int8  # noqa: E402
-from edgeeff.scoring import torch_batches  # noqa: E402
 
 BACKENDS = {  # backend -> (module with SIMULATION, range recipe its target uses for swish models)
     "tensorrt": ("edgeeff.backends.tensorrt", "mse"),
     "onnxruntime": ("edgeeff.backends.onnxruntime", "percentile"),
     "litert": ("edgeeff.backends.litert", "percentile"),
 }
-
-
-@torch.no_grad()
-def logits_of(model, inputs: torch.Tensor, batch: int = 50) -> torch.Tensor:
-    return torch.cat([model(x) for x in inputs.split(batch)])
 
 
 @torch.no_grad()
@@ -96,25 +87,12 @@ def smoothed(model, absmax: dict[int, torch.Tensor], alpha: float):
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--variant", default="b0")
-    parser.add_argument("--weights", type=Path, required=True)
-    parser.add_argument("--calib", type=Path, required=True)
-    parser.add_argument("--eval", type=Path, required=True, help="images to measure agreement on")
-    parser.add_argument("--range-images", type=int, default=64)
+    parser = common_arguments(__doc__)
     parser.add_argument("--alphas", type=float, nargs="+", default=[0.0, 0.25, 0.5, 0.75])
     parser.add_argument("--backends", nargs="+", default=list(BACKENDS))
     parser.add_argument("--out", type=Path, default=Path("docs/results/project_input_smoothing_sim_b0.json"))
     args = parser.parse_args()
-    torch.set_num_threads(2)
-
-    spec = spec_for_variant(args.variant)
-    base, _ = load_model(args.variant, args.weights)
-    base.eval()
-    calibration = load_calibration(args.calib, args.range_images, spec)
-    evaluation = load_calibration(args.eval, 10_000, spec)
-    batches = list(torch_batches(calibration.crops, spec, 16))
-    inputs = torch.cat(list(torch_batches(evaluation.crops, spec, 50)))
+    base, batches, inputs, calibration_images = load(args)
     rows = []
     for backend in args.backends:
         module_name, recipe_name = BACKENDS[backend]
@@ -144,7 +122,7 @@ def main() -> int:
                   f"rel. logit error {rel:.4f}", flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"command": {k: str(v) for k, v in vars(args).items()},
-                                    "eval_images": len(inputs), "range_images": len(calibration),
+                                    "eval_images": len(inputs), "range_images": calibration_images,
                                     "rows": rows}, indent=2) + "\n")
     print(f"wrote {args.out}")
     return 0

@@ -20,7 +20,6 @@ images the ranges were not taken from, never the validation set a default is jud
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
@@ -28,11 +27,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 import torch  # noqa: E402
+from simulation_setup import common_arguments, load, logits_of  # noqa: E402
 
 from edgeeff.backends.tensorrt import SIMULATION  # noqa: E402
-from edgeeff.data.images import load_calibration  # noqa: E402
-from edgeeff.models.family import spec_for_variant  # noqa: E402
-from edgeeff.models.weights import load_model  # noqa: E402
 from edgeeff.profiles import get_recipe  # noqa: E402
 from edgeeff.quant.optimise import (  # noqa: E402
     ActivationQuantizers,
@@ -41,12 +38,6 @@ from edgeeff.quant.optimise import (  # noqa: E402
     residual_branch_points,
 )
 from edgeeff.quant.simulation import activation_ranges, quant_points, simulated_int8  # noqa: E402
-from edgeeff.scoring import torch_batches  # noqa: E402
-
-
-@torch.no_grad()
-def logits_of(model, inputs: torch.Tensor, batch: int = 50) -> torch.Tensor:
-    return torch.cat([model(x) for x in inputs.split(batch)])
 
 
 def groups_of(model, points: dict, quantized: list[str]) -> dict[str, list[str]]:
@@ -78,30 +69,17 @@ def groups_of(model, points: dict, quantized: list[str]) -> dict[str, list[str]]
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--variant", default="b0")
-    parser.add_argument("--weights", type=Path, required=True)
-    parser.add_argument("--calib", type=Path, required=True)
-    parser.add_argument("--eval", type=Path, required=True, help="images to measure agreement on")
-    parser.add_argument("--range-images", type=int, default=64)
+    parser = common_arguments(__doc__)
     parser.add_argument("--recipe", default="mse")
     parser.add_argument("--no-scale-groups", action="store_true")
     parser.add_argument("--out", type=Path, default=Path("docs/results/tensorrt_point_ablation_b0.json"))
     args = parser.parse_args()
-    torch.set_num_threads(2)
-
-    spec = spec_for_variant(args.variant)
-    model, _ = load_model(args.variant, args.weights)
-    model.eval()
-    calibration = load_calibration(args.calib, args.range_images, spec)
-    evaluation = load_calibration(args.eval, 10_000, spec)
-    batches = list(torch_batches(calibration.crops, spec, 16))
+    model, batches, inputs, calibration_images = load(args)
     if not args.no_scale_groups:
         from edgeeff.quant.scale_groups import split_for_int8
 
         model, split = split_for_int8(model, batches)
         print("scale groups at", [site["site"] for site in split], flush=True)
-    inputs = torch.cat(list(torch_batches(evaluation.crops, spec, 50)))
     reference = logits_of(model, inputs)
     points = quant_points(model)
     recipe = get_recipe(args.recipe)
@@ -165,7 +143,7 @@ def main() -> int:
         per_point[name] = measure(f"  {name} alone (float weights)", [name], weights=False)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"command": {k: str(v) for k, v in vars(args).items()},
-                                    "eval_images": len(inputs), "range_images": len(calibration),
+                                    "eval_images": len(inputs), "range_images": calibration_images,
                                     "simulation": {k: list(v) if isinstance(v, tuple) else v
                                                    for k, v in SIMULATION.items()},
                                     "residual_branches_float": residual_branch_points(points),
