@@ -532,6 +532,20 @@ def time_in_turns(rows: list[dict], artifacts: list, runners: dict, crop: np.nda
             rows[i] = artifact_row({**row, "latency_ms": latency})  # the contract's field order
 
 
+
+def folder_preprocess(spec, artifacts) -> dict:
+    """The report's and manifest's `preprocess`: what feeds this folder's files. The phone files
+    normalise inside their graph (targets' `pixel_input`, litert.build): they take pixel / 255, so
+    mean 0 and std 1 here, and `normalisation_in_model` keeps the model's own mean/std."""
+    d = spec.to_dict()
+    fed = {(a.spec.mean, a.spec.std) for a in artifacts}
+    if len(fed) == 1 and fed != {(spec.mean, spec.std)}:
+        mean, std = fed.pop()
+        d.update(mean=list(mean), std=list(std),
+                 normalisation_in_model={"mean": list(spec.mean), "std": list(spec.std),
+                                         "how": "a 1x1 depthwise conv at the input: (x - mean) / std per channel"})
+    return d
+
 def compile_model(opts: CompileOptions, shared: dict | None = None) -> tuple[Path, dict]:
     """Compile for one target; returns the output folder and its report. `opts.quiet` silences the
     stage messages too (they follow progress.QUIET, which the CLI sets), for callers that are not
@@ -773,7 +787,7 @@ def _compile(opts: CompileOptions, shared: dict | None = None) -> tuple[Path, di
 
         report = {
             "variant": opts.variant, "target": target.name, "backend": target.backend,
-            "preprocess": spec.to_dict(),
+            "preprocess": folder_preprocess(spec, artifacts),
             "calibration": {"source": "images" if opts.calib else "package-sample",
                             "path": str(opts.calib) if opts.calib else calibration.source,
                             "images": len(calibration), "method": recipe["method"], "recipe": recipe["name"],

@@ -145,12 +145,17 @@ def test_android_files_have_float_logits_and_metadata(android_quick):
         image = meta.subgraphMetadata[0].inputTensorMetadata[0]
         assert image.content.contentPropertiesType == 2 and image.content.contentProperties.colorSpace == 1  # RGB
         norm = image.processUnits[0].options
-        assert list(norm.mean) == [127.5] * 3 and list(norm.std) == [127.5] * 3  # Lite: 0.5, 0.5 on [0, 1]
+        # the files take the pixels and normalise inside (targets' pixel_input): mean 0, std 255
+        assert list(norm.mean) == [0.0] * 3 and list(norm.std) == [255.0] * 3
         scores = meta.subgraphMetadata[0].outputTensorMetadata[0]
         assert scores.associatedFiles[0].name == b"labels.txt" and scores.associatedFiles[0].type == 2  # axis labels
         assert a["metadata"]["classes"] == 1000
     int8 = next(a for a in report["artifacts"] if a["precision"] == "int8")
     assert int8["input"]["dtype"] == "uint8" and int8["output"]["dtype"] == "float32"
+    # the uint8 input is the pixel byte: x = pixel / 255 quantized with scale 1/255, zero point 0
+    assert (int8["input"]["scale"], int8["input"]["zero_point"]) == (pytest.approx(1 / 255), 0)
+    assert report["preprocess"]["mean"] == [0.0] * 3 and report["preprocess"]["std"] == [1.0] * 3
+    assert report["preprocess"]["normalisation_in_model"]["mean"] == [0.5] * 3
     assert int8["graph"]["integer_only"] and int8["graph"]["float_logits"]
 
 
@@ -164,7 +169,7 @@ def test_metadata_is_written_once_and_deterministically(android_quick, tmp_path)
     copy = tmp_path / "again.tflite"
     copy.write_bytes((folder / "model_int8.tflite").read_bytes())
     labels = (folder / "labels.txt").read_text().splitlines()
-    add_classifier_metadata(copy, labels, [0.5] * 3, [0.5] * 3, "EfficientNet lite0", _version(folder))
+    add_classifier_metadata(copy, labels, [0.0] * 3, [1.0] * 3, "EfficientNet lite0", _version(folder))
     assert copy.read_bytes() == (folder / "model_int8.tflite").read_bytes()
     schema = litert._schema()
     model = schema.Model.GetRootAs(copy.read_bytes(), 0)
@@ -191,9 +196,14 @@ def _mediapipe_top1(path, crops):
     return np.array([t.index for t in tops]), [t.category_name for t in tops]
 
 
-def _runner_top1(folder, name, crops, spec):
-    from edgeeff.backends import litert
+def _runner_top1(folder, name, crops):
+    """edgeeff's runner, fed as the folder's manifest says (pixel / 255 for the phone files)."""
+    import json
 
+    from edgeeff.backends import litert
+    from edgeeff.data.preprocess import PreprocessSpec
+
+    spec = PreprocessSpec.from_dict(json.loads((folder / "manifest.json").read_text())["preprocess"])
     runner = litert.open_runner(folder / name, 2, spec.with_layout("NHWC", "float32"))
     return runner.predict(runner.spec.to_model_input(crops)).argmax(1)
 
@@ -217,38 +227,55 @@ def _pixel_bytes_top1(path, crops):
 @pytest.mark.parametrize("name", ["model_int8.tflite", "model_fp32.tflite", "model_fp16.tflite"])
 def test_mediapipe_reads_the_android_file_from_its_metadata(android_quick, name):
     """On the packaged photos, MediaPipe's ImageClassifier, given only the file, names the classes
-    from the labels packed in it and computes what LiteRT does: a float input normalised with the
-    metadata's mean/std (= edgeeff's runner exactly); the uint8 input fed the pixel bytes, as
-    MediaPipe and the Task Library feed any uint8 input (edgeeff's runner quantizes the normalised
-    crop instead, one step apart on some pixels: their agreement is measured on val below)."""
+    from the labels packed in it and computes what edgeeff's runner does: a float input normalised
+    with the metadata's mean/std (0 and 255: the file normalises inside its graph), the uint8 input
+    fed the pixel bytes, which is exactly what the runner's quantized pixel / 255 gives (scale 1/255)."""
     from edgeeff.data.images import load_calibration
     from edgeeff.models.family import spec_for_variant
 
     folder, _ = android_quick
-    spec = spec_for_variant("lite0")
-    crops = load_calibration(None, 9, spec, quiet=True).crops
+    crops = load_calibration(None, 9, spec_for_variant("lite0"), quiet=True).crops
     index, names = _mediapipe_top1(folder / name, crops)
     labels = (folder / "labels.txt").read_text().splitlines()
     assert names == [labels[i] for i in index]
-    expected = _pixel_bytes_top1(folder / name, crops) if name == "model_int8.tflite" \
-        else _runner_top1(folder, name, crops, spec)
-    assert list(index) == list(expected)
+    assert list(index) == list(_runner_top1(folder, name, crops))
+    if name == "model_int8.tflite":
+        assert list(index) == list(_pixel_bytes_top1(folder / name, crops))
+
+
+@pytest.mark.slow
+def test_mediapipe_runs_a_per_channel_model_android_file(tmp_path):
+    """A B model (ImageNet's per-channel mean/std, which MediaPipe refuses in metadata) compiled for
+    android: every file takes the pixels and normalises inside, MediaPipe runs it and agrees with
+    edgeeff's runner image for image."""
+    pytest.importorskip("mediapipe", reason="the phone extra (MediaPipe) is not installed")
+    pytest.importorskip("litert_torch", reason="the tflite extra is not installed")
+    from edgeeff.data.images import load_calibration
+    from edgeeff.models.family import spec_for_variant
+
+    folder, report = compile_model(tmp_path, "b0", "android", "--random-weights", "--optimize", "off",
+                                   "--calib-count", "4", "--latency-runs", "1", "--quiet")
+    assert report["preprocess"]["normalisation_in_model"]["std"] == list(spec_for_variant("b0").std)
+    crops = load_calibration(None, 9, spec_for_variant("b0"), quiet=True).crops
+    for a in report["artifacts"]:
+        assert "note" not in a["metadata"]  # one mean/std: nothing MediaPipe refuses
+        index, _ = _mediapipe_top1(folder / a["file"], crops)
+        assert list(index) == list(_runner_top1(folder, a["file"], crops)), a["file"]
 
 
 @needs_shared
 @pytest.mark.slow
 def test_mediapipe_agrees_with_edgeeffs_runner_on_validation_images(android_quick, sample):
-    """Every 5th validation image (130): MediaPipe feeds the uint8 file the pixel bytes themselves,
-    edgeeff quantizes the normalised crop (one step apart on some pixels, docs/quantization.md): the
-    INT8 file's top-1 agrees on at least 97% (on all 650 val images, compiled with the 300
-    calibration images: FP32 100%, INT8 99.08%)."""
+    """Every 5th validation image (130): MediaPipe feeds the uint8 file the pixel bytes, which is
+    what edgeeff's runner feeds it too since the files normalise inside their graph: every file's
+    top-1 agrees on every image (before, the INT8 file took the normalised crop quantized, one
+    step apart on some pixels: 99.08% on all 650)."""
     from edgeeff.data.images import load_validation, resolve_labels
     from edgeeff.models.family import spec_for_variant
 
     folder, _ = android_quick
-    spec = spec_for_variant("lite0")
-    crops = load_validation(sample / "val", resolve_labels(None), spec, quiet=True).crops[::5]
-    for name, bar in (("model_fp32.tflite", 100.0), ("model_int8.tflite", 97.0)):
+    crops = load_validation(sample / "val", resolve_labels(None), spec_for_variant("lite0"), quiet=True).crops[::5]
+    for name in ("model_fp32.tflite", "model_int8.tflite"):
         index, _ = _mediapipe_top1(folder / name, crops)
-        agreement = 100 * float((index == _runner_top1(folder, name, crops, spec)).mean())
-        assert agreement >= bar, (name, agreement)
+        agreement = 100 * float((index == _runner_top1(folder, name, crops)).mean())
+        assert agreement == 100.0, (name, agreement)

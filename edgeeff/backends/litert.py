@@ -113,8 +113,23 @@ def _captured_output(quiet: bool = True):
 
 # ---------------------------------------------------------------- conversion
 
-def convert_float(model, resolution: int, path: Path) -> Path:
-    """PyTorch module (NCHW) -> float32 .tflite with an NHWC input of (1, res, res, 3)."""
+def input_normalisation(mean, std):
+    """(x - mean) / std per channel as one 1x1 depthwise conv (weight 1/std, bias -mean/std): in the
+    INT8 file a single DEPTHWISE_CONV_2D whose one weight per channel INT8 holds exactly (per-channel
+    scale), where a SUB and a MUL would each round the image once more."""
+    import torch
+
+    conv = torch.nn.Conv2d(3, 3, 1, groups=3, bias=True)
+    with torch.no_grad():
+        std_t = torch.tensor(std, dtype=torch.float32)
+        conv.weight.copy_((1.0 / std_t).reshape(3, 1, 1, 1))
+        conv.bias.copy_(-torch.tensor(mean, dtype=torch.float32) / std_t)
+    return conv
+
+
+def convert_float(model, resolution: int, path: Path, normalise=None) -> Path:
+    """PyTorch module (NCHW) -> float32 .tflite with an NHWC input of (1, res, res, 3).
+    `normalise=(mean, std)`: the file takes pixel / 255 and normalises inside its graph."""
     import litert_torch
     import torch
 
@@ -122,9 +137,10 @@ def convert_float(model, resolution: int, path: Path) -> Path:
         def __init__(self, inner):
             super().__init__()
             self.inner = inner
+            self.normalise = input_normalisation(*normalise) if normalise is not None else torch.nn.Identity()
 
         def forward(self, x):
-            x = x.permute(0, 3, 1, 2)
+            x = self.normalise(x.permute(0, 3, 1, 2))
             inner = self.inner
             if not all(hasattr(inner, a) for a in ("features", "dropout", "classifier")):
                 return inner(x)
@@ -263,10 +279,12 @@ class Int8Calibration:
 
 
 def calibrate_int8(float_path: Path, calib_inputs: np.ndarray, recipe: dict, threads: int = 2,
-                   quiet: bool = False, batch: int = 25, range_overrides=None) -> Int8Calibration:
+                   quiet: bool = False, batch: int = 25, range_overrides=None,
+                   input_range: tuple[float, float] | None = None) -> Int8Calibration:
     """Run ai-edge-quantizer's calibrator on `calib_inputs` (float NHWC, preprocessed) and choose each
     activation tensor's range by the recipe. `range_overrides(float_path) -> ({tensor: (low, high)},
-    info)`: ranges replacing the recipe's (--optimize ranges)."""
+    info)`: ranges replacing the recipe's (--optimize ranges). `input_range`: the graph input's
+    range, fixed (a file taking pixel / 255 gets [0, 1]: its uint8 input is then the pixel byte)."""
     from ai_edge_litert.interpreter import Interpreter
     from ai_edge_quantizer import calibrator
 
@@ -308,6 +326,9 @@ def calibrate_int8(float_path: Path, calib_inputs: np.ndarray, recipe: dict, thr
         for name, (low, high) in searched.items():
             if name in ranges and np.size(ranges[name]["min"]) == 1:
                 ranges[name] = _with_range(ranges[name], low, high)
+    if input_range is not None:
+        name = interp.get_input_details()[0]["name"]
+        ranges[name] = _with_range(ranges[name], *input_range)
     ranges = floor_hard_swish_inputs(ranges, hard_swish)
     info = {"calibration": recipe["method"], "calibration_images": int(len(calib_inputs))}
     if recipe["method"] in ("percentile", "mse"):
@@ -649,13 +670,14 @@ def _io_fields(path: Path) -> dict:
 
 def _searched_ranges(job, calib_nhwc: np.ndarray):
     """--optimize's searched ranges as a `range_overrides(float_path)` for the .tflite converted
-    from job.optimised_model, or None."""
+    from job.optimised_model, or None. `calib_nhwc`: the images as the file takes them."""
     if job.optimisation is None or not job.optimisation.get("ranges"):
         return None
     from ..quant.tensor_names import rename_ranges, tflite_tensors_for_points
 
-    return lambda float_path: rename_ranges(job.optimisation["ranges"],
-                                            tflite_tensors_for_points(job.optimised_model, float_path, calib_nhwc))
+    model_input = job.spec.with_layout("NHWC", "float32").to_model_input(job.calibration.crops[:1])
+    return lambda float_path: rename_ranges(job.optimisation["ranges"], tflite_tensors_for_points(
+        job.optimised_model, float_path, model_input, file_input=calib_nhwc))
 
 
 def build(job) -> list:
@@ -665,7 +687,13 @@ def build(job) -> list:
 
     target = job.target
     io_dtype = target.input_dtype
-    spec = job.spec.with_layout("NHWC", "float32")  # the runner quantizes from the normalised float
+    # android, ios: the files take the pixels (x = pixel / 255) and normalise inside the graph, so
+    # MediaPipe's and the Task Library's classifiers need one mean/std (0, 255 in pixel units) for
+    # every variant (they refuse the B models' per-channel ImageNet mean/std), and the uint8 input of
+    # the INT8 file is the pixel byte itself, which is what those classifiers feed it.
+    normalise = (tuple(job.spec.mean), tuple(job.spec.std)) if target.raw.get("pixel_input", False) else None
+    spec = job.spec.pixels_only() if normalise else job.spec
+    spec = spec.with_layout("NHWC", "float32")  # the runner quantizes from this float input
     fp32 = job.workdir / "model_fp32.tflite"
     int8 = job.workdir / "model_int8.tflite"
     # --optimize rounding: the INT8 file is quantized from the same graph with its weights on their
@@ -674,20 +702,21 @@ def build(job) -> list:
     # the workdir's dot-files before it publishes the folder.
     source = fp32
     with _captured_output():
-        convert_float(job.model, spec.resolution, fp32)
+        convert_float(job.model, spec.resolution, fp32, normalise)
         if (job.optimisation or {}).get("setting") == "rounding":
             source = job.workdir / ".int8_source.tflite"
-            convert_float(job.optimised_model, spec.resolution, source)
+            convert_float(job.optimised_model, spec.resolution, source, normalise)
     calib = spec.to_model_input(job.calibration.crops)
     calibration = calibrate_int8(source, calib, job.recipe, threads=job.threads, quiet=job.quiet,
-                                 range_overrides=_searched_ranges(job, calib))
+                                 range_overrides=_searched_ranges(job, calib),
+                                 input_range=(0.0, 1.0) if normalise else None)
     float_logits = target.quantization.get("logits", "int8") == "float"
     # android, ios: TFLite metadata (normalisation, labels) for MediaPipe's and the Task Library's classifiers
     metadata = None
     if target.raw.get("metadata", False):
         from ..version import __version__
 
-        metadata = {"labels": list(job.labels), "mean_01": list(job.spec.mean), "std_01": list(job.spec.std),
+        metadata = {"labels": list(job.labels), "mean_01": list(spec.mean), "std_01": list(spec.std),
                     "name": f"EfficientNet {job.variant}", "version": f"edgeeff {__version__}"}
     int8_build = Int8Build(source, calibration, io_dtype, float_logits, metadata)
     details = int8_details(calibration, int8_build.write(int8))

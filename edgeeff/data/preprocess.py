@@ -54,6 +54,11 @@ class PreprocessSpec:
     def with_layout(self, layout: str, input_dtype: str | None = None) -> "PreprocessSpec":
         return replace(self, layout=layout, input_dtype=input_dtype or self.input_dtype)
 
+    def pixels_only(self) -> "PreprocessSpec":
+        """The same crop with mean 0, std 1: the input of a file that normalises inside its graph
+        (x = pixel / 255 in [0, 1]; litert.build's phone files)."""
+        return replace(self, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
+
     def to_model_input(self, crops: np.ndarray) -> np.ndarray:
         """uint8 crops (N, H, W, 3) -> this spec's model input."""
         return device.model_input(crops, self.mean, self.std, self.layout, self.input_dtype)

@@ -80,13 +80,16 @@ def onnx_tensors_for_points(model: nn.Module, graph, x: np.ndarray) -> dict[str,
     return _match(point_values(model, torch.from_numpy(x)), theirs)
 
 
-def tflite_tensors_for_points(model: nn.Module, path, x_nhwc: np.ndarray) -> dict[str, list[str]]:
-    """The same for a float .tflite (NHWC), run on one image in the LiteRT interpreter."""
+def tflite_tensors_for_points(model: nn.Module, path, x_nhwc: np.ndarray,
+                              file_input: np.ndarray | None = None) -> dict[str, list[str]]:
+    """The same for a float .tflite (NHWC), run on one image in the LiteRT interpreter.
+    `file_input`: that image as the file takes it, where the file normalises inside its graph."""
     from ai_edge_litert.interpreter import Interpreter
 
     it = Interpreter(model_path=str(path), experimental_preserve_all_tensors=True)
     it.allocate_tensors()
-    it.set_tensor(it.get_input_details()[0]["index"], x_nhwc[:1].astype(np.float32))
+    fed = x_nhwc if file_input is None else file_input
+    it.set_tensor(it.get_input_details()[0]["index"], fed[:1].astype(np.float32))
     it.invoke()
     theirs = {}
     for detail in it.get_tensor_details():
