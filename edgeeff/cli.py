@@ -23,7 +23,7 @@ def _add_data_flags(p: argparse.ArgumentParser) -> None:
 
 
 def _add_compile_flags(c: argparse.ArgumentParser) -> None:
-    c.add_argument("--variant", required=True, help="b0..b7, lite0..lite4, v2-b0..v2-b3, v2-s/m/l, or an alias such as "
+    c.add_argument("--variant", required=True, help="b0..b7, lite0..lite4, v2-b0..v2-b3, v2-s/m/l, v2-rw-t/s/m, or an alias such as "
                         "tf_efficientnetv2_s (`edgeeff variants`)")
     c.add_argument("--calib", type=Path, help="folder of calibration images (default: scikit-image's sample photos)")
     c.add_argument("--calib-count", type=int, default=300, help="calibration images to use (default 300)")
@@ -281,9 +281,10 @@ def cmd_variants(_args) -> int:
     for name, v in VARIANTS.items():
         model = build_model(name)
         se = ("MBConv stages" if v.v2 else "yes") if v.default_se else "no"
-        rows.append([name, str(v.resolution), f"{v.width:g}", f"{v.depth:g}", v.default_act, se,
+        depth = f"{min(v.stage_depths):g}-{max(v.stage_depths):g}" if v.stage_depths else f"{v.depth:g}"
+        rows.append([name, str(v.resolution), f"{v.width:g}", depth, v.default_act, se,
                      f"{count_parameters(model) / 1e6:.2f}", f"{count_macs(model) / 1e9:.2f}",
-                     ", ".join(a for a in v.aliases if a.startswith(("tf_", "efficientnet_")))])
+                     ", ".join(a for a in v.aliases if a.startswith(("tf_", "efficientnet_", "efficientnetv2_rw")))])
     print(format_table(rows))
     return 0
 

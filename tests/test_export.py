@@ -27,7 +27,8 @@ def test_fp32_onnx_matches_pytorch(tmp_path, variant, real):
     assert (ours.argmax(1) == ref.argmax(1)).all()
 
 
-V2_VARIANTS = ("v2-b0", "v2-b1", "v2-b2", "v2-b3", "v2-s", "v2-m", "v2-l")
+V2_VARIANTS = ("v2-b0", "v2-b1", "v2-b2", "v2-b3", "v2-s", "v2-m", "v2-l",
+               "v2-rw-s")  # rw_t and rw_m: V2-S and rw_s tables scaled (their counts: test_family)
 
 
 @pytest.mark.parametrize("variant", V2_VARIANTS)

@@ -82,6 +82,41 @@ def test_v2_base_parameter_counts_equal_timm(variant, published):
     assert params == exact
 
 
+# timm's own V2s (timm/models/efficientnet.py `_gen_efficientnetv2_s`, rw_t = V2-S scaled (0.8, 0.9);
+# rw_s/rw_m with rw=True). results-imagenet.csv's param_count: 13.65, 23.94, 53.24 (millions); the
+# exact totals were counted on timm 1.0.31's own models (timm.create_model, pretrained=False), built
+# here with torchvision stubbed out (it does not import beside the CPU torch): that run also loaded
+# timm's random-init state dicts into the builder through edgeeff's loader and got the same logits
+# (max abs difference 0.0), which test_weights checks on state dicts these tests build.
+TIMM_V2_RW = {"v2-rw-t": (13.65, 13_649_388), "v2-rw-s": (23.94, 23_941_296), "v2-rw-m": (53.24, 53_236_442)}
+
+
+@pytest.mark.parametrize("variant,published", TIMM_V2_RW.items())
+def test_v2_rw_parameter_counts_equal_timm(variant, published):
+    millions, exact = published
+    params = count_parameters(build_model(variant))
+    assert round(params / 1e6, 2) == millions
+    assert params == exact
+
+
+def test_v2_rw_tables():
+    """rw_s/rw_m: an EdgeResidual first stage (3x3 then 1x1 at expand ratio 1, where V2-S has one 3x3
+    conv), 272 channels last, head 1792 (x1.2 for rw_m: 2152); rw_m's depth per stage (1.2 x4, 1.6 x2);
+    rw_t: V2-S's table at (0.8, 0.9) with timm's 10% rounding rule (stem 24, not 16)."""
+    rw_s = build_model("v2-rw-s")
+    first = rw_s.blocks[0]
+    assert first.expand.conv.kernel_size == (3, 3) and first.project.conv.kernel_size == (1, 1)
+    assert first.has_residual and rw_s.head.conv.out_channels == 1792
+    assert rw_s.blocks[-1].project.conv.out_channels == 272
+    assert [p.stage for p in block_plan(VARIANTS["v2-rw-m"])].count(5) == 24  # ceil(15 * 1.6)
+    assert build_model("v2-rw-m").head.conv.out_channels == 2152
+    rw_t = build_model("v2-rw-t")
+    assert rw_t.stem.conv.out_channels == 24 and rw_t.blocks[0].expand is None
+    assert rw_t.head.conv.out_channels == 1024
+    assert [(v.train_resolution, v.resolution) for v in (VARIANTS[f"v2-rw-{n}"] for n in "tsm")] == \
+        [(224, 288), (288, 384), (320, 416)]
+
+
 def test_v2_stage_tables_follow_effnetv2_configs():
     s = block_plan(VARIANTS["v2-s"])
     assert len(s) == 2 + 4 + 4 + 6 + 9 + 15
@@ -110,7 +145,7 @@ def test_v2_se_only_in_mbconv_blocks_and_fused_blocks_have_no_depthwise():
 
 @pytest.mark.parametrize("alias,name", [("tf_efficientnetv2_b0", "v2-b0"), ("efficientnetv2_s", "v2-s"),
                                         ("efficientnet_v2_l", "v2-l"), ("efficientnetv2-m", "v2-m"),
-                                        ("v2-b3", "v2-b3"), ("b3", "b3")])
+                                        ("v2-b3", "v2-b3"), ("b3", "b3"), ("efficientnetv2_rw_s", "v2-rw-s")])
 def test_v2_aliases(alias, name):
     from edgeeff.models.family import resolve_variant
 

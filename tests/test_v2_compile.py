@@ -104,9 +104,10 @@ def _node_weights_and_attributes(path):
 
 @pytest.mark.slow
 def test_v2_b0_torchvision_weights_are_the_same_model_with_torchvision_conventions(v2_files, timm_compile, tmp_path):
-    """The same tensors in torchvision's layout. What the layout changes is loading alone: after
-    load_model the pipeline sees only the model and its conventions. So this compiles one target
-    (onnx; the five are the timm test's, ~95 s more here) and checks the rest exactly:
+    """The same tensors in torchvision's layout, compiled for the five targets in one command
+    (issue #22's bar: both layouts on every target; the jetson QDQ model of a symmetric-padding V2
+    passes the TensorRT rules check too). What the layout changes is loading alone: after
+    load_model the pipeline sees only the model and its conventions, checked exactly:
 
     - both files load to the same edgeeff state dict (torch.equal for every tensor);
     - the conventions differ, legitimately: torchvision's V2 pads symmetrically with eps 1e-3 (its
@@ -123,19 +124,24 @@ def test_v2_b0_torchvision_weights_are_the_same_model_with_torchvision_conventio
     assert timm_state.keys() == tv_state.keys()
     assert all(torch.equal(timm_state[k], tv_state[k]) for k in timm_state)
 
-    assert main(["compile", "--variant", "v2-b0", "--weights", str(torchvision_file), "--target", "onnx",
+    assert main(["compile", "--variant", "v2-b0", "--weights", str(torchvision_file), "--target", ",".join(TARGETS),
                  "--out", str(tmp_path), *QUICK]) == 0
-    report = json.loads((tmp_path / "v2-b0-onnx" / "report.json").read_text())
-    timm_report = json.loads((timm_compile[0] / "v2-b0-onnx" / "report.json").read_text())
-    weights = report["model"]["weights"]
-    assert (weights["format"], weights["sha256"]) == ("torchvision", _sha256(torchvision_file))
-    assert {k: weights["conventions"][k] for k in ("padding", "bn_eps", "how")} == \
-        {"padding": "symmetric", "bn_eps": TF_BN_EPS, "how": "layout"}
-    assert report["warnings"] == []
-    # torchvision publishes no V2-B0, so no transforms of its own: timm's preprocessing for both.
-    assert report["preprocess"] == timm_report["preprocess"]
-    assert report["model"]["parameters"] == timm_report["model"]["parameters"]
-    assert {a["file"] for a in report["artifacts"]} == {"model_fp32.onnx", "model_int8.onnx"}
+    for target in TARGETS:
+        report = json.loads((tmp_path / f"v2-b0-{target}" / "report.json").read_text())
+        timm_report = json.loads((timm_compile[0] / f"v2-b0-{target}" / "report.json").read_text())
+        weights = report["model"]["weights"]
+        assert (weights["format"], weights["sha256"]) == ("torchvision", _sha256(torchvision_file))
+        assert {k: weights["conventions"][k] for k in ("padding", "bn_eps", "how")} == \
+            {"padding": "symmetric", "bn_eps": TF_BN_EPS, "how": "layout"}
+        assert report["warnings"] == []
+        # torchvision publishes no V2-B0, so no transforms of its own: timm's preprocessing for both.
+        assert report["preprocess"] == timm_report["preprocess"]
+        assert report["model"]["parameters"] == timm_report["model"]["parameters"]
+        assert {a["file"] for a in report["artifacts"]} == {a["file"] for a in timm_report["artifacts"]}
+    qdq = json.loads((tmp_path / "v2-b0-jetson-orin" / "report.json").read_text())["artifacts"]
+    checks = [a["quantization"]["tensorrt_rules_check"] for a in qdq
+              if "tensorrt_rules_check" in a.get("quantization", {})]
+    assert checks and all(check["passed"] for check in checks)
 
     ours = _node_weights_and_attributes(tmp_path / "v2-b0-onnx" / "model_fp32.onnx")
     theirs = _node_weights_and_attributes(timm_compile[0] / "v2-b0-onnx" / "model_fp32.onnx")

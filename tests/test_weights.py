@@ -505,6 +505,21 @@ def test_v2_layouts_map_onto_the_builder_with_their_conventions(tmp_path, fmt, c
     _assert_same(model, state)
 
 
+@pytest.mark.parametrize("size", ["t", "s"])
+def test_timm_v2_rw_checkpoints_load_with_pytorch_conventions(tmp_path, size):
+    """A timm training checkpoint of efficientnetv2_rw_*: the keys of the EdgeResidual first stage
+    (conv_exp/bn1/conv_pwl/bn2 at expand ratio 1) map, and its arch says PyTorch conventions."""
+    variant = f"v2-rw-{size}"
+    state = _random_native(variant)
+    path = tmp_path / "best.pth"
+    torch.save({"state_dict": to_timm(state, variant), "arch": f"efficientnetv2_rw_{size}"}, path)
+    model, info = load_model(variant, weights=path)
+    assert info.format == "timm" and (model.same_padding, model.bn_eps) == (False, TORCH_BN_EPS)
+    _assert_same(model, state)
+    if size == "s":
+        assert "blocks.0.0.conv_exp.weight" in to_timm(state, variant)
+
+
 def test_v2_layout_keys_are_the_libraries_own():
     """Spot checks of the converted names against the libraries' module paths."""
     state = _random_native("v2-s")

@@ -14,6 +14,7 @@ from torch import nn
 
 from .family import (
     ACTIVATIONS,
+    EDGE,
     FUSED,
     VARIANTS,
     BlockPlan,
@@ -112,15 +113,17 @@ class MBConv(nn.Module):
     Fused-MBConv (EfficientNetV2, `plan.kind == FUSED`) is the same block with the expand conv
     taking the depthwise conv's kernel and stride and no depthwise conv (`dw` is None) nor SE:
     expand kxk -> project 1x1; with expand ratio 1 the project conv alone is the kxk conv, with
-    the activation (effnetv2_model.py FusedMBConvBlock).
+    the activation (effnetv2_model.py FusedMBConvBlock), except for EDGE (timm's EdgeResidual),
+    which keeps the kxk expand conv at ratio 1.
     """
 
     def __init__(self, plan: BlockPlan, act: str, se: bool, same_padding: bool, bn_eps: float):
         super().__init__()
         mid = plan.mid_channels
         conv = dict(same_padding=same_padding, bn_eps=bn_eps)
-        fused = plan.kind == FUSED
-        if plan.expand_ratio == 1:
+        fused = plan.kind in (FUSED, EDGE)
+        single_conv = plan.kind == FUSED and plan.expand_ratio == 1
+        if plan.expand_ratio == 1 and plan.kind != EDGE:
             self.expand = None
         elif fused:
             self.expand = ConvBNAct(plan.in_channels, mid, plan.kernel, stride=plan.stride, act=act, **conv)
@@ -128,7 +131,7 @@ class MBConv(nn.Module):
             self.expand = ConvBNAct(plan.in_channels, mid, 1, act=act, **conv)
         self.dw = None if fused else ConvBNAct(mid, mid, plan.kernel, stride=plan.stride, groups=mid, act=act, **conv)
         self.se = SqueezeExcite(mid, plan.se_channels, act) if se and not fused else None
-        if fused and plan.expand_ratio == 1:
+        if single_conv:
             self.project = ConvBNAct(mid, plan.out_channels, plan.kernel, stride=plan.stride, act=act, **conv)
         else:
             self.project = ConvBNAct(mid, plan.out_channels, 1, act=None, **conv)

@@ -19,6 +19,9 @@ from ..data.preprocess import PreprocessSpec
 
 MBCONV = "mbconv"
 FUSED = "fused"
+# timm's EdgeResidual at expand ratio 1 (`er_r2_k3_s1_e1_c24`, efficientnetv2_rw_s/m's first stage):
+# a Fused-MBConv that keeps both convs, kxk and project 1x1, where FUSED at ratio 1 is one kxk conv.
+EDGE = "edge"
 
 
 @dataclass(frozen=True)
@@ -65,6 +68,12 @@ V2_L_STAGES: tuple[StageConfig, ...] = tuple(StageConfig(*row) for row in (
     (4, 3, 2, 96, 192, 10, _M), (6, 3, 1, 192, 224, 19, _M), (6, 3, 2, 224, 384, 25, _M),
     (6, 3, 1, 384, 640, 7, _M)))
 
+# timm's own EfficientNetV2s (timm/models/efficientnet.py `_gen_efficientnetv2_s`): rw_t is V2-S's table
+# scaled (0.8, 0.9); rw_s and rw_m ("rw=True", Ross Wightman's reading of the paper's figure before
+# the official release) take an EdgeResidual first stage, 272 channels in the last, a 1792 head.
+V2_RW_STAGES: tuple[StageConfig, ...] = (StageConfig(1, 3, 1, 24, 24, 2, EDGE), *V2_S_STAGES[1:5],
+                                         StageConfig(6, 3, 2, 160, 272, 15, MBCONV))
+
 STEM_CHANNELS = 32  # V1; V2's stem is its first stage's input width (effnetv2_model.py, Stem)
 HEAD_CHANNELS = 1280  # V1 and V2
 SE_RATIO = 0.25  # squeeze width relative to the block's *input* channels, as in the paper
@@ -88,6 +97,9 @@ class Variant:
     stages: tuple[StageConfig, ...] = B0_STAGES
     train_resolution: int | None = None  # V2's published training size; None: the evaluation one
     aliases: tuple[str, ...] = ()
+    head: int = HEAD_CHANNELS  # before width scaling
+    stage_depths: tuple[float, ...] | None = None  # a depth coefficient per stage (timm's rw_m), else `depth`
+    channel_round_limit: float | None = None  # None: V1's 0.9, V2's 0.0 (round_limit)
 
     @property
     def v2(self) -> bool:
@@ -97,6 +109,8 @@ class Variant:
     def round_limit(self) -> float:
         # V1's round_filters never rounds down by more than 10%; V2's (effnetv2_model.py) has no such
         # rule, nor timm's V2 Base (round_limit=0.)
+        if self.channel_round_limit is not None:
+            return self.channel_round_limit
         return 0.0 if self.v2 else 0.9
 
     @property
@@ -132,6 +146,15 @@ def _v2(size, stages, width, depth, train, resolution, dropout):
                    aliases=aliases)
 
 
+def _v2_rw(size, width, depth, train, resolution, stage_depths=None):
+    """timm's efficientnetv2_rw_{t,s,m}: trained in PyTorch (padding symmetric, eps 1e-5, from the
+    name), channels rounded as timm's round_channels does (never down by more than 10%)."""
+    rw = size != "t"  # rw_t is V2-S's own table, scaled
+    return Variant(f"v2-rw-{size}", width, depth, resolution, 0.2, stages=V2_RW_STAGES if rw else V2_S_STAGES,
+                   train_resolution=train, aliases=(f"efficientnetv2_rw_{size}",),
+                   head=1792 if rw else HEAD_CHANNELS, stage_depths=stage_depths, channel_round_limit=0.9)
+
+
 # (width, depth, resolution, dropout) as published for B0-B7 and Lite0-4.
 VARIANTS: dict[str, Variant] = {
     v.name: v
@@ -157,6 +180,10 @@ VARIANTS: dict[str, Variant] = {
         _v2("s", V2_S_STAGES, 1.0, 1.0, 300, 384, 0.2),
         _v2("m", V2_M_STAGES, 1.0, 1.0, 384, 480, 0.3),
         _v2("l", V2_L_STAGES, 1.0, 1.0, 384, 480, 0.4),
+        # timm's default_cfgs: (train input_size, test_input_size) 224/288, 288/384, 320/416
+        _v2_rw("t", 0.8, 0.9, 224, 288),
+        _v2_rw("s", 1.0, 1.0, 288, 384),
+        _v2_rw("m", 1.2, 1.0, 320, 416, stage_depths=(1.2,) * 4 + (1.6,) * 2),
     )
 }
 ALIASES: dict[str, str] = {alias: v.name for v in VARIANTS.values() for alias in v.aliases}
@@ -218,7 +245,7 @@ def stem_channels(variant: Variant) -> int:
 
 
 def head_channels(variant: Variant) -> int:
-    return HEAD_CHANNELS if variant.lite else _round(HEAD_CHANNELS, variant)
+    return HEAD_CHANNELS if variant.lite else _round(variant.head, variant)
 
 
 def block_plan(variant: Variant) -> list[BlockPlan]:
@@ -233,7 +260,7 @@ def block_plan(variant: Variant) -> list[BlockPlan]:
         if variant.lite and index in (0, last_stage):
             repeats = stage.repeats  # Lite keeps the first and last stage at B0 depth
         else:
-            repeats = round_repeats(stage.repeats, variant.depth)
+            repeats = round_repeats(stage.repeats, (variant.stage_depths or [variant.depth] * (index + 1))[index])
         for i in range(repeats):
             blocks.append(
                 BlockPlan(
@@ -268,10 +295,16 @@ V2_PREPROCESS: dict[str, dict[str, tuple]] = {
              "v2-b3": (0.904, "bicubic", IMAGENET_MEAN, IMAGENET_STD),
              "v2-s": (1.0, "bicubic", LITE_MEAN, LITE_STD),
              "v2-m": (1.0, "bicubic", LITE_MEAN, LITE_STD),
-             "v2-l": (1.0, "bicubic", LITE_MEAN, LITE_STD)},
+             "v2-l": (1.0, "bicubic", LITE_MEAN, LITE_STD),
+             "v2-rw-t": (1.0, "bicubic", IMAGENET_MEAN, IMAGENET_STD),
+             "v2-rw-s": (1.0, "bicubic", IMAGENET_MEAN, IMAGENET_STD),
+             "v2-rw-m": (1.0, "bicubic", IMAGENET_MEAN, IMAGENET_STD)},
     "torchvision": {"v2-s": (1.0, "bilinear", IMAGENET_MEAN, IMAGENET_STD),
                     "v2-m": (1.0, "bilinear", IMAGENET_MEAN, IMAGENET_STD),
-                    "v2-l": (1.0, "bicubic", LITE_MEAN, LITE_STD)},
+                    "v2-l": (1.0, "bicubic", LITE_MEAN, LITE_STD),
+             "v2-rw-t": (1.0, "bicubic", IMAGENET_MEAN, IMAGENET_STD),
+             "v2-rw-s": (1.0, "bicubic", IMAGENET_MEAN, IMAGENET_STD),
+             "v2-rw-m": (1.0, "bicubic", IMAGENET_MEAN, IMAGENET_STD)},
 }
 
 

