@@ -269,7 +269,8 @@ def optimise_int8(opts: CompileOptions, target: TargetProfile, backend, deploy, 
     from .quant.simulation import activation_ranges
 
     steps = 0 if mode == "ranges" else opts.optimize_steps
-    simulation = getattr(backend, "SIMULATION", {})  # how the runtime quantizes (TensorRT: symmetric)
+    # how the runtime quantizes (TensorRT: symmetric, its centred inputs asymmetric)
+    simulation = backend.simulation(target, deploy) if hasattr(backend, "simulation") else getattr(backend, "SIMULATION", {})
     settings = OptimiseSettings(seed=opts.seed, **simulation, **({"steps": steps} if steps is not None else {}))
     chosen = np.unique(np.linspace(0, len(calibration.crops) - 1, min(settings.images, len(calibration.crops)))
                        .round().astype(int))  # evenly spread over the calibration set, deterministic
@@ -281,7 +282,8 @@ def optimise_int8(opts: CompileOptions, target: TargetProfile, backend, deploy, 
         start = recipe if recipe["method"] in OWN_METHODS else get_recipe("percentile")
 
         def search():
-            ranges = activation_ranges(deploy, batches, start, symmetric=settings.symmetric)
+            ranges = activation_ranges(deploy, batches, start, symmetric=settings.symmetric,
+                                       asymmetric_points=settings.asymmetric_points)
             return optimise_int8_model(deploy, torch.cat(batches), ranges, settings, opts.quiet)
 
         if shared is None:

@@ -309,3 +309,27 @@ def test_targets_that_simulate_alike_share_one_search(tmp_path, monkeypatch):
     assert len(searches) == 2  # rpi's search served android; onnx simulates other arithmetic
     assert infos[0] == infos[1] and infos[0] is not infos[1]
     assert infos[0]["ranges"] != infos[2]["ranges"]
+
+
+def test_tensorrt_simulation_centres_where_the_target_centres():
+    """The centred tensors are simulated with a zero point on swish models only (jetson-orin's
+    centre_pointwise_inputs_by_activation), and a centred point's quantizer has one."""
+    from edgeeff.backends import tensorrt
+    from edgeeff.profiles import get_target
+    from edgeeff.quant.optimise import ActivationQuantizers
+
+    target = get_target("jetson")
+    assert tensorrt.simulation(target, _model(se=True))["asymmetric_points"] == tensorrt.CENTRED_POINTS
+    lite = build_model_for_test("lite0")
+    assert "asymmetric_points" not in tensorrt.simulation(target, lite)
+    model = _model(se=True)
+    acts = ActivationQuantizers(model, {"blocks.1.se.out": (-0.5, 3.0), "blocks.1.dw.act": (-0.5, 3.0)},
+                                torch.Generator(), symmetric=True, asymmetric_points=tensorrt.CENTRED_POINTS)
+    acts.remove()
+    assert acts.qparams["blocks.1.se.out"][1] != 0 and acts.qparams["blocks.1.dw.act"][1] == 0
+
+
+def build_model_for_test(variant):
+    from edgeeff.models.builder import build_model
+
+    return build_model(variant)

@@ -152,6 +152,18 @@ def build_engine_here(trt, onnx_path: Path, out_dir: Path, plan: dict, resolutio
 OPTIMIZE_MODES = ("ranges",)
 SIMULATION = {"symmetric": True, "float_points": (".bn", ".se.reduce", ".se.expand"),
               "float_residual_branches": True}
+# The tensors `centre_pointwise_inputs` centres, as simulation points: those only 1x1 convs (or the
+# classifier) read. On MBConv models: the SE output (project conv input), the SE's pooled vector
+# and inner activation, the pooled features, and a block's output without residual (the next
+# expand conv's input); qdq.shiftable_tensors decides on the real graph, this is the simulation's
+# approximation of it.
+CENTRED_POINTS = (".se.out", ".se.act", "pooled", ".project.out")
+
+
+def simulation(target, model) -> dict:
+    """How this target's runtime quantizes `model`, for quant/optimise.py's simulation."""
+    centred = quantization_for_model(target, model).get("centre_pointwise_inputs", False)
+    return {**SIMULATION, **({"asymmetric_points": CENTRED_POINTS} if centred else {})}
 
 
 def quantize_for_tensorrt(fp32_path: Path, out_path: Path, calib_inputs: np.ndarray, recipe: dict,
@@ -171,7 +183,7 @@ def quantize_for_tensorrt(fp32_path: Path, out_path: Path, calib_inputs: np.ndar
                               histograms=method in HISTOGRAM_METHODS)
     fp32 = onnx.load(str(fp32_path))
     ranges = tensor_ranges(stats, recipe, symmetric=True, readers=elementwise_readers(fp32))
-    searched_info = None
+    searched, searched_info = {}, None
     if range_overrides is not None:  # --optimize: the searched ranges (see onnxruntime.quantize)
         searched, searched_info = range_overrides(fp32)
         ranges.update({name: r for name, r in searched.items() if name in ranges})
@@ -181,7 +193,7 @@ def quantize_for_tensorrt(fp32_path: Path, out_path: Path, calib_inputs: np.ndar
         # The tensors only 1x1 convs read are centred before their Q (qdq.shiftable_tensors): they
         # take the recipe's asymmetric range, which their zero-point-0 scale then covers alone.
         own = tensor_ranges(stats, recipe, symmetric=False, readers=elementwise_readers(fp32))
-        shifted = {t: own[t] for t in shiftable_tensors(fp32, plan)}
+        shifted = {t: searched.get(t, own[t]) for t in shiftable_tensors(fp32, plan)}
     qdq = build_qdq(fp32, plan, ranges, shifted=shifted)
     corrected = None
     if quant.get("bias_correction"):

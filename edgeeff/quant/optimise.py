@@ -80,6 +80,9 @@ class OptimiseSettings:
     # Each depthwise conv's input stays float: NNCF quantizes it per channel for OpenVINO's CPU,
     # close enough to float that a per-tensor simulation would only mislead the search.
     float_depthwise_inputs: bool = False
+    # Points quantized with a zero point although `symmetric` (name suffixes): TensorRT's centred
+    # inputs (jetson-orin's centre_pointwise_inputs: an Add before the Q, taken back in the bias)
+    asymmetric_points: tuple[str, ...] = ()
 
 
 class SoftRoundedWeight(nn.Module):
@@ -123,8 +126,10 @@ class ActivationQuantizers:
 
     def __init__(self, model: nn.Module, ranges: dict, generator: torch.Generator, skip=("logits",),
                  symmetric: bool = False, float_points: tuple[str, ...] = (), fixed_ranges=None,
-                 float_residual_branches: bool = False, float_depthwise_inputs: bool = False):
+                 float_residual_branches: bool = False, float_depthwise_inputs: bool = False,
+                 asymmetric_points: tuple[str, ...] = ()):
         self.generator, self.keep, self.hooks, self.symmetric = generator, 1.0, [], symmetric
+        self.asymmetric_points = tuple(asymmetric_points)
         self.ranges, self.modules, self.qparams, self.fixed = {}, {}, {}, set()
         points = quant_points(model)
         floats = set(residual_branch_points(points)) if float_residual_branches else set()
@@ -144,11 +149,12 @@ class ActivationQuantizers:
                      skip=("logits",)) -> "ActivationQuantizers":
         """The quantizers as `settings` simulate the target's runtime (placement, symmetry, fixed ranges)."""
         return cls(model, ranges, generator, skip, settings.symmetric, settings.float_points, settings.fixed_ranges,
-                   settings.float_residual_branches, settings.float_depthwise_inputs)
+                   settings.float_residual_branches, settings.float_depthwise_inputs, settings.asymmetric_points)
 
     def set_range(self, name: str, low: float, high: float) -> None:
         self.ranges[name] = (float(low), float(high))
-        self.qparams[name] = _activation_qparams(low, high, self.symmetric)
+        symmetric = self.symmetric and not (self.asymmetric_points and name.endswith(self.asymmetric_points))
+        self.qparams[name] = _activation_qparams(low, high, symmetric)
 
     def inside(self, unit: nn.Module) -> list[str]:
         """The points whose tensors this unit computes (or, for the model's input, reads first)."""

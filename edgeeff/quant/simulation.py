@@ -109,13 +109,19 @@ def collect_stats(model: nn.Module, batches: list[torch.Tensor]) -> ActivationSt
 
 
 def activation_ranges(model: nn.Module, batches: list[torch.Tensor], recipe: dict,
-                      symmetric: bool = False) -> dict[str, tuple[float, float]]:
+                      symmetric: bool = False, asymmetric_points: tuple[str, ...] = ()) -> dict[str, tuple[float, float]]:
     """Per quantization point, the (low, high) the recipe gives (calibration.tensor_ranges);
-    hard-swish inputs need nothing below HARD_SWISH_FLOOR. `symmetric`: zero point 0 (TensorRT)."""
+    hard-swish inputs need nothing below HARD_SWISH_FLOOR. `symmetric`: zero point 0 (TensorRT),
+    except at the points named by `asymmetric_points` (suffixes: TensorRT's centred inputs)."""
     points = quant_points(model)
     readers = {n: fn for n, (_, _, fn) in points.items() if fn is not None}
     floors = {n: HARD_SWISH_FLOOR for n, fn in readers.items() if fn == "hardswish"}
-    return tensor_ranges(collect_stats(model, batches), recipe, symmetric=symmetric, readers=readers, floors=floors)
+    stats = collect_stats(model, batches)
+    ranges = tensor_ranges(stats, recipe, symmetric=symmetric, readers=readers, floors=floors)
+    if symmetric and asymmetric_points:
+        own = tensor_ranges(stats, recipe, symmetric=False, readers=readers, floors=floors)
+        ranges.update({n: r for n, r in own.items() if n.endswith(tuple(asymmetric_points))})
+    return ranges
 
 
 def _activation_qparams(low: float, high: float, symmetric: bool = False) -> tuple[float, int]:
