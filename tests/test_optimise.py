@@ -312,8 +312,8 @@ def test_targets_that_simulate_alike_share_one_search(tmp_path, monkeypatch):
 
 
 def test_tensorrt_simulation_centres_where_the_target_centres():
-    """The centred tensors are simulated with a zero point on swish models only (jetson-orin's
-    centre_pointwise_inputs_by_activation), and a centred point's quantizer has one."""
+    """The centred tensors are simulated as TensorRT computes them (x - m on a symmetric grid, m
+    added back) on swish models only (jetson-orin's centre_pointwise_inputs_by_activation)."""
     from edgeeff.backends import tensorrt
     from edgeeff.profiles import get_target
     from edgeeff.quant.optimise import ActivationQuantizers
@@ -326,7 +326,11 @@ def test_tensorrt_simulation_centres_where_the_target_centres():
     acts = ActivationQuantizers(model, {"blocks.1.se.out": (-0.5, 3.0), "blocks.1.dw.act": (-0.5, 3.0)},
                                 torch.Generator(), symmetric=True, asymmetric_points=tensorrt.CENTRED_POINTS)
     acts.remove()
-    assert acts.qparams["blocks.1.se.out"][1] != 0 and acts.qparams["blocks.1.dw.act"][1] == 0
+    scale, zero, middle = acts.qparams["blocks.1.se.out"]  # centred: x - 1.25 on a +-1.75 grid
+    assert (zero, middle) == (0, 1.25) and scale == pytest.approx(1.75 / 127)
+    assert acts.qparams["blocks.1.dw.act"] == (pytest.approx(3.0 / 127), 0, 0.0)
+    x = torch.tensor([-0.5, 1.25, 3.0, 9.0])
+    assert torch.allclose(acts._quantize(x, scale, zero, middle), torch.tensor([-0.5, 1.25, 3.0, 3.0]), atol=1e-6)
 
 
 def build_model_for_test(variant):

@@ -80,8 +80,8 @@ class OptimiseSettings:
     # Each depthwise conv's input stays float: NNCF quantizes it per channel for OpenVINO's CPU,
     # close enough to float that a per-tensor simulation would only mislead the search.
     float_depthwise_inputs: bool = False
-    # Points quantized with a zero point although `symmetric` (name suffixes): TensorRT's centred
-    # inputs (jetson-orin's centre_pointwise_inputs: an Add before the Q, taken back in the bias)
+    # Points centred although `symmetric` (name suffixes): TensorRT's centred inputs (jetson-orin's
+    # centre_pointwise_inputs: an Add of -m before the Q, m taken back in the reader's bias)
     asymmetric_points: tuple[str, ...] = ()
 
 
@@ -153,16 +153,23 @@ class ActivationQuantizers:
 
     def set_range(self, name: str, low: float, high: float) -> None:
         self.ranges[name] = (float(low), float(high))
-        symmetric = self.symmetric and not (self.asymmetric_points and name.endswith(self.asymmetric_points))
-        self.qparams[name] = _activation_qparams(low, high, symmetric)
+        if self.symmetric and self.asymmetric_points and name.endswith(self.asymmetric_points):
+            # TensorRT's centred tensor (qdq.build_qdq's `shifted`): x - m quantized with zero point 0
+            # and the scale of half the range, m added back (in the reader's bias): a grid offset by
+            # m, not the integer zero point of an asymmetric quantizer (a different rounding).
+            middle = (float(low) + float(high)) / 2
+            self.qparams[name] = (*_activation_qparams(low - middle, high - middle, True), middle)
+        else:
+            self.qparams[name] = (*_activation_qparams(low, high, self.symmetric), 0.0)
 
     def inside(self, unit: nn.Module) -> list[str]:
         """The points whose tensors this unit computes (or, for the model's input, reads first)."""
         members = set(unit.modules())
         return [name for name, module in self.modules.items() if module in members and name not in self.fixed]
 
-    def _quantize(self, t: torch.Tensor, scale: float, zero: int) -> torch.Tensor:
-        q = torch.fake_quantize_per_tensor_affine(t, scale, zero, ACT_QMIN, ACT_QMAX)
+    def _quantize(self, t: torch.Tensor, scale: float, zero: int, offset: float) -> torch.Tensor:
+        q = torch.fake_quantize_per_tensor_affine(t - offset, scale, zero, ACT_QMIN, ACT_QMAX) + offset \
+            if offset else torch.fake_quantize_per_tensor_affine(t, scale, zero, ACT_QMIN, ACT_QMAX)
         if self.keep >= 1.0:
             return q
         mask = torch.rand(t.shape, generator=self.generator) < self.keep
