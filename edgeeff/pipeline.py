@@ -534,7 +534,6 @@ def time_in_turns(rows: list[dict], artifacts: list, runners: dict, crop: np.nda
             rows[i] = artifact_row({**row, "latency_ms": latency})  # the contract's field order
 
 
-
 def folder_preprocess(spec, artifacts) -> dict:
     """The report's and manifest's `preprocess`: what feeds this folder's files. The phone files
     normalise inside their graph (targets' `pixel_input`, litert.build): they take pixel / 255, so
@@ -547,6 +546,7 @@ def folder_preprocess(spec, artifacts) -> dict:
                  normalisation_in_model={"mean": list(spec.mean), "std": list(spec.std),
                                          "how": "a 1x1 depthwise conv at the input: (x - mean) / std per channel"})
     return d
+
 
 def compile_model(opts: CompileOptions, shared: dict | None = None) -> tuple[Path, dict]:
     """Compile for one target; returns the output folder and its report. `opts.quiet` silences the

@@ -320,8 +320,7 @@ def test_tensorrt_simulation_centres_where_the_target_centres():
 
     target = get_target("jetson")
     assert tensorrt.simulation(target, _model(se=True))["asymmetric_points"] == tensorrt.CENTRED_POINTS
-    lite = build_model_for_test("lite0")
-    assert "asymmetric_points" not in tensorrt.simulation(target, lite)
+    assert "asymmetric_points" not in tensorrt.simulation(target, _model("lite0", se=False))
     model = _model(se=True)
     acts = ActivationQuantizers(model, {"blocks.1.se.out": (-0.5, 3.0), "blocks.1.dw.act": (-0.5, 3.0)},
                                 torch.Generator(), symmetric=True, asymmetric_points=tensorrt.CENTRED_POINTS)
@@ -331,9 +330,3 @@ def test_tensorrt_simulation_centres_where_the_target_centres():
     assert acts.qparams["blocks.1.dw.act"] == (pytest.approx(3.0 / 127), 0, 0.0)
     x = torch.tensor([-0.5, 1.25, 3.0, 9.0])
     assert torch.allclose(acts._quantize(x, scale, zero, middle), torch.tensor([-0.5, 1.25, 3.0, 3.0]), atol=1e-6)
-
-
-def build_model_for_test(variant):
-    from edgeeff.models.builder import build_model
-
-    return build_model(variant)

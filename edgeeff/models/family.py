@@ -260,7 +260,8 @@ def block_plan(variant: Variant) -> list[BlockPlan]:
         if variant.lite and index in (0, last_stage):
             repeats = stage.repeats  # Lite keeps the first and last stage at B0 depth
         else:
-            repeats = round_repeats(stage.repeats, (variant.stage_depths or [variant.depth] * (index + 1))[index])
+            depth = variant.stage_depths[index] if variant.stage_depths else variant.depth
+            repeats = round_repeats(stage.repeats, depth)
         for i in range(repeats):
             blocks.append(
                 BlockPlan(
@@ -301,10 +302,7 @@ V2_PREPROCESS: dict[str, dict[str, tuple]] = {
              "v2-rw-m": (1.0, "bicubic", IMAGENET_MEAN, IMAGENET_STD)},
     "torchvision": {"v2-s": (1.0, "bilinear", IMAGENET_MEAN, IMAGENET_STD),
                     "v2-m": (1.0, "bilinear", IMAGENET_MEAN, IMAGENET_STD),
-                    "v2-l": (1.0, "bicubic", LITE_MEAN, LITE_STD),
-             "v2-rw-t": (1.0, "bicubic", IMAGENET_MEAN, IMAGENET_STD),
-             "v2-rw-s": (1.0, "bicubic", IMAGENET_MEAN, IMAGENET_STD),
-             "v2-rw-m": (1.0, "bicubic", IMAGENET_MEAN, IMAGENET_STD)},
+                    "v2-l": (1.0, "bicubic", LITE_MEAN, LITE_STD)},
 }
 
 

@@ -168,8 +168,10 @@ class ActivationQuantizers:
         return [name for name, module in self.modules.items() if module in members and name not in self.fixed]
 
     def _quantize(self, t: torch.Tensor, scale: float, zero: int, offset: float) -> torch.Tensor:
-        q = torch.fake_quantize_per_tensor_affine(t - offset, scale, zero, ACT_QMIN, ACT_QMAX) + offset \
-            if offset else torch.fake_quantize_per_tensor_affine(t, scale, zero, ACT_QMIN, ACT_QMAX)
+        if offset:  # a centred tensor: its grid is offset by m (set_range)
+            q = torch.fake_quantize_per_tensor_affine(t - offset, scale, zero, ACT_QMIN, ACT_QMAX) + offset
+        else:
+            q = torch.fake_quantize_per_tensor_affine(t, scale, zero, ACT_QMIN, ACT_QMAX)
         if self.keep >= 1.0:
             return q
         mask = torch.rand(t.shape, generator=self.generator) < self.keep
