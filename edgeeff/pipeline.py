@@ -537,14 +537,15 @@ def time_in_turns(rows: list[dict], artifacts: list, runners: dict, crop: np.nda
 def folder_preprocess(spec, artifacts) -> dict:
     """The report's and manifest's `preprocess`: what feeds this folder's files. The phone files
     normalise inside their graph (targets' `pixel_input`, litert.build): they take pixel / 255, so
-    mean 0 and std 1 here, and `normalisation_in_model` keeps the model's own mean/std."""
+    mean 0 and std 1 here, and `normalisation_in_model` keeps the model's own mean/std and the
+    backend's word for how (its artifacts' `normalisation_in_graph`)."""
     d = spec.to_dict()
     fed = {(a.spec.mean, a.spec.std) for a in artifacts}
     if len(fed) == 1 and fed != {(spec.mean, spec.std)}:
         mean, std = fed.pop()
+        how = next((a.extra["normalisation_in_graph"] for a in artifacts if "normalisation_in_graph" in a.extra), None)
         d.update(mean=list(mean), std=list(std),
-                 normalisation_in_model={"mean": list(spec.mean), "std": list(spec.std),
-                                         "how": "a 1x1 depthwise conv at the input: (x - mean) / std per channel"})
+                 normalisation_in_model={"mean": list(spec.mean), "std": list(spec.std), "how": how})
     return d
 
 

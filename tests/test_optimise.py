@@ -317,6 +317,7 @@ def test_tensorrt_simulation_centres_where_the_target_centres():
     from edgeeff.backends import tensorrt
     from edgeeff.profiles import get_target
     from edgeeff.quant.optimise import ActivationQuantizers
+    from edgeeff.quant.qdq import centred_grid
 
     target = get_target("jetson")
     assert tensorrt.simulation(target, _model(se=True))["asymmetric_points"] == tensorrt.CENTRED_POINTS
@@ -327,6 +328,8 @@ def test_tensorrt_simulation_centres_where_the_target_centres():
     acts.remove()
     scale, zero, middle = acts.qparams["blocks.1.se.out"]  # centred: x - 1.25 on a +-1.75 grid
     assert (zero, middle) == (0, 1.25) and scale == pytest.approx(1.75 / 127)
+    # the grid the file's Add and Q get (qdq.build_qdq), to the bit
+    assert (middle, scale) == tuple(float(v) for v in centred_grid(-0.5, 3.0))
     assert acts.qparams["blocks.1.dw.act"] == (pytest.approx(3.0 / 127), 0, 0.0)
     x = torch.tensor([-0.5, 1.25, 3.0, 9.0])
     assert torch.allclose(acts._quantize(x, scale, zero, middle), torch.tensor([-0.5, 1.25, 3.0, 3.0]), atol=1e-6)

@@ -156,6 +156,7 @@ def test_android_files_have_float_logits_and_metadata(android_quick):
     assert (int8["input"]["scale"], int8["input"]["zero_point"]) == (pytest.approx(1 / 255), 0)
     assert report["preprocess"]["mean"] == [0.0] * 3 and report["preprocess"]["std"] == [1.0] * 3
     assert report["preprocess"]["normalisation_in_model"]["mean"] == [0.5] * 3
+    assert report["preprocess"]["normalisation_in_model"]["how"] == int8["normalisation_in_graph"]
     assert int8["graph"]["integer_only"] and int8["graph"]["float_logits"]
 
 

@@ -113,6 +113,10 @@ def _captured_output(quiet: bool = True):
 
 # ---------------------------------------------------------------- conversion
 
+# How a phone file normalises its input (the report's preprocess.normalisation_in_model.how)
+NORMALISATION_IN_GRAPH = "a 1x1 depthwise conv at the input: (x - mean) / std per channel"
+
+
 def input_normalisation(mean, std):
     """(x - mean) / std per channel as one 1x1 depthwise conv (weight 1/std, bias -mean/std): in the
     INT8 file a single DEPTHWISE_CONV_2D whose one weight per channel INT8 holds exactly (per-channel
@@ -737,6 +741,9 @@ def build(job) -> list:
         fp16_details = quantize_fp16(fp32, fp16)
         artifacts.append(Artifact(file=fp16.name, format="tflite", precision="fp16", spec=spec,
                                   quantization=fp16_details, extra=_io_fields(fp16)))
+    if normalise:
+        for artifact in artifacts:
+            artifact.extra["normalisation_in_graph"] = NORMALISATION_IN_GRAPH
     if metadata is not None:  # last: the quantizer reads the float file without it
         from .tflite_metadata import add_classifier_metadata
 

@@ -40,6 +40,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from ..progress import progress
+from .qdq import centred_grid
 from .simulation import ACT_QMAX, ACT_QMIN, WEIGHT_QMAX, _activation_qparams, _hook, quant_points
 
 # AdaRound's rectified sigmoid stretches sigmoid(v) to (GAMMA, ZETA), then clips it to [0, 1], so
@@ -157,8 +158,8 @@ class ActivationQuantizers:
             # TensorRT's centred tensor (qdq.build_qdq's `shifted`): x - m quantized with zero point 0
             # and the scale of half the range, m added back (in the reader's bias): a grid offset by
             # m, not the integer zero point of an asymmetric quantizer (a different rounding).
-            middle = (float(low) + float(high)) / 2
-            self.qparams[name] = (*_activation_qparams(low - middle, high - middle, True), middle)
+            middle, scale = centred_grid(low, high)
+            self.qparams[name] = (float(scale), 0, float(middle))
         else:
             self.qparams[name] = (*_activation_qparams(low, high, self.symmetric), 0.0)
 
