@@ -65,6 +65,10 @@ def _add_compile_flags(c: argparse.ArgumentParser) -> None:
                         "docs/quantization.md)")
     c.add_argument("--optimize-steps", type=int, metavar="N",
                    help="--optimize rounding: learning steps per block (default 20)")
+    c.add_argument("--optimize-minutes", type=float, metavar="M",
+                   help="--optimize: time budget (default 3), turned into fewer search images and steps "
+                        "for big models by a cost model measured on a 2-core host, so a compile stays "
+                        "reproducible; report.json's optimisation.budget says what was planned")
     c.add_argument("--workers", type=int, metavar="N",
                    help="--sensitivity and --max-drop: evaluate the layers as Ray tasks, N at a time (a local "
                         "Ray with N CPUs; needs edgeeff[sweep]; the ranking is the serial one: docs/sweep.md)")
@@ -216,7 +220,7 @@ def compile_options(args, target: str, **extra):
         recover_temperature=args.recover_temperature, recover_batch=args.recover_batch,
         recover_quant_aware=args.recover_quant_aware, train=args.train,
         seed=args.seed, scale_groups=args.scale_groups, optimize=args.optimize,
-        optimize_steps=args.optimize_steps, workers=args.workers, ray_address=args.address, **extra)
+        optimize_steps=args.optimize_steps, optimize_minutes=args.optimize_minutes, workers=args.workers, ray_address=args.address, **extra)
 
 
 def cmd_sensitivity(args) -> int:

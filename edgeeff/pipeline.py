@@ -89,6 +89,7 @@ class CompileOptions:
     scale_groups: str | None = None   # auto | off (scale_groups.py); None: the target's own setting
     optimize: str | None = None       # off | ranges | rounding (quant/optimise.py); None: the target's
     optimize_steps: int | None = None  # learning steps per block (None: optimise.DEFAULT_STEPS)
+    optimize_minutes: float | None = None  # the optimisation's budget (None: optimise.DEFAULT_OPTIMIZE_MINUTES)
     # --workers N: the per-layer evaluations of --sensitivity / --max-drop as Ray tasks (distributed.py);
     # None: in this process. ray_address: join that Ray cluster instead of starting a local one.
     workers: int | None = None
@@ -212,6 +213,8 @@ def check_inputs(opts: CompileOptions):
                         f"or leave --optimize off")
     if opts.optimize_steps is not None and opts.optimize_steps < 1:
         raise UserError(f"--optimize-steps {opts.optimize_steps}: must be at least 1")
+    if opts.optimize_minutes is not None and not opts.optimize_minutes > 0:
+        raise UserError(f"--optimize-minutes {opts.optimize_minutes:g}: must be more than 0")
     check_out_folder(opts.out)
     final = opts.out / output_name(opts, target.name)
     _refuse_existing(final, opts.force)
@@ -265,13 +268,26 @@ def optimise_int8(opts: CompileOptions, target: TargetProfile, backend, deploy, 
     if mode == "off":
         return None, None, deploy
     from .quant.calibration import OWN_METHODS
-    from .quant.optimise import OptimiseSettings, optimise_int8_model
+    from .quant.optimise import DEFAULT_OPTIMIZE_MINUTES, OptimiseSettings, optimise_int8_model, plan_for_budget
     from .quant.simulation import activation_ranges
 
     steps = 0 if mode == "ranges" else opts.optimize_steps
     # how the runtime quantizes (TensorRT: symmetric, its centred inputs asymmetric)
     simulation = backend.simulation(target, deploy) if hasattr(backend, "simulation") else getattr(backend, "SIMULATION", {})
     settings = OptimiseSettings(seed=opts.seed, **simulation, **({"steps": steps} if steps is not None else {}))
+    # --optimize-minutes becomes a plan (images, steps) by a cost model, never by the clock: reproducible
+    minutes = opts.optimize_minutes or DEFAULT_OPTIMIZE_MINUTES
+    settings, budget = plan_for_budget(deploy, spec.resolution, settings, minutes)
+    if budget["cut"]:
+        cuts = {"search_images": f"{settings.search_images} images per range tried",
+                "steps": f"{settings.steps} steps per unit", "images": f"{settings.images} images",
+                "units": f"the first {budget['units']} of {budget['of_units']} units"}
+        say(f"--optimize-minutes {minutes:g}: planned {budget['estimated_minutes']:g} min with "
+            + ", ".join(cuts[k] for k in budget["cut"]) + " (raise --optimize-minutes for more)")
+    if budget["units"] == 0:
+        warn(f"--optimize-minutes {minutes:g}: too short for even the first unit of this model at the "
+             f"smallest plan; INT8 uses the recipe's ranges, as with --optimize off (raise --optimize-minutes)")
+        return None, None, deploy
     chosen = np.unique(np.linspace(0, len(calibration.crops) - 1, min(settings.images, len(calibration.crops)))
                        .round().astype(int))  # evenly spread over the calibration set, deterministic
     batches = list(torch_batches(calibration.crops[chosen], spec, settings.batch))
@@ -292,7 +308,7 @@ def optimise_int8(opts: CompileOptions, target: TargetProfile, backend, deploy, 
             key = content_key(mode, repr(settings), repr(spec), start, deploy.describe(), deploy.state_dict_digest(),
                               calibration.crops[chosen])
             model, info = copy.deepcopy(_once(shared, f"optimise {key}", search))
-        info["setting"], info["starting_ranges"] = mode, start["name"]
+        info["setting"], info["starting_ranges"], info["budget"] = mode, start["name"], budget
         if mode == "ranges":  # weights stay the model's own: the quantizer rounds them to nearest
             return None, info, deploy
         if not getattr(backend, "NEEDS_ONNX", True):  # LiteRT converts the optimised model itself

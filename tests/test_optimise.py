@@ -333,3 +333,38 @@ def test_tensorrt_simulation_centres_where_the_target_centres():
     assert acts.qparams["blocks.1.dw.act"] == (pytest.approx(3.0 / 127), 0, 0.0)
     x = torch.tensor([-0.5, 1.25, 3.0, 9.0])
     assert torch.allclose(acts._quantize(x, scale, zero, middle), torch.tensor([-0.5, 1.25, 3.0, 3.0]), atol=1e-6)
+
+
+def test_optimize_minutes_plans_from_the_model_not_the_clock():
+    """--optimize-minutes: a budget the cost model says the default settings exceed cuts the search
+    images first, then the steps, then the images, never below their floors; the plan depends on the
+    model and the budget alone (the same inputs give the same file), and a roomy budget changes nothing."""
+    from dataclasses import replace
+
+    from edgeeff.quant import optimise
+    from edgeeff.quant.optimise import estimated_seconds, plan_for_budget, unit_costs
+
+    model = _model(se=True)
+    costs = unit_costs(model, RES)
+    assert [name for name, _, _ in costs][0] == "stem" and costs[-1][0] == "head"
+    assert all(gmacs > 0 for _, gmacs, _ in costs) and sum(points for *_, points in costs) > 0
+    wanted = OptimiseSettings(steps=20)
+    full = estimated_seconds(costs, wanted)
+    same, plan = plan_for_budget(model, RES, wanted, minutes=2 * full / 60)
+    assert same == wanted and plan["cut"] == [] and plan["units"] == plan["of_units"] == len(costs)
+    cut, plan = plan_for_budget(model, RES, wanted, minutes=0.5 * full / 60)
+    assert plan == plan_for_budget(model, RES, wanted, minutes=0.5 * full / 60)[1]  # deterministic
+    assert cut.search_images < wanted.search_images and plan["cut"][0] == "search_images"
+    assert estimated_seconds(costs, cut) <= 0.5 * full or cut.search_images == optimise.MIN_SEARCH_IMAGES
+    smallest = replace(wanted, search_images=optimise.MIN_SEARCH_IMAGES, steps=optimise.MIN_STEPS,
+                       images=optimise.MIN_IMAGES)
+    two_units = estimated_seconds(costs, replace(smallest, units=2))
+    few, plan = plan_for_budget(model, RES, wanted, minutes=two_units / 60)
+    assert few == replace(smallest, units=2) and plan["cut"] == ["search_images", "steps", "images", "units"]
+    assert plan["units"] == 2 and estimated_seconds(costs, few) <= two_units
+    assert plan_for_budget(model, RES, wanted, minutes=1e-9)[1]["units"] == 0
+    # the units cut is honoured: only the first two are optimised and reported
+    images = _input(_crops(8))
+    ranges = activation_ranges(model, [images], get_recipe("percentile"))
+    _, info = optimise_int8_model(model, images, ranges, replace(few, steps=0, batch=8, images=8), quiet=True)
+    assert [u["unit"] for u in info["units"]] == ["stem", "blocks.0"]

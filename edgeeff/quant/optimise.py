@@ -57,6 +57,15 @@ DROP_PROB = 0.5  # QDrop: each activation element is quantized with this probabi
 # error kept (one pass, in forward order, on SEARCH_IMAGES of the unit's inputs).
 RANGE_FACTORS = (0.5, 0.7, 0.85, 1.0, 1.15, 1.3)
 SEARCH_IMAGES = 16
+# --optimize-minutes: the budget is turned into a plan (how many images the search and the
+# learning see) by a cost model, not by the clock, so the same inputs still give the same file.
+# The model: seconds = SECONDS_PER_GMAC * sum over units of (the unit's GMACs per image) x (the
+# images it is run on: 4 passes over `images`, points x factors x `search_images`, 3 x batch per
+# learning step). Measured on the reference host (2-core Xeon, 2 PyTorch threads, idle); a faster
+# machine finishes sooner, a slower or loaded one later (the report gives both figures).
+SECONDS_PER_GMAC = 0.34
+DEFAULT_OPTIMIZE_MINUTES = 3.0
+MIN_SEARCH_IMAGES, MIN_STEPS, MIN_IMAGES = 4, 5, 16
 
 
 @dataclass
@@ -84,6 +93,9 @@ class OptimiseSettings:
     # Points centred although `symmetric` (name suffixes): TensorRT's centred inputs (jetson-orin's
     # centre_pointwise_inputs: an Add of -m before the Q, m taken back in the reader's bias)
     asymmetric_points: tuple[str, ...] = ()
+    # Only the first `units` units are optimised (the rest keep the recipe's ranges and nearest
+    # rounding): the last cut of plan_for_budget. None: every unit.
+    units: int | None = None
 
 
 class SoftRoundedWeight(nn.Module):
@@ -223,6 +235,83 @@ def units(model: nn.Module) -> list[tuple[str, nn.Module]]:
     return [("stem", model.stem)] + [(f"blocks.{i}", b) for i, b in enumerate(model.blocks)] + [("head", _Head(model))]
 
 
+def unit_costs(model: nn.Module, resolution: int) -> list[tuple[str, float, int]]:
+    """Per unit (units()): (name, GMACs of one image through it, quantization points inside it)."""
+    parts = units(model)
+    owner = {}
+    for i, (_, unit) in enumerate(parts):
+        for m in unit.modules():
+            owner.setdefault(m, i)
+    macs = [0] * len(parts)
+
+    def count(module, _inputs, output):
+        if isinstance(module, nn.Conv2d):
+            kh, kw = module.kernel_size
+            macs[owner[module]] += output.numel() * (module.in_channels // module.groups) * kh * kw
+        else:
+            macs[owner[module]] += module.in_features * module.out_features
+
+    hooks = [m.register_forward_hook(count) for m in owner if isinstance(m, (nn.Conv2d, nn.Linear))]
+    try:
+        with torch.no_grad():
+            model.eval()(torch.zeros(1, 3, resolution, resolution))
+    finally:
+        for h in hooks:
+            h.remove()
+    points = [0] * len(macs)
+    for module, _, _ in quant_points(model).values():
+        if module in owner:
+            points[owner[module]] += 1
+    return [(name, m / 1e9, p) for (name, _), m, p in zip(parts, macs, points)]
+
+
+def estimated_seconds(costs: list[tuple[str, float, int]], settings: "OptimiseSettings") -> float:
+    """The cost model of SECONDS_PER_GMAC for these settings."""
+    total = 0.0
+    for _, gmacs, points in costs[:settings.units]:
+        images = 4 * settings.images
+        if settings.search_ranges:
+            images += points * len(settings.range_factors) * settings.search_images * settings.search_passes
+        if settings.steps:
+            images += settings.images + 3 * settings.batch * settings.steps
+        total += gmacs * images
+    return SECONDS_PER_GMAC * total
+
+
+def plan_for_budget(model: nn.Module, resolution: int, settings: "OptimiseSettings",
+                    minutes: float) -> tuple["OptimiseSettings", dict]:
+    """`settings` cut down until the cost model says they fit in `minutes`: first the images each
+    range is searched on (down to MIN_SEARCH_IMAGES), then the learning steps (MIN_STEPS), then the
+    images (MIN_IMAGES), and last the units, from the end (the early units come first: their error
+    travels through all the others). What was planned goes into the report."""
+    from dataclasses import replace
+
+    costs = unit_costs(model, resolution)
+    budget = minutes * 60
+    wanted = settings
+    if estimated_seconds(costs, settings) > budget and settings.search_ranges:
+        fixed = estimated_seconds(costs, replace(settings, search_ranges=False))
+        share = (budget - fixed) / max(estimated_seconds(costs, settings) - fixed, 1e-9)
+        settings = replace(settings, search_images=max(MIN_SEARCH_IMAGES, min(settings.search_images,
+                                                                            int(settings.search_images * share))))
+    if estimated_seconds(costs, settings) > budget and settings.steps:
+        fixed = estimated_seconds(costs, replace(settings, steps=0))
+        share = (budget - fixed) / max(estimated_seconds(costs, settings) - fixed, 1e-9)
+        settings = replace(settings, steps=max(MIN_STEPS, min(settings.steps, int(settings.steps * share))))
+    while estimated_seconds(costs, settings) > budget and settings.images > MIN_IMAGES:
+        settings = replace(settings, images=max(MIN_IMAGES, settings.images // 2),
+                           search_images=min(settings.search_images, max(MIN_IMAGES, settings.images // 2)))
+    if estimated_seconds(costs, settings) > budget:
+        fits = [k for k in range(len(costs) + 1) if estimated_seconds(costs, replace(settings, units=k)) <= budget]
+        settings = replace(settings, units=max(fits))  # 0 fits: nothing is optimised
+    estimate = estimated_seconds(costs, settings)
+    plan = {"budget_minutes": minutes, "estimated_minutes": round(estimate / 60, 2),
+            "images": settings.images, "search_images": settings.search_images, "steps_per_unit": settings.steps,
+            "units": settings.units if settings.units is not None else len(costs), "of_units": len(costs),
+            "cut": [k for k in ("search_images", "steps", "images", "units") if getattr(settings, k) != getattr(wanted, k)]}
+    return settings, plan
+
+
 def _weighted(module: nn.Module) -> list[nn.Module]:
     return [m for m in module.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
 
@@ -253,7 +342,7 @@ def optimise_int8_model(model: nn.Module, images: torch.Tensor, ranges: dict, se
     x_fp = images
     x_q = images
     report = []
-    pairs = list(zip(units(reference), units(quantized)))
+    pairs = list(zip(units(reference), units(quantized)))[:settings.units]
     try:
         for (name, fp_unit), (_, q_unit) in progress(pairs, "optimising INT8", "unit", quiet):
             target = _run(fp_unit, x_fp, settings.batch)

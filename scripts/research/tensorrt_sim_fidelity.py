@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Does the jetson simulation compute what the QDQ model computes? Point by point.
+"""Does a target's simulation compute what its INT8 ONNX model computes? Point by point.
 
 The `--optimize` search (and any training in the simulation) is only as good as the simulation's
 fidelity to the artifact. This script takes a `jetson-orin` compile made with `--optimize ranges`
@@ -14,6 +14,10 @@ every point; where the difference first jumps is where the simulation is wrong.
 
     python scripts/research/tensorrt_sim_fidelity.py --weights B0.pth --calib CALIB --eval HELDOUT \\
         --folder out/b0-jetson-orin
+
+`--target onnx --file model_int8.onnx` does the same for ONNX Runtime's QDQ file of an `onnx`
+compile (the simulation with onnxruntime's settings: asymmetric activations at every point); the
+scale groups are split only where the report says the compile split them.
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ import torch  # noqa: E402
 from onnx import numpy_helper  # noqa: E402
 from simulation_setup import common_arguments, load  # noqa: E402
 
-from edgeeff.backends import tensorrt  # noqa: E402
+from edgeeff.backends import backend as load_backend  # noqa: E402
 from edgeeff.profiles import get_target  # noqa: E402
 from edgeeff.quant.optimise import ActivationQuantizers, OptimiseSettings  # noqa: E402
 from edgeeff.quant.scale_groups import split_for_int8  # noqa: E402
@@ -63,17 +67,23 @@ def kl(logits: np.ndarray, reference: np.ndarray) -> float:
 
 def main() -> int:
     parser = common_arguments(__doc__)
-    parser.add_argument("--folder", type=Path, required=True, help="a jetson-orin compile with --optimize ranges")
+    parser.add_argument("--folder", type=Path, required=True, help="a compile with --optimize ranges")
+    parser.add_argument("--target", default="jetson", help="the folder's target (jetson or onnx)")
+    parser.add_argument("--file", default="model_qdq.onnx", help="its INT8 ONNX file")
     parser.add_argument("--images", type=int, default=40, help="evaluation images used (default 40)")
     parser.add_argument("--out", type=Path, default=Path("docs/results/tensorrt_sim_fidelity_b0.json"))
     args = parser.parse_args()
     report = json.loads((args.folder / "report.json").read_text())
-    qdq_entry = next(a for a in report["artifacts"] if a["file"] == "model_qdq.onnx")
+    qdq_entry = next(a for a in report["artifacts"] if a["file"] == args.file)
     ranges = {k: tuple(v) for k, v in qdq_entry["quantization"]["optimisation"]["ranges"].items()}
     model, batches, inputs, _ = load(args)
-    model, _ = split_for_int8(model, batches)
+    if report.get("scale_groups", {}).get("setting", "auto") != "off":
+        model, _ = split_for_int8(model, batches)
     x = inputs[:args.images]
-    settings = OptimiseSettings(**tensorrt.simulation(get_target("jetson"), model))
+    target = get_target(args.target)
+    backend = load_backend(target.backend)
+    simulation = backend.simulation(target, model) if hasattr(backend, "simulation") else getattr(backend, "SIMULATION", {})
+    settings = OptimiseSettings(**simulation)
     mapping = onnx_tensors_for_points(model, onnx.load(str(args.folder / "model_fp32.onnx")), x[:2].numpy())
 
     captured: dict[str, np.ndarray] = {}
@@ -90,7 +100,7 @@ def main() -> int:
                 h.remove()
             acts.remove()
 
-    qdq = onnx.load(str(args.folder / "model_qdq.onnx"))
+    qdq = onnx.load(str(args.folder / args.file))
     readers: dict[str, list] = {}
     for node in qdq.graph.node:
         for name in node.input:
