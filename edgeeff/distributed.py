@@ -83,12 +83,15 @@ def _logits_of(variants, float_sets: list[list[str]], inputs: np.ndarray) -> lis
     return [run_batches(variants.runner(kept), inputs) for kept in float_sets]
 
 
+LAYERS_PER_TASK = 3
+
+
 class RayLayerMap:
     """`rank_layers(..., evaluate=RayLayerMap(workers))`: the per-layer evaluations of the
     sensitivity ranking as Ray tasks, `workers` at a time (one CPU each).
 
     The float-variants object (the INT8 model and its float twin) and the input images go into
-    the object store once; each task gets a contiguous chunk of layers and returns their logits.
+    the object store once; each task gets a contiguous chunk of a few layers and returns their logits.
     The logits, hence the SQNRs and the ranking, are those of the serial loop: the same runner
     on the same inputs, with one runtime thread per task instead of the compile's threads (ONNX
     Runtime's and OpenVINO's CPU kernels split work across threads without changing sums; checked
@@ -113,9 +116,12 @@ class RayLayerMap:
             one_thread.threads = 1  # one CPU per task, as declared below
             variants_ref, inputs_ref = ray.put(one_thread), ray.put(inputs)
             task = ray.remote(num_cpus=1, max_retries=0)(_logits_of)
-            # A few chunks per worker: large enough that each task's deserialisation is paid
-            # rarely, small enough that a slow chunk does not leave a worker idle at the end.
-            chunks = np.array_split(np.arange(len(float_sets)), max(1, min(len(float_sets), 3 * self.workers)))
+            # Small chunks (LAYERS_PER_TASK), handed out as workers free up: a task's start costs
+            # little (the B0 test model's variants unpickle in 0.05 s), while one worker running
+            # slower than the other is common on a shared host. Measured (B0 onnx, 82 layers, 2
+            # workers, 2 CPUs): 6 chunks 68.0 s (one worker idle for the last 13 s), 28 chunks
+            # 53.8 s; the serial loop with 2 runtime threads 72.7 s.
+            chunks = np.array_split(np.arange(len(float_sets)), max(1, -(-len(float_sets) // LAYERS_PER_TASK)))
             refs = [task.remote(variants_ref, [float_sets[i] for i in chunk], inputs_ref)
                     for chunk in chunks if len(chunk)]
             if say is not None:
