@@ -27,7 +27,8 @@ Runtime's) rounds to exactly q: the integers the runtime holds are the optimised
 (`tests/test_optimise.py` reads them back).
 
 Deterministic: images, mini-batches and QDrop masks come from one seeded generator, and the
-number of steps is a count, not a time.
+number of steps is a count, not a time. The time budget (--optimize-minutes) is turned into counts
+(images, steps, units) by a cost model before anything runs (plan_for_budget), never by the clock.
 """
 
 from __future__ import annotations
