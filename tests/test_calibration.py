@@ -145,8 +145,15 @@ def test_memory_bounded_calls_give_the_same_statistics(tmp_path):
             return [np.zeros((len(feed["x"]), 4), np.float32) for _ in names]
 
     session = Recording()
-    list(bounded_runs(session, "x", ["x", "y", "z"], {"x": 16, "y": 16, "z": 16}, x[:10], budget_bytes=32))
+    list(bounded_runs(session, "x", ["x", "y", "z"], {"x": 16, "y": 16, "z": 16}, x[:10], budget_bytes=32,
+                      group_budget_bytes=32))
     assert session.calls[:2] == [(1, ("x", "y")), (1, ("z",))] and len(session.calls) == 20
+    # One image's tensors go in groups as large as the group budget allows (each group is a whole
+    # forward pass): here all three in one call per image.
+    session.calls.clear()
+    list(bounded_runs(session, "x", ["x", "y", "z"], {"x": 16, "y": 16, "z": 16}, x[:10], budget_bytes=32,
+                      group_budget_bytes=48))
+    assert session.calls == [(1, ("x", "y", "z"))] * 10
 
 
 def test_evaluation_calls_shrink_with_the_image_size():

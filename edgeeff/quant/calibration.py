@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,6 +43,22 @@ HISTOGRAM_STRIDE = 7
 # correction): batches are split below it, see bounded_runs. 256 MB: B0 at 224 px has 83 MB of
 # float activations per image, B3 at 300 px about three times that, B7 at 600 px about 40 times.
 ACTIVATION_BUDGET_BYTES = 256 * 2**20
+
+
+def _group_budget_bytes() -> int:
+    """When one image's tensors alone exceed ACTIVATION_BUDGET_BYTES, they are fetched in groups,
+    and ONNX Runtime runs the whole model once per group: at 256 MB, B7 at 600 px (several GB of
+    activations per image) needed one forward pass per 256 MB, and its calibration of 16 images took
+    longer than its search. Groups may use up to an eighth of this machine's memory, at most 2 GB:
+    a few passes per image, and a peak a 24 GB host never notices."""
+    try:
+        total = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        total = 8 * 2**30
+    return int(max(ACTIVATION_BUDGET_BYTES, min(2 * 2**30, total // 8)))
+
+
+GROUP_BUDGET_BYTES = _group_budget_bytes()
 
 
 @dataclass
@@ -136,18 +153,21 @@ def activation_bytes(model: onnx.ModelProto, names: list[str]) -> dict[str, int]
 
 
 def bounded_runs(session, input_name: str, names: list[str], per_image: dict[str, int | None],
-                 inputs: np.ndarray, budget_bytes: int = ACTIVATION_BUDGET_BYTES):
+                 inputs: np.ndarray, budget_bytes: int = ACTIVATION_BUDGET_BYTES,
+                 group_budget_bytes: int | None = None):
     """Run `inputs` through an augmented session, yielding (first image index, tensor names, their
     values) so that no call returns more than `budget_bytes`: fewer images per call, and when one
-    image's tensors alone exceed it (B7 at 600 px: several GB), the tensors in groups, the model then
-    running once per group. ONNX Runtime keeps every fetched output of a call alive at once, which
-    made the calibration the peak of a compile (B3: 6.2 GB with 10 images per call). Unknown
-    sizes count as zero: such models run as one call, as before."""
+    image's tensors alone exceed it (B7 at 600 px: several GB), one image per call with the tensors
+    in groups of at most `group_budget_bytes` (GROUP_BUDGET_BYTES), the model then running once per
+    group. ONNX Runtime keeps every fetched output of a call alive at once, which made the
+    calibration the peak of a compile (B3: 6.2 GB with 10 images per call). Unknown sizes count as
+    zero: such models run as one call, as before."""
     sizes = [per_image.get(name) or 0 for name in names]
     images = max(1, min(len(inputs), budget_bytes // max(1, sum(sizes))))
+    limit = budget_bytes if images > 1 else max(budget_bytes, group_budget_bytes or GROUP_BUDGET_BYTES)
     groups, current, used = [], [], 0
     for name, size in zip(names, sizes):
-        if current and used + size * images > budget_bytes:
+        if current and used + size * images > limit:
             groups.append(current)
             current, used = [], 0
         current.append(name)

@@ -59,12 +59,17 @@ DROP_PROB = 0.5  # QDrop: each activation element is quantized with this probabi
 RANGE_FACTORS = (0.5, 0.7, 0.85, 1.0, 1.15, 1.3)
 SEARCH_IMAGES = 16
 # --optimize-minutes: the budget is turned into a plan (how many images the search and the
-# learning see) by a cost model, not by the clock, so the same inputs still give the same file.
-# The model: seconds = SECONDS_PER_GMAC * sum over units of (the unit's GMACs per image) x (the
-# images it is run on: 4 passes over `images`, points x factors x `search_images`, 3 x batch per
-# learning step). Measured on the reference host (2-core Xeon, 2 PyTorch threads, idle); a faster
-# machine finishes sooner, a slower or loaded one later (the report gives both figures).
-SECONDS_PER_GMAC = 0.34
+# learning see, how many units) by a cost model, not by the clock, so the same inputs still give
+# the same file. The simulation's time goes to fake-quantizing activations (elementwise, memory
+# bound), so the model counts the elements its quantizers see: seconds = SECONDS_PER_MELEMENT_PX x
+# resolution x the sum over units of (millions of elements quantized per image in the unit) x (the
+# images the unit is run on: 4 passes over `images`, points x factors x `search_images`, 3 x batch
+# per learning step). The resolution factor is empirical: per element, the large tensors of big
+# inputs cost more (cache). Fitted on this 2-core host, 2 threads, idle, `--optimize ranges`,
+# scale groups off (docs/quantization.md): B3 at 300 px 109 s for 17,733 Melem-images (the model
+# says 117), B7 at 600 px 516 s for 36,432 (481), B0 at 224 px 84-171 s for 20,017 (98). A faster
+# machine finishes sooner, a slower or loaded one later; the report gives the plan and the time.
+SECONDS_PER_MELEMENT_PX = 2.2e-5
 DEFAULT_OPTIMIZE_MINUTES = 3.0
 MIN_SEARCH_IMAGES, MIN_STEPS, MIN_IMAGES = 4, 5, 16
 
@@ -236,14 +241,24 @@ def units(model: nn.Module) -> list[tuple[str, nn.Module]]:
     return [("stem", model.stem)] + [(f"blocks.{i}", b) for i, b in enumerate(model.blocks)] + [("head", _Head(model))]
 
 
-def unit_costs(model: nn.Module, resolution: int) -> list[tuple[str, float, int]]:
-    """Per unit (units()): (name, GMACs of one image through it, quantization points inside it)."""
+@dataclass
+class UnitCost:
+    """What one image through one unit costs the simulation."""
+    name: str
+    gmacs: float  # its convs' multiply-accumulates (for the record: the time goes elsewhere)
+    points: int  # quantization points inside the unit: the range search tries each
+    melements: float  # millions of elements quantized at those points, per image
+    resolution: int
+
+
+def unit_costs(model: nn.Module, resolution: int) -> list[UnitCost]:
+    """Per unit (units()), measured on one forward pass of a blank image."""
     parts = units(model)
     owner = {}
     for i, (_, unit) in enumerate(parts):
         for m in unit.modules():
             owner.setdefault(m, i)
-    macs = [0] * len(parts)
+    macs, elements, points = [0] * len(parts), [0] * len(parts), [0] * len(parts)
 
     def count(module, _inputs, output):
         if isinstance(module, nn.Conv2d):
@@ -252,31 +267,36 @@ def unit_costs(model: nn.Module, resolution: int) -> list[tuple[str, float, int]
         else:
             macs[owner[module]] += module.in_features * module.out_features
 
+    def counted(i):
+        def fn(t):
+            elements[i] += t.numel()
+        return fn
+
     hooks = [m.register_forward_hook(count) for m in owner if isinstance(m, (nn.Conv2d, nn.Linear))]
+    for module, where, _ in quant_points(model).values():
+        if module in owner:
+            points[owner[module]] += 1
+            hooks.append(_hook(module, where, counted(owner[module])))
     try:
         with torch.no_grad():
             model.eval()(torch.zeros(1, 3, resolution, resolution))
     finally:
         for h in hooks:
             h.remove()
-    points = [0] * len(macs)
-    for module, _, _ in quant_points(model).values():
-        if module in owner:
-            points[owner[module]] += 1
-    return [(name, m / 1e9, p) for (name, _), m, p in zip(parts, macs, points)]
+    return [UnitCost(name, m / 1e9, p, e / 1e6, resolution) for (name, _), m, p, e in zip(parts, macs, points, elements)]
 
 
-def estimated_seconds(costs: list[tuple[str, float, int]], settings: "OptimiseSettings") -> float:
-    """The cost model of SECONDS_PER_GMAC for these settings."""
+def estimated_seconds(costs: list[UnitCost], settings: "OptimiseSettings") -> float:
+    """The cost model (SECONDS_PER_MELEMENT_PX) for these settings."""
     total = 0.0
-    for _, gmacs, points in costs[:settings.units]:
+    for cost in costs[:settings.units]:
         images = 4 * settings.images
         if settings.search_ranges:
-            images += points * len(settings.range_factors) * settings.search_images * settings.search_passes
+            images += cost.points * len(settings.range_factors) * settings.search_images * settings.search_passes
         if settings.steps:
             images += settings.images + 3 * settings.batch * settings.steps
-        total += gmacs * images
-    return SECONDS_PER_GMAC * total
+        total += images * cost.melements * cost.resolution * SECONDS_PER_MELEMENT_PX
+    return total
 
 
 def plan_for_budget(model: nn.Module, resolution: int, settings: "OptimiseSettings",

@@ -10,6 +10,8 @@ the exporter's naming. A tensor no point matches keeps the recipe's range.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 from torch import nn
@@ -17,14 +19,46 @@ from torch import nn
 from .simulation import _hook, quant_points
 
 MATCH_TOLERANCE = 1e-3  # of the tensor's largest magnitude: float export noise is ~1e-6
+# Values kept per tensor (evenly spaced over it): with its shape, extremes and mean, what the match
+# compares. Whole tensors were kept before: B7 at 600 px has GBs of activations per image, and
+# holding every tensor of two images from both runtimes took its compile to a 15 GB peak.
+PROBE_VALUES = 4096
 
 
-def point_values(model: nn.Module, x: torch.Tensor) -> dict[str, np.ndarray]:
-    """Each quantization point's tensor on input `x`."""
-    seen: dict[str, np.ndarray] = {}
+@dataclass(frozen=True)
+class Fingerprint:
+    shape: tuple
+    low: float
+    high: float
+    mean: float
+    probe: np.ndarray  # PROBE_VALUES values at evenly spaced flat positions (all, for small tensors)
+
+    @classmethod
+    def of(cls, value: np.ndarray) -> "Fingerprint":
+        flat = value.reshape(-1)
+        step = max(1, flat.size // PROBE_VALUES)
+        return cls(tuple(value.shape), float(flat.min()), float(flat.max()), float(flat.mean(dtype=np.float64)),
+                   flat[::step][:PROBE_VALUES].astype(np.float32, copy=True))
+
+    def matches(self, other: "Fingerprint") -> bool:
+        """The same tensor to export noise: every compared value within MATCH_TOLERANCE of this
+        tensor's largest magnitude (a clipped copy differs in its extremes, a shifted one in its mean)."""
+        if self.shape != other.shape:
+            return False
+        bound = MATCH_TOLERANCE * max(abs(self.low), abs(self.high), 1e-6)
+        return (abs(self.low - other.low) <= bound and abs(self.high - other.high) <= bound
+                and abs(self.mean - other.mean) <= bound
+                and float(np.abs(self.probe - other.probe).max(initial=0.0)) <= bound)
+
+
+def point_values(model: nn.Module, x: torch.Tensor, nhwc: bool = False) -> dict[str, Fingerprint]:
+    """Each quantization point's tensor on input `x`, as a fingerprint (taken as it passes);
+    `nhwc`: 4-d tensors laid out as TFLite's."""
+    seen: dict[str, Fingerprint] = {}
 
     def keep(name, t):
-        seen[name] = t.detach().numpy().copy()
+        value = t.detach().numpy()
+        seen[name] = Fingerprint.of(value.transpose(0, 2, 3, 1) if nhwc and value.ndim == 4 else value)
 
     hooks = [_hook(module, where, lambda t, n=name: keep(n, t)) for name, (module, where, _)
              in quant_points(model).items()]
@@ -37,10 +71,13 @@ def point_values(model: nn.Module, x: torch.Tensor) -> dict[str, np.ndarray]:
     return seen
 
 
-def graph_values(graph, x: np.ndarray) -> dict[str, np.ndarray]:
-    """Every float tensor a node of the ONNX model computes, on input `x` (ONNX Runtime, CPU)."""
+def graph_values(graph, x: np.ndarray) -> dict[str, Fingerprint]:
+    """Every float tensor a node of the ONNX model computes, on the first image of `x` (ONNX Runtime,
+    CPU), as fingerprints; fetched in memory-bounded groups (calibration.bounded_runs)."""
     import onnx
     import onnxruntime as ort
+
+    from .calibration import activation_bytes, bounded_runs
 
     model = onnx.ModelProto()
     model.CopyFrom(graph)
@@ -55,19 +92,21 @@ def graph_values(graph, x: np.ndarray) -> dict[str, np.ndarray]:
     options.log_severity_level = 3
     session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
     names = [o.name for o in session.get_outputs()]
-    values = session.run(names, {session.get_inputs()[0].name: x})
-    return {n: v for n, v in zip(names, values) if isinstance(v, np.ndarray) and v.dtype == np.float32}
+    per_image = activation_bytes(model, names)
+    found = {}
+    for _, group, values in bounded_runs(session, session.get_inputs()[0].name, names, per_image, x[:1]):
+        found.update({n: Fingerprint.of(v) for n, v in zip(group, values)
+                      if isinstance(v, np.ndarray) and v.dtype == np.float32})
+    return found
 
 
-def _match(ours: dict[str, np.ndarray], theirs: dict[str, np.ndarray]) -> dict[str, list[str]]:
+def _match(ours: dict[str, Fingerprint], theirs: dict[str, Fingerprint]) -> dict[str, list[str]]:
     by_shape: dict[tuple, list[str]] = {}
     for name, value in theirs.items():
-        by_shape.setdefault(tuple(value.shape), []).append(name)
+        by_shape.setdefault(value.shape, []).append(name)
     found = {}
     for point, value in ours.items():
-        bound = MATCH_TOLERANCE * max(float(np.abs(value).max()), 1e-6)
-        matches = [n for n in by_shape.get(tuple(value.shape), [])
-                   if float(np.abs(theirs[n] - value).max()) <= bound]
+        matches = [n for n in by_shape.get(value.shape, []) if value.matches(theirs[n])]
         if matches:
             found[point] = matches
     return found
@@ -75,8 +114,9 @@ def _match(ours: dict[str, np.ndarray], theirs: dict[str, np.ndarray]) -> dict[s
 
 def onnx_tensors_for_points(model: nn.Module, graph, x: np.ndarray) -> dict[str, list[str]]:
     """point name -> the graph tensors holding its values (several where the graph has copies).
-    `x`: NCHW float inputs."""
-    theirs = {**graph_values(graph, x), graph.graph.input[0].name: x}
+    `x`: NCHW float inputs, of which the first image is used (its fingerprints are specific enough)."""
+    x = x[:1]
+    theirs = {**graph_values(graph, x), graph.graph.input[0].name: Fingerprint.of(x)}
     return _match(point_values(model, torch.from_numpy(x)), theirs)
 
 
@@ -98,9 +138,9 @@ def tflite_tensors_for_points(model: nn.Module, path, x_nhwc: np.ndarray,
         except ValueError:  # tensors the interpreter did not keep
             continue
         if value.dtype == np.float32 and value.ndim >= 1:
-            theirs[detail["name"]] = value
-    ours = point_values(model, torch.from_numpy(np.ascontiguousarray(x_nhwc[:1].transpose(0, 3, 1, 2))))
-    ours = {k: v.transpose(0, 2, 3, 1) if v.ndim == 4 else v for k, v in ours.items()}
+            theirs[detail["name"]] = Fingerprint.of(value)
+    ours = point_values(model, torch.from_numpy(np.ascontiguousarray(x_nhwc[:1].transpose(0, 3, 1, 2))),
+                        nhwc=True)
     return _match(ours, theirs)
 
 
