@@ -305,14 +305,20 @@ def calibrate_int8(float_path: Path, calib_inputs: np.ndarray, recipe: dict, thr
     # Each chunk must be a list: the calibrator calls len(list(dataset)) before iterating.
     chunks = [calib_inputs[i:i + batch] for i in range(0, len(calib_inputs), batch)]
     for chunk in progress(chunks, "calibration (LiteRT)", "batch", quiet):
-        with _captured_output():
-            cal.calibrate({key: [{input_name: x[None].astype(np.float32)} for x in chunk]},
-                          quantizer._recipe_manager)
+        for x in chunk:
+            with _captured_output():
+                cal.calibrate({key: [{input_name: x[None].astype(np.float32)}]}, quantizer._recipe_manager)
+            # The calibrator keeps a copy of every tensor of the last image (its tensor content map)
+            # beside its interpreter's own, and builds the next image's copy before dropping that
+            # one: three copies of all activations, several GB each for B7 at 600 px (its rpi
+            # compile peaked at 18 GB). Emptied after each image, the statistics are the same.
+            getattr(cal, "_tensor_content_map", {}).clear()
     with _captured_output(), warnings.catch_warnings():
         # "invalid value encountered in cast": the int32 bias overflow repaired by write_int8
         warnings.simplefilter("ignore", RuntimeWarning)
         qsvs = cal.get_model_qsvs()
         ranges = reduce_ranges(qsvs, percentile)
+    del cal  # its interpreter holds every tensor of an image; the steps below start their own
     extremes = {name: {"min": qsv["min"], "max": qsv["max"]} for name, qsv in qsvs.items()}
     # The graph's input and output keep every calibration image's extremes: the input's range is the
     # preprocessing's, and a percentile of the logits' per-image maxima clips the confident images'
