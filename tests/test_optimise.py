@@ -347,7 +347,7 @@ def test_optimize_minutes_plans_from_the_model_not_the_clock():
     model = _model(se=True)
     costs = unit_costs(model, RES)
     assert costs[0].name == "stem" and costs[-1].name == "head"
-    assert all(c.gmacs > 0 and c.melements > 0 for c in costs) and sum(c.points for c in costs) > 0
+    assert all(c.melements > 0 for c in costs) and sum(c.points for c in costs) > 0
     wanted = OptimiseSettings(steps=20)
     full = estimated_seconds(costs, wanted)
     same, plan = plan_for_budget(model, RES, wanted, minutes=2 * full / 60)

@@ -301,8 +301,8 @@ def calibrate_int8(float_path: Path, calib_inputs: np.ndarray, recipe: dict, thr
         warnings.simplefilter("ignore", UserWarning)  # "experimental_preserve_all_tensors ... debugging"
         cal = calibrator.Calibrator(quantizer._float_model_buffer, num_threads=threads,
                                     qsv_update_func=_keep_every_sample)
-    # Fed in chunks (the calibrator accumulates across calls): memory stays flat for big variants.
-    # Each chunk must be a list: the calibrator calls len(list(dataset)) before iterating.
+    # Fed one image per call (the calibrator accumulates across calls), `batch` images per progress
+    # step. Each dataset must be a list: the calibrator calls len(list(dataset)) before iterating.
     chunks = [calib_inputs[i:i + batch] for i in range(0, len(calib_inputs), batch)]
     for chunk in progress(chunks, "calibration (LiteRT)", "batch", quiet):
         for x in chunk:

@@ -245,7 +245,6 @@ def units(model: nn.Module) -> list[tuple[str, nn.Module]]:
 class UnitCost:
     """What one image through one unit costs the simulation."""
     name: str
-    gmacs: float  # its convs' multiply-accumulates (for the record: the time goes elsewhere)
     points: int  # quantization points inside the unit: the range search tries each
     melements: float  # millions of elements quantized at those points, per image
     resolution: int
@@ -258,21 +257,14 @@ def unit_costs(model: nn.Module, resolution: int) -> list[UnitCost]:
     for i, (_, unit) in enumerate(parts):
         for m in unit.modules():
             owner.setdefault(m, i)
-    macs, elements, points = [0] * len(parts), [0] * len(parts), [0] * len(parts)
-
-    def count(module, _inputs, output):
-        if isinstance(module, nn.Conv2d):
-            kh, kw = module.kernel_size
-            macs[owner[module]] += output.numel() * (module.in_channels // module.groups) * kh * kw
-        else:
-            macs[owner[module]] += module.in_features * module.out_features
+    elements, points = [0] * len(parts), [0] * len(parts)
 
     def counted(i):
         def fn(t):
             elements[i] += t.numel()
         return fn
 
-    hooks = [m.register_forward_hook(count) for m in owner if isinstance(m, (nn.Conv2d, nn.Linear))]
+    hooks = []
     for module, where, _ in quant_points(model).values():
         if module in owner:
             points[owner[module]] += 1
@@ -283,7 +275,7 @@ def unit_costs(model: nn.Module, resolution: int) -> list[UnitCost]:
     finally:
         for h in hooks:
             h.remove()
-    return [UnitCost(name, m / 1e9, p, e / 1e6, resolution) for (name, _), m, p, e in zip(parts, macs, points, elements)]
+    return [UnitCost(name, p, e / 1e6, resolution) for (name, _), p, e in zip(parts, points, elements)]
 
 
 def estimated_seconds(costs: list[UnitCost], settings: "OptimiseSettings") -> float:
@@ -310,15 +302,16 @@ def plan_for_budget(model: nn.Module, resolution: int, settings: "OptimiseSettin
     costs = unit_costs(model, resolution)
     budget = minutes * 60
     wanted = settings
-    if estimated_seconds(costs, settings) > budget and settings.search_ranges:
-        fixed = estimated_seconds(costs, replace(settings, search_ranges=False))
+    # The search images, then the steps: each scaled by the share of its own cost the budget leaves
+    # (what the plan costs without that work at all is the part it cannot cut), down to its floor.
+    for field_name, floor, without in (("search_images", MIN_SEARCH_IMAGES, {"search_ranges": False}),
+                                       ("steps", MIN_STEPS, {"steps": 0})):
+        value = getattr(settings, field_name)
+        if estimated_seconds(costs, settings) <= budget or not getattr(settings, next(iter(without))):
+            continue
+        fixed = estimated_seconds(costs, replace(settings, **without))
         share = (budget - fixed) / max(estimated_seconds(costs, settings) - fixed, 1e-9)
-        settings = replace(settings, search_images=max(MIN_SEARCH_IMAGES, min(settings.search_images,
-                                                                            int(settings.search_images * share))))
-    if estimated_seconds(costs, settings) > budget and settings.steps:
-        fixed = estimated_seconds(costs, replace(settings, steps=0))
-        share = (budget - fixed) / max(estimated_seconds(costs, settings) - fixed, 1e-9)
-        settings = replace(settings, steps=max(MIN_STEPS, min(settings.steps, int(settings.steps * share))))
+        settings = replace(settings, **{field_name: max(floor, min(value, int(value * share)))})
     while estimated_seconds(costs, settings) > budget and settings.images > MIN_IMAGES:
         settings = replace(settings, images=max(MIN_IMAGES, settings.images // 2),
                            search_images=min(settings.search_images, max(MIN_IMAGES, settings.images // 2)))

@@ -349,10 +349,9 @@ def build_qdq(model: onnx.ModelProto, plan: Placement, ranges: dict[str, tuple[f
     if missing:
         raise UserError(f"no calibration range for {len(missing)} tensor(s), e.g. {missing[0]}")
     new_nodes, new_inits, rename = [], [], {}
-    centres = {}  # shifted tensor -> m
-    grids = {t: centred_grid(*shifted[t]) for t in shifted}
-    for t in list(shifted):
-        centres[t] = grids[t][0]
+    grids = {t: centred_grid(*shifted[t]) for t in shifted}  # shifted tensor -> (m, scale)
+    centres = {t: middle for t, (middle, _) in grids.items()}
+    for t in shifted:
         new_inits.append(numpy_helper.from_array(np.array(-centres[t], np.float32), f"{t}_shift"))
         new_nodes.append(helper.make_node("Add", [t, f"{t}_shift"], [f"{t}_centred"], name=f"{t}_centre"))
     for t in plan.tensors:
