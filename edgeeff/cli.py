@@ -65,6 +65,10 @@ def _add_compile_flags(c: argparse.ArgumentParser) -> None:
                         "docs/quantization.md)")
     c.add_argument("--optimize-steps", type=int, metavar="N",
                    help="--optimize rounding: learning steps per block (default 20)")
+    c.add_argument("--optimize-refine-steps", type=int, metavar="N",
+                   help="--optimize: after the range search, learn every range at once against the FP32 "
+                        "logits on every calibration image for N steps (default 0: off; about 80 pay on B0, "
+                        "with --optimize-minutes 8; docs/quantization.md)")
     c.add_argument("--optimize-minutes", type=float, metavar="M",
                    help="--optimize: time budget (default 3), turned into fewer search images and steps "
                         "for big models by a cost model measured on a 2-core host, so a compile stays "
@@ -220,7 +224,8 @@ def compile_options(args, target: str, **extra):
         recover_temperature=args.recover_temperature, recover_batch=args.recover_batch,
         recover_quant_aware=args.recover_quant_aware, train=args.train,
         seed=args.seed, scale_groups=args.scale_groups, optimize=args.optimize,
-        optimize_steps=args.optimize_steps, optimize_minutes=args.optimize_minutes, workers=args.workers, ray_address=args.address, **extra)
+        optimize_steps=args.optimize_steps, optimize_minutes=args.optimize_minutes,
+        optimize_refine_steps=args.optimize_refine_steps, workers=args.workers, ray_address=args.address, **extra)
 
 
 def cmd_sensitivity(args) -> int:

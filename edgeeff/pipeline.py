@@ -90,6 +90,9 @@ class CompileOptions:
     optimize: str | None = None       # off | ranges | rounding (quant/optimise.py); None: the target's
     optimize_steps: int | None = None  # learning steps per block (None: optimise.DEFAULT_STEPS)
     optimize_minutes: float | None = None  # the optimisation's budget (None: optimise.DEFAULT_OPTIMIZE_MINUTES)
+    # learning steps of every range at once against the FP32 logits, after the search (None:
+    # optimise.DEFAULT_REFINE_STEPS; 0: off)
+    optimize_refine_steps: int | None = None
     # --workers N: the per-layer evaluations of --sensitivity / --max-drop as Ray tasks (distributed.py);
     # None: in this process. ray_address: join that Ray cluster instead of starting a local one.
     workers: int | None = None
@@ -213,6 +216,8 @@ def check_inputs(opts: CompileOptions):
                         f"or leave --optimize off")
     if opts.optimize_steps is not None and opts.optimize_steps < 1:
         raise UserError(f"--optimize-steps {opts.optimize_steps}: must be at least 1")
+    if opts.optimize_refine_steps is not None and opts.optimize_refine_steps < 0:
+        raise UserError(f"--optimize-refine-steps {opts.optimize_refine_steps}: must be 0 (off) or more")
     if opts.optimize_minutes is not None and not opts.optimize_minutes > 0:
         raise UserError(f"--optimize-minutes {opts.optimize_minutes:g}: must be more than 0")
     check_out_folder(opts.out)
@@ -266,20 +271,32 @@ def optimise_int8(opts: CompileOptions, target: TargetProfile, backend, deploy, 
     `android`, `ios`) share one search: `shared` holds it, each target gets its own copy."""
     mode = opts.optimize or optimize_for_model(target, deploy)
     if mode == "off":
+        if opts.optimize_refine_steps:
+            warn(f"--optimize-refine-steps {opts.optimize_refine_steps}: ignored, the optimisation is off for "
+                 f"this model and target (add --optimize ranges)")
         return None, None, deploy
     from .quant.calibration import OWN_METHODS
-    from .quant.optimise import DEFAULT_OPTIMIZE_MINUTES, OptimiseSettings, optimise_int8_model, plan_for_budget
+    from .quant.optimise import (
+        DEFAULT_OPTIMIZE_MINUTES,
+        DEFAULT_REFINE_STEPS,
+        OptimiseSettings,
+        optimise_int8_model,
+        plan_for_budget,
+    )
     from .quant.simulation import activation_ranges
 
     steps = 0 if mode == "ranges" else opts.optimize_steps
     # how the runtime quantizes (TensorRT: symmetric, its centred inputs asymmetric)
     simulation = backend.simulation(target, deploy) if hasattr(backend, "simulation") else getattr(backend, "SIMULATION", {})
-    settings = OptimiseSettings(seed=opts.seed, **simulation, **({"steps": steps} if steps is not None else {}))
+    refine = DEFAULT_REFINE_STEPS if opts.optimize_refine_steps is None else opts.optimize_refine_steps
+    settings = OptimiseSettings(seed=opts.seed, refine_steps=refine, **simulation,
+                                **({"steps": steps} if steps is not None else {}))
     # --optimize-minutes becomes a plan (images, steps) by a cost model, never by the clock: reproducible
     minutes = opts.optimize_minutes or DEFAULT_OPTIMIZE_MINUTES
     settings, budget = plan_for_budget(deploy, spec.resolution, settings, minutes)
     if budget["cut"]:
-        cuts = {"search_images": f"{settings.search_images} images per range tried",
+        cuts = {"refine_steps": f"{settings.refine_steps} refinement steps",
+                "search_images": f"{settings.search_images} images per range tried",
                 "steps": f"{settings.steps} steps per unit", "images": f"{settings.images} images",
                 "units": f"the first {budget['units']} of {budget['of_units']} units"}
         say(f"--optimize-minutes {minutes:g}: planned {budget['estimated_minutes']:g} min with "
@@ -300,13 +317,16 @@ def optimise_int8(opts: CompileOptions, target: TargetProfile, backend, deploy, 
         def search():
             ranges = activation_ranges(deploy, batches, start, symmetric=settings.symmetric,
                                        asymmetric_points=settings.asymmetric_points)
-            return optimise_int8_model(deploy, torch.cat(batches), ranges, settings, opts.quiet)
+            # the refinement learns on every calibration image, not only the optimisation images
+            refine_images = torch.cat(list(torch_batches(calibration.crops, spec, 50))) if settings.refine_steps else None
+            return optimise_int8_model(deploy, torch.cat(batches), ranges, settings, opts.quiet,
+                                       refine_images=refine_images)
 
         if shared is None:
             model, info = search()
         else:  # each target gets its own copy of the one search
             key = content_key(mode, repr(settings), repr(spec), start, deploy.describe(), deploy.state_dict_digest(),
-                              calibration.crops[chosen])
+                              calibration.crops[chosen], calibration.crops if settings.refine_steps else None)
             model, info = copy.deepcopy(_once(shared, f"optimise {key}", search))
         info["setting"], info["starting_ranges"], info["budget"] = mode, start["name"], budget
         if mode == "ranges":  # weights stay the model's own: the quantizer rounds them to nearest

@@ -160,6 +160,8 @@ def _run(args, tmp_path):
      "--optimize rounding: the intel target takes ranges; or leave --optimize off"),
     (["compile", "--variant", "lite0", "--target", "onnx", "--optimize", "rounding", "--optimize-steps", "0"],
      "--optimize-steps 0: must be at least 1"),
+    (["compile", "--variant", "lite0", "--target", "onnx", "--optimize", "ranges", "--optimize-refine-steps", "-1"],
+     "--optimize-refine-steps -1: must be 0 (off) or more"),
     (["compile", "--variant", "lite0"], "the following arguments are required: --target"),
     (["compile", "--variant", "lite0", "--target", "onnx", "--calib-count", "many"], "--calib-count: invalid int value"),
 ])

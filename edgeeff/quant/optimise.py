@@ -58,6 +58,16 @@ DROP_PROB = 0.5  # QDrop: each activation element is quantized with this probabi
 # error kept (one pass, in forward order, on SEARCH_IMAGES of the unit's inputs).
 RANGE_FACTORS = (0.5, 0.7, 0.85, 1.0, 1.15, 1.3)
 SEARCH_IMAGES = 16
+# refine_ranges: every range at once against the FP32 logits, after the search. Off by default: on
+# the B0 test model it needs about 80 steps (5-6 minutes on 2 cores) to pay, and then gains little
+# (docs/quantization.md); 24 steps made the file worse.
+DEFAULT_REFINE_STEPS = 0
+REFINE_BATCH = 16
+REFINE_LEARNING_RATE = 1e-2
+MIN_REFINE_STEPS = 20
+# One refinement image costs this many forward passes of the simulation (forward, backward through
+# the quantizers and convs; measured on B0, docs/quantization.md)
+REFINE_PASSES_PER_IMAGE = 3.5
 # --optimize-minutes: the budget is turned into a plan (how many images the search and the
 # learning see, how many units) by a cost model, not by the clock, so the same inputs still give
 # the same file. The simulation's time goes to fake-quantizing activations (elementwise, memory
@@ -99,6 +109,10 @@ class OptimiseSettings:
     # Points centred although `symmetric` (name suffixes): TensorRT's centred inputs (jetson-orin's
     # centre_pointwise_inputs: an Add of -m before the Q, m taken back in the reader's bias)
     asymmetric_points: tuple[str, ...] = ()
+    # refine_ranges after the unit-by-unit search: mini-batches of `refine_batch` optimisation images
+    # against the FP32 logits (0: off)
+    refine_steps: int = 0
+    refine_batch: int = REFINE_BATCH
     # Only the first `units` units are optimised (the rest keep the recipe's ranges and nearest
     # rounding): the last cut of plan_for_budget. None: every unit.
     units: int | None = None
@@ -161,7 +175,8 @@ class ActivationQuantizers:
             if fixed is not None:
                 self.fixed.add(name)
             self.set_range(name, *(fixed or ranges[name]))
-            self.hooks.append(_hook(module, where, lambda t, n=name: self._quantize(t, *self.qparams[n])))
+            self.hooks.append(_hook(module, where, lambda t, n=name: self._quantize_point(n, t)))
+        self.log_factors: dict[str, torch.Tensor] = {}  # refine_ranges: learned range factors, exp(a)
 
     @classmethod
     def for_settings(cls, model: nn.Module, ranges: dict, generator: torch.Generator, settings: "OptimiseSettings",
@@ -186,6 +201,24 @@ class ActivationQuantizers:
         members = set(unit.modules())
         return [name for name, module in self.modules.items() if module in members and name not in self.fixed]
 
+    def _quantize_point(self, name: str, t: torch.Tensor) -> torch.Tensor:
+        scale, zero, offset = self.qparams[name]
+        log_factor = self.log_factors.get(name)
+        if log_factor is None:
+            return self._quantize(t, scale, zero, offset)
+        # The range scaled by exp(a): the scale and a centred grid's offset scale with it, the zero
+        # point does not. torch's learnable fake quantizer passes gradients straight through the
+        # rounding and gives the scale LSQ's gradient (Esser et al. 2020), clipped values included,
+        # in one kernel.
+        factor = log_factor.exp()
+        step = (scale * factor).reshape(1)
+        zero_point = torch.tensor([float(zero)])
+        if offset:
+            shift = offset * factor
+            return torch._fake_quantize_learnable_per_tensor_affine(t - shift, step, zero_point, ACT_QMIN, ACT_QMAX,
+                                                                    1.0) + shift
+        return torch._fake_quantize_learnable_per_tensor_affine(t, step, zero_point, ACT_QMIN, ACT_QMAX, 1.0)
+
     def _quantize(self, t: torch.Tensor, scale: float, zero: int, offset: float) -> torch.Tensor:
         if offset:  # a centred tensor: its grid is offset by m (set_range)
             q = torch.fake_quantize_per_tensor_affine(t - offset, scale, zero, ACT_QMIN, ACT_QMAX) + offset
@@ -199,6 +232,43 @@ class ActivationQuantizers:
     def remove(self):
         for h in self.hooks:
             h.remove()
+
+
+def refine_ranges(model: nn.Module, acts: ActivationQuantizers, images: torch.Tensor, reference: torch.Tensor,
+                  steps: int, batch: int, generator: torch.Generator,
+                  learning_rate: float = REFINE_LEARNING_RATE, quiet: bool = True) -> list[float]:
+    """Every range of `acts` (the fixed ones excepted) scaled by a factor learned against the FP32
+    model's output distribution: KL(softmax(reference) || softmax(model)) over mini-batches of
+    `images`, the whole INT8 arithmetic simulated. The unit-by-unit search judges each range by its
+    own unit's output error; this judges them all by what the reader of the logits sees. Returns
+    the loss per step."""
+    import torch.nn.functional as F
+
+    names = [name for name in acts.modules if name not in acts.fixed]
+    acts.log_factors = {name: torch.zeros((), requires_grad=True) for name in names}
+    optimiser = torch.optim.Adam(list(acts.log_factors.values()), lr=learning_rate)
+    # cosine decay to zero: the factors settle instead of ending on the last mini-batch's noise
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, max(1, steps))
+    losses = []
+    try:
+        with torch.enable_grad():
+            for _ in progress(range(steps), "refining ranges against the FP32 logits", "step", quiet):
+                idx = torch.randint(0, len(images), (min(batch, len(images)),), generator=generator)
+                out = model(images[idx])
+                loss = F.kl_div(F.log_softmax(out, 1), F.log_softmax(reference[idx], 1), reduction="batchmean",
+                                log_target=True)
+                optimiser.zero_grad(set_to_none=True)
+                loss.backward()
+                optimiser.step()
+                schedule.step()
+                losses.append(float(loss.detach()))
+    finally:
+        factors = {name: float(a.detach().exp()) for name, a in acts.log_factors.items()}
+        acts.log_factors = {}
+    for name, factor in factors.items():
+        low, high = acts.ranges[name]
+        acts.set_range(name, low * factor, high * factor)
+    return losses
 
 
 def residual_branch_points(points: dict) -> list[str]:
@@ -288,6 +358,9 @@ def estimated_seconds(costs: list[UnitCost], settings: "OptimiseSettings") -> fl
         if settings.steps:
             images += settings.images + 3 * settings.batch * settings.steps
         total += images * cost.melements * cost.resolution * SECONDS_PER_MELEMENT_PX
+    if settings.refine_steps and (settings.units is None or settings.units >= len(costs)):
+        whole = sum(cost.melements * cost.resolution for cost in costs)
+        total += settings.refine_steps * settings.refine_batch * REFINE_PASSES_PER_IMAGE * whole * SECONDS_PER_MELEMENT_PX
     return total
 
 
@@ -302,27 +375,36 @@ def plan_for_budget(model: nn.Module, resolution: int, settings: "OptimiseSettin
     costs = unit_costs(model, resolution)
     budget = minutes * 60
     wanted = settings
-    # The search images, then the steps: each scaled by the share of its own cost the budget leaves
-    # (what the plan costs without that work at all is the part it cannot cut), down to its floor.
-    for field_name, floor, without in (("search_images", MIN_SEARCH_IMAGES, {"search_ranges": False}),
+    # The refinement steps, the search images, then the learning steps: each scaled by the share of
+    # its own cost the budget leaves (what the plan costs without that work at all is the part it
+    # cannot cut), down to its floor; the refinement, an addition to the search, goes entirely below
+    # its floor.
+    for field_name, floor, without in (("refine_steps", MIN_REFINE_STEPS, {"refine_steps": 0}),
+                                       ("search_images", MIN_SEARCH_IMAGES, {"search_ranges": False}),
                                        ("steps", MIN_STEPS, {"steps": 0})):
         value = getattr(settings, field_name)
         if estimated_seconds(costs, settings) <= budget or not getattr(settings, next(iter(without))):
             continue
         fixed = estimated_seconds(costs, replace(settings, **without))
         share = (budget - fixed) / max(estimated_seconds(costs, settings) - fixed, 1e-9)
-        settings = replace(settings, **{field_name: max(floor, min(value, int(value * share)))})
+        cut = min(value, int(value * share))
+        if field_name == "refine_steps" and cut < floor:
+            cut = 0
+        settings = replace(settings, **{field_name: max(floor, cut) if cut or field_name != "refine_steps" else 0})
     while estimated_seconds(costs, settings) > budget and settings.images > MIN_IMAGES:
         settings = replace(settings, images=max(MIN_IMAGES, settings.images // 2),
                            search_images=min(settings.search_images, max(MIN_IMAGES, settings.images // 2)))
     if estimated_seconds(costs, settings) > budget:
         fits = [k for k in range(len(costs) + 1) if estimated_seconds(costs, replace(settings, units=k)) <= budget]
-        settings = replace(settings, units=max(fits))  # 0 fits: nothing is optimised
+        # 0 fits: nothing is optimised; with units cut there is no whole model to refine
+        settings = replace(settings, units=max(fits), refine_steps=0)
     estimate = estimated_seconds(costs, settings)
     plan = {"budget_minutes": minutes, "estimated_minutes": round(estimate / 60, 2),
             "images": settings.images, "search_images": settings.search_images, "steps_per_unit": settings.steps,
             "units": settings.units if settings.units is not None else len(costs), "of_units": len(costs),
-            "cut": [k for k in ("search_images", "steps", "images", "units") if getattr(settings, k) != getattr(wanted, k)]}
+            "refine_steps": settings.refine_steps,
+            "cut": [k for k in ("refine_steps", "search_images", "steps", "images", "units")
+                    if getattr(settings, k) != getattr(wanted, k)]}
     return settings, plan
 
 
@@ -342,7 +424,8 @@ def _run(unit: nn.Module, x: torch.Tensor, batch: int) -> torch.Tensor:
 
 
 def optimise_int8_model(model: nn.Module, images: torch.Tensor, ranges: dict, settings: OptimiseSettings,
-                      quiet: bool = False, skip_activations=("logits",)) -> tuple[nn.Module, dict]:
+                      quiet: bool = False, skip_activations=("logits",),
+                      refine_images: torch.Tensor | None = None) -> tuple[nn.Module, dict]:
     """A copy of `model` whose conv and linear weights lie on their INT8 grid, rounded as learned
     (nearest where learning did not help, or with steps=0), and what was done: the searched ranges
     and, per unit, the relative error of its output with the recipe's ranges, with the searched
@@ -384,16 +467,31 @@ def optimise_int8_model(model: nn.Module, images: torch.Tensor, ranges: dict, se
                            "error_learned": float(f"{min(error_after, error_before):.6g}"), "kept": chosen})
             x_q = _run(q_unit, x_q, settings.batch)  # the INT8 model so far feeds the next unit
             x_fp = target
+        refinement = None
+        if settings.refine_steps and len(pairs) == len(units(quantized)):  # every unit searched
+            before = dict(acts.ranges)
+            refine_on = images if refine_images is None else refine_images
+            reference_logits = x_fp if refine_images is None else _run(reference, refine_on, settings.batch)
+            losses = refine_ranges(quantized, acts, refine_on, reference_logits, settings.refine_steps,
+                                   settings.refine_batch, generator, quiet=quiet)
+            refinement = {"steps": settings.refine_steps, "batch": settings.refine_batch, "images": int(len(refine_on)),
+                          "learning_rate": REFINE_LEARNING_RATE, "loss": "KL(FP32 || INT8) of the logits",
+                          "loss_first_step": round(losses[0], 6), "loss_last_step": round(losses[-1], 6),
+                          "factors": {name: round(acts.ranges[name][1] / high if high else
+                                                  acts.ranges[name][0] / low if low else 1.0, 6)
+                                      for name, (low, high) in before.items() if name not in acts.fixed}}
     finally:
         acts.remove()
     method = [m for m, on in (("range-search", settings.search_ranges),
-                              ("adaround-block-reconstruction", settings.steps > 0)) if on]
+                              ("adaround-block-reconstruction", settings.steps > 0),
+                              ("range-refinement", refinement is not None)) if on]
     info = {"method": "+".join(method) or "none", "steps_per_unit": settings.steps,
             "range_search": settings.search_ranges,
             "ranges": {name: r for name, r in acts.ranges.items() if name not in acts.fixed},
             "activations": "symmetric" if settings.symmetric else "asymmetric",
             "images": int(len(images)), "batch": settings.batch, "seed": settings.seed,
-            "activation_dropout": DROP_PROB, "units": report}  # its time: timings_s["optimise"]
+            "activation_dropout": DROP_PROB, "units": report,  # its time: timings_s["optimise"]
+            **({"refinement": refinement} if refinement else {})}
     return quantized, info
 
 

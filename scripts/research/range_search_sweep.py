@@ -15,7 +15,6 @@ is simulated in PyTorch on the held-out images: top-1 agreement with FP32 and KL
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
@@ -23,17 +22,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from simulation_setup import compile_start, held_out_arguments, held_out_row, load_held_out, logits_of  # noqa: E402
 
-from edgeeff.backends import backend  # noqa: E402
-from edgeeff.data.images import crop_all, find_images, spread_choice  # noqa: E402
-from edgeeff.models.distill import kd_loss  # noqa: E402
-from edgeeff.models.family import spec_for_variant  # noqa: E402
-from edgeeff.models.weights import load_model  # noqa: E402
-from edgeeff.profiles import get_recipe, get_target  # noqa: E402
 from edgeeff.quant.optimise import ActivationQuantizers, OptimiseSettings, optimise_int8_model  # noqa: E402
-from edgeeff.quant.simulation import activation_ranges, simulated_int8  # noqa: E402
+from edgeeff.quant.simulation import simulated_int8  # noqa: E402
 from edgeeff.scoring import torch_batches  # noqa: E402
 
 SETTINGS = {  # name -> OptimiseSettings fields (steps=0: ranges only)
@@ -47,36 +40,12 @@ SETTINGS = {  # name -> OptimiseSettings fields (steps=0: ranges only)
 }
 
 
-@torch.no_grad()
-def logits(model, batches) -> torch.Tensor:
-    return torch.cat([model(x) for x in batches])
-
-
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--weights", type=Path, required=True)
-    parser.add_argument("--variant", default="b0")
-    parser.add_argument("--calib", type=Path, required=True)
-    parser.add_argument("--calib-count", type=int, default=300)
-    parser.add_argument("--target", default="onnx")
-    parser.add_argument("--only", nargs="*", help="setting names to run (default: all)")
-    parser.add_argument("--out", type=Path)
-    args = parser.parse_args()
-    torch.set_num_threads(2)
-    spec = spec_for_variant(args.variant)
-    model = load_model(args.variant, args.weights)[0].eval()
-    paths = find_images(args.calib)
-    used = spread_choice(paths, args.calib_count)
-    held_out = [p for p in paths if p not in set(used)]
-    _, crops, _ = crop_all(used, spec, "calibration", quiet=True)
-    _, held_crops, _ = crop_all(held_out, spec, "held-out", quiet=True)
-    simulation = getattr(backend(get_target(args.target).backend), "SIMULATION", {})
-    base = OptimiseSettings(**simulation)
-    chosen = np.unique(np.linspace(0, len(crops) - 1, min(base.images, len(crops))).round().astype(int))
-    batches = list(torch_batches(crops[chosen], spec, base.batch))
-    start = activation_ranges(model, batches, get_recipe("percentile"), symmetric=base.symmetric)
+    args = held_out_arguments(__doc__.split("\n\n")[0]).parse_args()
+    model, spec, crops, held_crops, simulation = load_held_out(args)
+    base, batches, start = compile_start(model, spec, crops, simulation)
     held = list(torch_batches(held_crops, spec, 50))
-    reference = logits(model, held)
+    reference = logits_of(model, torch.cat(held))
     rows = []
     for name, fields in SETTINGS.items():
         if args.only and name not in args.only:
@@ -89,14 +58,10 @@ def main() -> None:
         with simulated_int8(model, start, weights=True, activations=[]):
             acts = ActivationQuantizers.for_settings(model, {**start, **info["ranges"]}, torch.Generator(), settings)
             try:
-                test = logits(model, held)
+                test = logits_of(model, torch.cat(held))
             finally:
                 acts.remove()
-        agreement = float((test.argmax(1) == reference.argmax(1)).float().mean() * 100)
-        rows.append({"setting": name, "held_out_images": len(held_crops), "agreement": round(agreement, 2),
-                     "kl": round(float(kd_loss(test, reference, temperature=1.0)), 5),
-                     "search_s": round(seconds, 1), **{k: v for k, v in fields.items()}})
-        print(f"{name:40s} agreement {agreement:6.2f}  KL {rows[-1]['kl']:.5f}  {seconds:6.1f} s", flush=True)
+        rows.append(held_out_row(name, test, reference, search_s=round(seconds, 1), **fields))
         if args.out:  # after every setting: a long sweep cut short keeps what it measured
             args.out.write_text(json.dumps({"target": args.target, "variant": args.variant, "rows": rows},
                                            indent=1) + "\n")
