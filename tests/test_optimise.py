@@ -388,27 +388,29 @@ def _simulated_kl(model, images, ranges) -> float:
 
 
 def test_range_refinement_lowers_the_logit_loss_and_is_deterministic():
-    """optimise.refine_ranges, after the search: every range scaled by a learned factor against the
-    FP32 logits. On its images, the simulated KL to FP32 goes down from the searched ranges'; the
-    same seed gives the same ranges; the report says what it did."""
+    """optimise.refine_ranges: every range scaled by a learned factor against the FP32 logits. From
+    ranges three times too wide (so that there is a loss to lower: a random model's own percentile
+    ranges leave its logits within KL 1e-5 of FP32), the simulated KL to FP32 goes down on its
+    images; the same seed gives the same ranges; the report says what it did."""
     model = _model(se=True)
     with torch.no_grad():  # a random model's logits are nearly flat: sharpen them so KL has a signal
         model.classifier.weight.mul_(40)
     images = _input(_crops(12, seed=7))
-    ranges = activation_ranges(model, [images], get_recipe("percentile"))
-    searched = optimise_int8_model(model, images, ranges, OptimiseSettings(steps=0, batch=6), quiet=True)[1]
-    settings = OptimiseSettings(steps=0, batch=6, refine_steps=40, refine_batch=6)
-    runs = [optimise_int8_model(model, images, ranges, settings, quiet=True)[1] for _ in range(2)]
+    wide = {name: (low * 3, high * 3) for name, (low, high) in
+            activation_ranges(model, [images], get_recipe("percentile")).items()}
+    settings = OptimiseSettings(steps=0, batch=6, search_ranges=False, refine_steps=40, refine_batch=6)
+    runs = [optimise_int8_model(model, images, wide, settings, quiet=True)[1] for _ in range(2)]
     assert runs[0]["ranges"] == runs[1]["ranges"]
     refinement = runs[0]["refinement"]
-    assert runs[0]["method"] == "range-search+range-refinement" and refinement["steps"] == 40
-    assert set(refinement["factors"]) == set(searched["ranges"])
+    assert runs[0]["method"] == "range-refinement" and refinement["steps"] == 40
+    assert set(refinement["factors"]) == set(runs[0]["ranges"])
     assert any(abs(f - 1) > 0.01 for f in refinement["factors"].values())  # it moved the ranges
-    for name, factor in refinement["factors"].items():  # each range is the searched one times its factor
-        assert runs[0]["ranges"][name][1] == pytest.approx(searched["ranges"][name][1] * factor, rel=1e-4)
-    before = _simulated_kl(model, images, {**ranges, **searched["ranges"]})
-    after = _simulated_kl(model, images, {**ranges, **runs[0]["ranges"]})
-    assert before > 1e-6 and after < before, (before, after)
+    for name, factor in refinement["factors"].items():  # each range is the starting one times its factor
+        assert runs[0]["ranges"][name][1] == pytest.approx(wide[name][1] * factor, rel=1e-4)
+    before = _simulated_kl(model, images, wide)
+    after = _simulated_kl(model, images, {**wide, **runs[0]["ranges"]})
+    # 40 steps at the default learning rate move a factor by about 0.25 in log: lower, not yet 1/3
+    assert after < 0.85 * before, (before, after)
 
 
 def test_optimize_minutes_cuts_the_refinement_first_and_drops_it_below_its_floor():
