@@ -29,7 +29,14 @@ from .models.export import export_onnx
 from .models.family import spec_for_variant
 from .models.weights import load_model
 from .output_folder import atomic_folder, check_out_folder, kill_point
-from .profiles import TargetProfile, get_recipe, get_target, optimize_for_model, recipe_for_model
+from .profiles import (
+    TargetProfile,
+    get_recipe,
+    get_target,
+    optimize_for_model,
+    quantization_for_model,
+    recipe_for_model,
+)
 from .progress import say, warn
 from .report.contract import RANDOM_WEIGHTS_NOTE, artifact_row, library_versions, markdown, table_text, write_manifest
 from .report.html_page import render as render_html
@@ -288,7 +295,9 @@ def optimise_int8(opts: CompileOptions, target: TargetProfile, backend, deploy, 
     steps = 0 if mode == "ranges" else opts.optimize_steps
     # how the runtime quantizes (TensorRT: symmetric, its centred inputs asymmetric)
     simulation = backend.simulation(target, deploy) if hasattr(backend, "simulation") else getattr(backend, "SIMULATION", {})
-    refine = DEFAULT_REFINE_STEPS if opts.optimize_refine_steps is None else opts.optimize_refine_steps
+    # the refinement's default is the target's (`optimize_refine_steps`, by activation: measured)
+    refine = opts.optimize_refine_steps if opts.optimize_refine_steps is not None else int(
+        quantization_for_model(target, deploy).get("optimize_refine_steps", DEFAULT_REFINE_STEPS))
     settings = OptimiseSettings(seed=opts.seed, refine_steps=refine, **simulation,
                                 **({"steps": steps} if steps is not None else {}))
     # --optimize-minutes becomes a plan (images, steps) by a cost model, never by the clock: reproducible

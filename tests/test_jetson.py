@@ -538,6 +538,10 @@ def test_b0_swish_se_qdq_passes_the_check_and_is_measured(b0_jetson):
     assert report["calibration"]["method"] == qdq["quantization"]["calibration"] == "mse"  # swish
     assert qdq["quantization"]["qdq_pairs"]["se_gate"] == 16
     assert qdq["quantization"]["centred_inputs"] == 56  # every tensor only 1x1 convs read (docs/jetson.md)
+    # the default for swish models: searched ranges, refined against the logits (within the budget)
+    optimisation = qdq["quantization"]["optimisation"]
+    assert optimisation["method"] == "range-search+range-refinement", optimisation["method"]
+    assert optimisation["refinement"]["steps"] == 48 and optimisation["budget"]["cut"] == []
     # Scale groups are on for jetson-orin: B0 splits the stem and two expand convs, each into one
     # more conv, so 82 + 6 layers, every one bias-corrected.
     assert len(report["scale_groups"]["sites"]) == 3
@@ -558,3 +562,16 @@ def test_centring_is_on_for_swish_models_only():
     assert quantization_for_model(orin, build_model("b0"))["centre_pointwise_inputs"] is True
     assert quantization_for_model(orin, build_model("lite0"))["centre_pointwise_inputs"] is False
     assert not quantization_for_model(get_target("jetson-nano"), build_model("b0")).get("centre_pointwise_inputs")
+
+
+def test_orin_refines_the_searched_ranges_for_swish_models_only():
+    """jetson-orin's default for swish models (measured on B0, docs/jetson.md): the range search and
+    48 refinement steps; ReLU6 models keep the optimisation off."""
+    from edgeeff.models.builder import build_model
+    from edgeeff.profiles import get_target, optimize_for_model, quantization_for_model
+
+    orin = get_target("jetson-orin")
+    assert optimize_for_model(orin, build_model("b0")) == "ranges"
+    assert quantization_for_model(orin, build_model("b0"))["optimize_refine_steps"] == 48
+    assert optimize_for_model(orin, build_model("lite0")) == "off"
+    assert "optimize_refine_steps" not in quantization_for_model(orin, build_model("lite0"))

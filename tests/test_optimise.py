@@ -420,8 +420,8 @@ def test_optimize_minutes_cuts_the_refinement_first_and_drops_it_below_its_floor
     from edgeeff.quant.optimise import estimated_seconds, plan_for_budget, unit_costs
 
     model = _model(se=True)
-    costs = unit_costs(model, RES)
     wanted = OptimiseSettings(steps=0, refine_steps=80)
+    costs = unit_costs(model, RES, wanted)
     search_only = estimated_seconds(costs, replace(wanted, refine_steps=0))
     full = estimated_seconds(costs, wanted)
     assert full > search_only
@@ -430,3 +430,23 @@ def test_optimize_minutes_cuts_the_refinement_first_and_drops_it_below_its_floor
     assert half.search_images == wanted.search_images
     none, plan = plan_for_budget(model, RES, wanted, minutes=search_only * 1.001 / 60)
     assert none.refine_steps == 0 and plan["refine_steps"] == 0 and plan["cut"] == ["refine_steps"]
+
+
+def test_the_cost_model_counts_the_points_the_target_simulates():
+    """TensorRT's simulation leaves conv outputs and the SE convs' outputs float: its search has
+    fewer ranges to try and its passes fewer elements to quantize, so the budget plan expects less
+    time than for ONNX Runtime's, which quantizes every point but the float logits."""
+    from edgeeff.backends.tensorrt import SIMULATION
+    from edgeeff.quant.optimise import estimated_seconds, unit_costs
+    from edgeeff.quant.simulation import quant_points
+
+    model = _model(se=True)
+    every = unit_costs(model, RES)
+    onnxruntime = unit_costs(model, RES, OptimiseSettings())
+    tensorrt = unit_costs(model, RES, OptimiseSettings(**SIMULATION))
+    assert sum(c.points for c in every) == len(quant_points(model))
+    assert sum(c.points for c in onnxruntime) == len(quant_points(model)) - 1  # the logits
+    assert sum(c.points for c in tensorrt) < sum(c.points for c in onnxruntime)
+    assert sum(c.melements for c in tensorrt) < sum(c.melements for c in onnxruntime)
+    settings = OptimiseSettings(steps=0)
+    assert estimated_seconds(tensorrt, settings) < estimated_seconds(onnxruntime, settings)

@@ -58,16 +58,20 @@ DROP_PROB = 0.5  # QDrop: each activation element is quantized with this probabi
 # error kept (one pass, in forward order, on SEARCH_IMAGES of the unit's inputs).
 RANGE_FACTORS = (0.5, 0.7, 0.85, 1.0, 1.15, 1.3)
 SEARCH_IMAGES = 16
-# refine_ranges: every range at once against the FP32 logits, after the search. Off by default: on
-# the B0 test model it needs about 80 steps (5-6 minutes on 2 cores) to pay, and then gains little
-# (docs/quantization.md); 24 steps made the file worse.
+# refine_ranges: every range at once against the FP32 logits, after the search. Off by default;
+# targets turn it on by measurement (`optimize_refine_steps` in their file: jetson-orin for swish
+# models, where 48 steps took the B0 test model's held-out KL from 0.059 to 0.034; on `onnx` 24
+# steps made the file worse, docs/quantization.md).
 DEFAULT_REFINE_STEPS = 0
 REFINE_BATCH = 16
 REFINE_LEARNING_RATE = 1e-2
 MIN_REFINE_STEPS = 20
-# One refinement image costs this many forward passes of the simulation (forward, backward through
-# the quantizers and convs; measured on B0, docs/quantization.md)
-REFINE_PASSES_PER_IMAGE = 3.5
+# One refinement image costs this many forward passes of the whole model with every point
+# quantized (forward, backward through the quantizers and convs; the same for every target: the
+# backward pass runs through the whole model). Fitted on the B0 test model, 2 threads, an idle
+# host: 1.95 s per step of 16 images on jetson-orin (80 - 48 steps: 62 s), 1.84 s on rpi (80
+# steps: 147 s more than none).
+REFINE_PASSES_PER_IMAGE = 1.55
 # --optimize-minutes: the budget is turned into a plan (how many images the search and the
 # learning see, how many units) by a cost model, not by the clock, so the same inputs still give
 # the same file. The simulation's time goes to fake-quantizing activations (elementwise, memory
@@ -318,34 +322,48 @@ class UnitCost:
     points: int  # quantization points inside the unit: the range search tries each
     melements: float  # millions of elements quantized at those points, per image
     resolution: int
+    # millions of elements at every point, quantized or not: the refinement's backward pass runs
+    # through the whole model whatever the target quantizes
+    all_melements: float = 0.0
 
 
-def unit_costs(model: nn.Module, resolution: int) -> list[UnitCost]:
-    """Per unit (units()), measured on one forward pass of a blank image."""
+def unit_costs(model: nn.Module, resolution: int, settings: "OptimiseSettings | None" = None) -> list[UnitCost]:
+    """Per unit (units()), measured on one forward pass of a blank image: the points the target's
+    simulation (`settings`) quantizes, or every point. (TensorRT's leaves conv outputs float: on
+    B0 it searches 118 ranges where ONNX Runtime's searches 189, in about a third of the time.)"""
     parts = units(model)
     owner = {}
     for i, (_, unit) in enumerate(parts):
         for m in unit.modules():
             owner.setdefault(m, i)
-    elements, points = [0] * len(parts), [0] * len(parts)
+    elements, every, points = [0] * len(parts), [0] * len(parts), [0] * len(parts)
+    all_points = quant_points(model)
+    quantized, searched = set(all_points), set(all_points)
+    if settings is not None:
+        acts = ActivationQuantizers.for_settings(model, {name: (-1.0, 1.0) for name in all_points},
+                                                 torch.Generator(), settings)
+        acts.remove()
+        quantized, searched = set(acts.modules), set(acts.modules) - acts.fixed
 
-    def counted(i):
+    def counted(i, is_quantized: bool):
         def fn(t):
-            elements[i] += t.numel()
+            every[i] += t.numel()
+            elements[i] += t.numel() if is_quantized else 0
         return fn
 
     hooks = []
-    for module, where, _ in quant_points(model).values():
+    for name, (module, where, _) in all_points.items():
         if module in owner:
-            points[owner[module]] += 1
-            hooks.append(_hook(module, where, counted(owner[module])))
+            points[owner[module]] += name in searched
+            hooks.append(_hook(module, where, counted(owner[module], name in quantized)))
     try:
         with torch.no_grad():
             model.eval()(torch.zeros(1, 3, resolution, resolution))
     finally:
         for h in hooks:
             h.remove()
-    return [UnitCost(name, p, e / 1e6, resolution) for (name, _), p, e in zip(parts, points, elements)]
+    return [UnitCost(name, p, e / 1e6, resolution, a / 1e6)
+            for (name, _), p, e, a in zip(parts, points, elements, every)]
 
 
 def estimated_seconds(costs: list[UnitCost], settings: "OptimiseSettings") -> float:
@@ -359,7 +377,7 @@ def estimated_seconds(costs: list[UnitCost], settings: "OptimiseSettings") -> fl
             images += settings.images + 3 * settings.batch * settings.steps
         total += images * cost.melements * cost.resolution * SECONDS_PER_MELEMENT_PX
     if settings.refine_steps and (settings.units is None or settings.units >= len(costs)):
-        whole = sum(cost.melements * cost.resolution for cost in costs)
+        whole = sum(cost.all_melements * cost.resolution for cost in costs)
         total += settings.refine_steps * settings.refine_batch * REFINE_PASSES_PER_IMAGE * whole * SECONDS_PER_MELEMENT_PX
     return total
 
@@ -372,7 +390,7 @@ def plan_for_budget(model: nn.Module, resolution: int, settings: "OptimiseSettin
     travels through all the others). What was planned goes into the report."""
     from dataclasses import replace
 
-    costs = unit_costs(model, resolution)
+    costs = unit_costs(model, resolution, settings)
     budget = minutes * 60
     wanted = settings
     # The refinement steps, the search images, then the learning steps: each scaled by the share of
