@@ -15,7 +15,7 @@ RECOVER_METHODS = ("none", "distill")           # --recover
 RECOVER_PARAMS = ("bn", "all")                  # --recover-params (distill.LEARNING_RATES has one rate each)
 IO_DTYPES = ("int8", "uint8")                   # --io, integer .tflite targets
 SCALE_GROUP_SETTINGS = ("auto", "off")          # --scale-groups
-OPTIMIZE_SETTINGS = ("off", "ranges", "rounding")  # --optimize (quant/optimise.py)
+OPTIMIZE_SETTINGS = ("off", "ranges", "refine", "rounding")  # --optimize (quant/optimise.py)
 # `edgeeff eval --interpolation`: device_preprocess.INTERPOLATIONS's keys (that module stays
 # standalone for devices, so it cannot import this one; a test keeps the two equal).
 INTERPOLATIONS = ("bicubic", "bilinear", "nearest")

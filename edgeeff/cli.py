@@ -59,16 +59,17 @@ def _add_compile_flags(c: argparse.ArgumentParser) -> None:
                    help="split channels whose ranges differ widely into groups with their own INT8 scale "
                         "(exact in float; default: the target's, auto for rpi/android/ios; docs/variants.md)")
     c.add_argument("--optimize", choices=choices.OPTIMIZE_SETTINGS,
-                   help="optimise the INT8 model block by block against the FP32 model on calibration "
-                        "images: ranges searches each activation range, rounding also learns each weight's "
-                        "rounding and bakes it into the artifact (default: the target's, ranges for onnx; "
+                   help="optimise the INT8 model against the FP32 model on calibration images: ranges "
+                        "searches each activation range block by block, refine learns them all at once against "
+                        "the FP32 logits, rounding also learns each weight's rounding and bakes it into the "
+                        "artifact (default: the target's for the model's activation; "
                         "docs/quantization.md)")
     c.add_argument("--optimize-steps", type=int, metavar="N",
                    help="--optimize rounding: learning steps per block (default 20)")
     c.add_argument("--optimize-refine-steps", type=int, metavar="N",
                    help="--optimize: after the range search, learn every range at once against the FP32 "
-                        "logits on every calibration image for N steps (default 0: off; about 80 pay on B0, "
-                        "with --optimize-minutes 8; docs/quantization.md)")
+                        "logits on every calibration image for N steps (default: the target's, 48 on jetson-orin "
+                        "for swish models, else 0: off; docs/quantization.md)")
     c.add_argument("--optimize-minutes", type=float, metavar="M",
                    help="--optimize: time budget (default 3), turned into fewer search images and steps "
                         "for big models by a cost model measured on a 2-core host, so a compile stays "

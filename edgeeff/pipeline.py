@@ -225,6 +225,12 @@ def check_inputs(opts: CompileOptions):
         raise UserError(f"--optimize-steps {opts.optimize_steps}: must be at least 1")
     if opts.optimize_refine_steps is not None and opts.optimize_refine_steps < 0:
         raise UserError(f"--optimize-refine-steps {opts.optimize_refine_steps}: must be 0 (off) or more")
+    if opts.optimize == "refine" and opts.optimize_refine_steps is not None:
+        from .quant.optimise import MIN_REFINE_STEPS
+
+        if opts.optimize_refine_steps < MIN_REFINE_STEPS:
+            raise UserError(f"--optimize-refine-steps {opts.optimize_refine_steps}: --optimize refine is the "
+                            f"refinement alone and needs at least {MIN_REFINE_STEPS} steps (or leave the flag out)")
     if opts.optimize_minutes is not None and not opts.optimize_minutes > 0:
         raise UserError(f"--optimize-minutes {opts.optimize_minutes:g}: must be more than 0")
     check_out_folder(opts.out)
@@ -270,9 +276,11 @@ def split_scales(opts: CompileOptions, target: TargetProfile, model, spec, calib
 
 def optimise_int8(opts: CompileOptions, target: TargetProfile, backend, deploy, spec, calibration, recipe: dict,
                   workdir: Path, watch, shared: dict | None = None):
-    """--optimize (quant/optimise.py), unit by unit against the FP32 model: `ranges` searches each
-    activation range; `rounding` also learns each weight's rounding and exports the graph again
-    with its weights on their learned INT8 grid. Returns (that ONNX or None, what was done, the
+    """--optimize (quant/optimise.py), against the FP32 model: `ranges` searches each activation
+    range unit by unit (then refines them all at once for the target's `optimize_refine_steps`);
+    `refine` only refines them all at once against the logits, from the recipe's ranges; `rounding`
+    also learns each weight's rounding and exports the graph again with its weights on their
+    learned INT8 grid. Returns (that ONNX or None, what was done, the
     model the quantized graph comes from); (None, None, deploy) when off.
     Targets of one command that simulate the same arithmetic on the same model and images (`rpi`,
     `android`, `ios`) share one search: `shared` holds it, each target gets its own copy."""
@@ -286,19 +294,22 @@ def optimise_int8(opts: CompileOptions, target: TargetProfile, backend, deploy, 
     from .quant.optimise import (
         DEFAULT_OPTIMIZE_MINUTES,
         DEFAULT_REFINE_STEPS,
+        REFINE_ONLY_STEPS,
         OptimiseSettings,
         optimise_int8_model,
         plan_for_budget,
     )
     from .quant.simulation import activation_ranges
 
-    steps = 0 if mode == "ranges" else opts.optimize_steps
+    steps = 0 if mode in ("ranges", "refine") else opts.optimize_steps
     # how the runtime quantizes (TensorRT: symmetric, its centred inputs asymmetric)
     simulation = backend.simulation(target, deploy) if hasattr(backend, "simulation") else getattr(backend, "SIMULATION", {})
     # the refinement's default is the target's (`optimize_refine_steps`, by activation: measured)
     refine = opts.optimize_refine_steps if opts.optimize_refine_steps is not None else int(
         quantization_for_model(target, deploy).get("optimize_refine_steps", DEFAULT_REFINE_STEPS))
-    settings = OptimiseSettings(seed=opts.seed, refine_steps=refine, **simulation,
+    if mode == "refine" and not refine:  # the refinement is all it does (check_inputs refused 0)
+        refine = REFINE_ONLY_STEPS
+    settings = OptimiseSettings(seed=opts.seed, refine_steps=refine, search_ranges=mode != "refine", **simulation,
                                 **({"steps": steps} if steps is not None else {}))
     # --optimize-minutes becomes a plan (images, steps) by a cost model, never by the clock: reproducible
     minutes = opts.optimize_minutes or DEFAULT_OPTIMIZE_MINUTES
@@ -338,7 +349,7 @@ def optimise_int8(opts: CompileOptions, target: TargetProfile, backend, deploy, 
                               calibration.crops[chosen], calibration.crops if settings.refine_steps else None)
             model, info = copy.deepcopy(_once(shared, f"optimise {key}", search))
         info["setting"], info["starting_ranges"], info["budget"] = mode, start["name"], budget
-        if mode == "ranges":  # weights stay the model's own: the quantizer rounds them to nearest
+        if mode in ("ranges", "refine"):  # weights stay the model's own: the quantizer rounds them to nearest
             return None, info, deploy
         if not getattr(backend, "NEEDS_ONNX", True):  # LiteRT converts the optimised model itself
             return None, info, model

@@ -118,7 +118,7 @@ def main() -> int:
     parser.add_argument("--models", nargs="+", default=["b0", "lite0"])
     parser.add_argument("--targets", nargs="+", default=["onnx", "intel", "rpi", "jetson"])
     parser.add_argument("--settings", nargs="+", default=["default", "off", "ranges"],
-                        help="default (the target's own), off, ranges, rounding (onnx only), fallback "
+                        help="default (the target's own), off, ranges, refine, rounding (onnx, LiteRT), fallback "
                              "(ranges + --max-drop)")
     parser.add_argument("--settings-for", nargs="*", default=[], metavar="MODEL=S1,S2",
                         help="other settings for one model, e.g. lite0=off (ReLU6 models default to off)")

@@ -546,10 +546,11 @@ def test_b0_swish_se_qdq_passes_the_check_and_is_measured(b0_jetson):
     # more conv, so 82 + 6 layers, every one bias-corrected.
     assert len(report["scale_groups"]["sites"]) == 3
     assert qdq["quantization"]["bias_correction"]["layers"] == qdq["quantizable_layers"] == 88
-    # docs/quantization.md: the measured figure is 92.00% (scale groups, bias correction); ORT's
-    # own per-channel min/max keeps 64.6%.
-    assert qdq["top1_agreement"] >= 90.0, qdq
-    assert qdq["top1_drop"] <= 4.0, qdq
+    # docs/jetson.md: the measured figures are 94.00% and a drop of -0.15 (93.08% and 0.77 before
+    # the refinement; ORT's own per-channel min/max keeps 64.6%). The file is deterministic: the
+    # margin is for another CPU's kernels rounding a borderline image differently.
+    assert qdq["top1_agreement"] >= 93.0, qdq
+    assert qdq["top1_drop"] <= 0.5, qdq
 
 
 def test_centring_is_on_for_swish_models_only():

@@ -450,3 +450,26 @@ def test_the_cost_model_counts_the_points_the_target_simulates():
     assert sum(c.melements for c in tensorrt) < sum(c.melements for c in onnxruntime)
     settings = OptimiseSettings(steps=0)
     assert estimated_seconds(tensorrt, settings) < estimated_seconds(onnxruntime, settings)
+
+
+def test_optimize_refine_is_the_refinement_alone(tmp_path):
+    """`--optimize refine`: no unit search, every range learned at once from the recipe's; its steps
+    from the flag, else REFINE_ONLY_STEPS (rpi sets no refinement steps of its own)."""
+    from edgeeff.backends import litert
+    from edgeeff.data.images import ImageSet
+    from edgeeff.pipeline import CompileOptions, Stopwatch, optimise_int8
+    from edgeeff.profiles import get_target
+    from edgeeff.quant.optimise import REFINE_ONLY_STEPS
+
+    from .test_variants import _spec
+
+    model, crops = _model(se=True), _crops(6, seed=3)
+    calibration = ImageSet(paths=[tmp_path / f"{i}.png" for i in range(len(crops))], crops=crops)
+    for steps, expected in ((None, REFINE_ONLY_STEPS), (20, 20)):
+        opts = CompileOptions(variant="b0", target="rpi", out=tmp_path, optimize="refine",
+                              optimize_refine_steps=steps, quiet=True)
+        _, info, _ = optimise_int8(opts, get_target("rpi"), litert, model, _spec(), calibration,
+                                   get_recipe("percentile"), tmp_path, Stopwatch())
+        assert info["setting"] == "refine" and info["method"] == "range-refinement"
+        assert info["range_search"] is False and not any(u["ranges_changed"] for u in info["units"])
+        assert info["refinement"]["steps"] == expected

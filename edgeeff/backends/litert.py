@@ -268,7 +268,7 @@ def _with_range(entry: dict, low: float, high: float) -> dict:
 # --optimize ranges: the searched ranges replace the recipe's for the tensors they match (by value,
 # quant/tensor_names.py); LOGISTIC outputs keep TFLite's fixed scale 1/256, zero point -128.
 # --optimize rounding: the same, and the INT8 file is quantized from the learned weights (build()).
-OPTIMIZE_MODES = ("ranges", "rounding")
+OPTIMIZE_MODES = ("ranges", "refine", "rounding")
 SIMULATION = {"fixed_ranges": {".se.gate": (0.0, 255 / 256)}}
 
 

@@ -24,7 +24,7 @@ RECIPE_METHODS = ("minmax", "percentile", "mse", "entropy", "distribution")
 # --optimize: the searched activation ranges replace the recipe's for the tensors they match
 # (quant/tensor_names.py); with rounding, quantizes job.int8_onnx, whose weights ORT's per-channel
 # rule (max|w| / 127) rounds to exactly the learned integers (quant/optimise.py)
-OPTIMIZE_MODES = ("ranges", "rounding")
+OPTIMIZE_MODES = ("ranges", "refine", "rounding")
 
 
 def available() -> None:

@@ -42,7 +42,7 @@ PRECISION_HINT = "f32"
 # NNCF's placement for OpenVINO's CPU: no quantizer on conv outputs before their activation nor
 # inside squeeze-excitation (NNCF leaves its convs float), and depthwise conv inputs quantized per
 # channel (close to float; their ranges stay NNCF's).
-OPTIMIZE_MODES = ("ranges",)
+OPTIMIZE_MODES = ("ranges", "refine")
 SIMULATION = {"float_points": (".bn", ".se.pooled", ".se.reduce", ".se.act", ".se.expand"),
               "float_depthwise_inputs": True}
 

@@ -149,7 +149,7 @@ def build_engine_here(trt, onnx_path: Path, out_dir: Path, plan: dict, resolutio
 # --optimize: searched ranges replace the recipe's for the tensors they match; the optimisation
 # simulates TensorRT's arithmetic: symmetric activations, no Q/DQ on conv outputs (the placement),
 # the residual branch's project conv fused with its Add (float until the sum is quantized)
-OPTIMIZE_MODES = ("ranges",)
+OPTIMIZE_MODES = ("ranges", "refine")
 SIMULATION = {"symmetric": True, "float_points": (".bn", ".se.reduce", ".se.expand"),
               "float_residual_branches": True}
 # The tensors `centre_pointwise_inputs` centres, as simulation points: those only 1x1 convs (or the

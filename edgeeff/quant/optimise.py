@@ -63,6 +63,9 @@ SEARCH_IMAGES = 16
 # models, where 48 steps took the B0 test model's held-out KL from 0.059 to 0.034; on `onnx` 24
 # steps made the file worse, docs/quantization.md).
 DEFAULT_REFINE_STEPS = 0
+# `--optimize refine` (the refinement alone, from the recipe's ranges, no search): its steps when
+# neither the flag nor the target gives them
+REFINE_ONLY_STEPS = 48
 REFINE_BATCH = 16
 REFINE_LEARNING_RATE = 1e-2
 MIN_REFINE_STEPS = 20
