@@ -81,11 +81,14 @@ REFINE_PASSES_PER_IMAGE = 1.55
 # bound), so the model counts the elements its quantizers see: seconds = SECONDS_PER_MELEMENT_PX x
 # resolution x the sum over units of (millions of elements quantized per image in the unit) x (the
 # images the unit is run on: 4 passes over `images`, points x factors x `search_images`, 3 x batch
-# per learning step). The resolution factor is empirical: per element, the large tensors of big
+# per learning step; the 4 passes count every point, the rest only the points the target's
+# simulation quantizes). The resolution factor is empirical: per element, the large tensors of big
 # inputs cost more (cache). Fitted on this 2-core host, 2 threads, idle, `--optimize ranges`,
 # scale groups off (docs/quantization.md): B3 at 300 px 109 s for 17,733 Melem-images (the model
-# says 117), B7 at 600 px 516 s for 36,432 (481), B0 at 224 px 84-171 s for 20,017 (98). A faster
-# machine finishes sooner, a slower or loaded one later; the report gives the plan and the time.
+# says 117), B7 at 600 px 516 s for 36,432 (481), B0 at 224 px 84-171 s for 20,017 (98), all
+# `onnx`. Per target on B0 (2026-12-07), estimated / measured search: onnx 99 / 84 s, rpi 92 /
+# 101, intel 31 / 45, jetson-orin 48 / 30. A faster machine finishes sooner, a slower or loaded
+# one later; the report gives the plan and the time.
 SECONDS_PER_MELEMENT_PX = 2.2e-5
 DEFAULT_OPTIMIZE_MINUTES = 3.0
 MIN_SEARCH_IMAGES, MIN_STEPS, MIN_IMAGES = 4, 5, 16
@@ -373,7 +376,9 @@ def estimated_seconds(costs: list[UnitCost], settings: "OptimiseSettings") -> fl
     """The cost model (SECONDS_PER_MELEMENT_PX) for these settings."""
     total = 0.0
     for cost in costs[:settings.units]:
-        images = 4 * settings.images
+        # the starting ranges' statistics are taken at every point, whatever the target quantizes
+        total += 4 * settings.images * cost.all_melements * cost.resolution * SECONDS_PER_MELEMENT_PX
+        images = 0
         if settings.search_ranges:
             images += cost.points * len(settings.range_factors) * settings.search_images * settings.search_passes
         if settings.steps:
