@@ -163,7 +163,7 @@ def _run(args, tmp_path):
     (["compile", "--variant", "lite0", "--target", "onnx", "--optimize", "ranges", "--optimize-refine-steps", "-1"],
      "--optimize-refine-steps -1: must be 0 (off) or more"),
     (["compile", "--variant", "lite0", "--target", "rpi", "--optimize", "refine", "--optimize-refine-steps", "5"],
-     "--optimize refine is the refinement alone and needs at least 20 steps"),
+     "--optimize refine is the refinement alone and needs at least 40 steps"),
     (["compile", "--variant", "lite0"], "the following arguments are required: --target"),
     (["compile", "--variant", "lite0", "--target", "onnx", "--calib-count", "many"], "--calib-count: invalid int value"),
 ])

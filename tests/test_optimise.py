@@ -420,13 +420,13 @@ def test_optimize_minutes_cuts_the_refinement_first_and_drops_it_below_its_floor
     from edgeeff.quant.optimise import estimated_seconds, plan_for_budget, unit_costs
 
     model = _model(se=True)
-    wanted = OptimiseSettings(steps=0, refine_steps=80)
+    wanted = OptimiseSettings(steps=0, refine_steps=120)
     costs = unit_costs(model, RES, wanted)
     search_only = estimated_seconds(costs, replace(wanted, refine_steps=0))
     full = estimated_seconds(costs, wanted)
     assert full > search_only
     half, plan = plan_for_budget(model, RES, wanted, minutes=(search_only + (full - search_only) / 2) / 60)
-    assert plan["cut"] == ["refine_steps"] and optimise.MIN_REFINE_STEPS <= half.refine_steps < 80
+    assert plan["cut"] == ["refine_steps"] and optimise.MIN_REFINE_STEPS <= half.refine_steps < 120
     assert half.search_images == wanted.search_images
     none, plan = plan_for_budget(model, RES, wanted, minutes=search_only * 1.001 / 60)
     assert none.refine_steps == 0 and plan["refine_steps"] == 0 and plan["cut"] == ["refine_steps"]
@@ -465,7 +465,7 @@ def test_optimize_refine_is_the_refinement_alone(tmp_path):
 
     model, crops = _model(se=True), _crops(6, seed=3)
     calibration = ImageSet(paths=[tmp_path / f"{i}.png" for i in range(len(crops))], crops=crops)
-    for steps, expected in ((None, REFINE_ONLY_STEPS), (20, 20)):
+    for steps, expected in ((None, REFINE_ONLY_STEPS), (40, 40)):
         opts = CompileOptions(variant="b0", target="rpi", out=tmp_path, optimize="refine",
                               optimize_refine_steps=steps, quiet=True)
         _, info, _ = optimise_int8(opts, get_target("rpi"), litert, model, _spec(), calibration,
