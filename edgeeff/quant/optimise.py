@@ -331,9 +331,9 @@ class UnitCost:
     points: int  # quantization points inside the unit: the range search tries each
     melements: float  # millions of elements quantized at those points, per image
     resolution: int
-    # millions of elements at every point, quantized or not: the refinement's backward pass runs
-    # through the whole model whatever the target quantizes
-    all_melements: float = 0.0
+    # millions of elements at every point, quantized or not: the starting statistics and the
+    # refinement's backward pass run through the whole model whatever the target quantizes
+    all_melements: float
 
 
 def unit_costs(model: nn.Module, resolution: int, settings: "OptimiseSettings | None" = None) -> list[UnitCost]:
