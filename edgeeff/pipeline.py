@@ -294,6 +294,7 @@ def optimise_int8(opts: CompileOptions, target: TargetProfile, backend, deploy, 
     from .quant.optimise import (
         DEFAULT_OPTIMIZE_MINUTES,
         DEFAULT_REFINE_STEPS,
+        MIN_REFINE_STEPS,
         REFINE_ONLY_STEPS,
         OptimiseSettings,
         optimise_int8_model,
@@ -324,6 +325,11 @@ def optimise_int8(opts: CompileOptions, target: TargetProfile, backend, deploy, 
     if budget["units"] == 0:
         warn(f"--optimize-minutes {minutes:g}: too short for even the first unit of this model at the "
              f"smallest plan; INT8 uses the recipe's ranges, as with --optimize off (raise --optimize-minutes)")
+        return None, None, deploy
+    if mode == "refine" and not settings.refine_steps:  # the refinement is all this mode does
+        warn(f"--optimize-minutes {minutes:g}: too short for {MIN_REFINE_STEPS} refinement steps (the "
+             f"fewest that help); INT8 uses the recipe's ranges, as with --optimize off "
+             f"(raise --optimize-minutes or use --optimize ranges)")
         return None, None, deploy
     chosen = np.unique(np.linspace(0, len(calibration.crops) - 1, min(settings.images, len(calibration.crops)))
                        .round().astype(int))  # evenly spread over the calibration set, deterministic

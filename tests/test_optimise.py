@@ -473,3 +473,28 @@ def test_optimize_refine_is_the_refinement_alone(tmp_path):
         assert info["setting"] == "refine" and info["method"] == "range-refinement"
         assert info["range_search"] is False and not any(u["ranges_changed"] for u in info["units"])
         assert info["refinement"]["steps"] == expected
+
+
+def test_optimize_refine_too_short_for_its_floor_falls_back_to_the_recipe(tmp_path, capsys):
+    """A budget that leaves fewer than MIN_REFINE_STEPS steps drops the refinement; in `refine` mode
+    that is the whole optimisation, so INT8 keeps the recipe's ranges and the user is told so, rather
+    than a report that says `refine` over an optimisation that did nothing."""
+    from edgeeff.backends import litert
+    from edgeeff.data.images import ImageSet
+    from edgeeff.pipeline import CompileOptions, Stopwatch, optimise_int8
+    from edgeeff.profiles import get_target
+
+    from .test_variants import _spec
+
+    model, crops = _model(se=True), _crops(6, seed=3)
+    calibration = ImageSet(paths=[tmp_path / f"{i}.png" for i in range(len(crops))], crops=crops)
+    from edgeeff.quant.optimise import estimated_seconds, unit_costs
+
+    statistics_only = OptimiseSettings(steps=0, search_ranges=False, refine_steps=0, **litert.SIMULATION)
+    seconds = estimated_seconds(unit_costs(model, _spec().resolution, statistics_only), statistics_only)
+    opts = CompileOptions(variant="b0", target="rpi", out=tmp_path, optimize="refine",
+                          optimize_minutes=seconds * 1.01 / 60, quiet=True)
+    path, info, deployed = optimise_int8(opts, get_target("rpi"), litert, model, _spec(), calibration,
+                                         get_recipe("percentile"), tmp_path, Stopwatch())
+    assert path is None and info is None and deployed is model
+    assert "too short for 40 refinement steps" in capsys.readouterr().err
