@@ -88,3 +88,92 @@ def test_onnx_backend_takes_bias_correction_from_the_target_whatever_the_recipe(
                    {**quant, "bias_correction": False}, quiet=True)
     assert on["bias_correction"]["layers"] == 1
     assert "bias_correction" not in off
+
+
+# ---------------------------------------------------------------- .tflite (the LiteRT targets)
+
+def test_tflite_layers_mean_output_follows_each_layouts_weights():
+    """`_mean_output` reads TFLite's weight layouts (CONV_2D (out, kh, kw, in), DEPTHWISE_CONV_2D
+    (1, kh, kw, in x multiplier), FULLY_CONNECTED (out, in)): checked against torch's own layers fed
+    an input that is constant per channel (no padding, so every output is the mean)."""
+    import torch
+
+    from edgeeff.backends.tflite_bias_correction import _mean_output
+
+    rng = np.random.default_rng(5)
+    means = rng.normal(size=4)
+    x = torch.tensor(np.broadcast_to(means[None, :, None, None], (1, 4, 5, 5)).copy())
+    conv = rng.normal(size=(6, 4, 3, 3))  # torch (out, in, kh, kw)
+    expected = torch.nn.functional.conv2d(x, torch.tensor(conv)).mean((0, 2, 3)).numpy()
+    np.testing.assert_allclose(_mean_output(conv.transpose(0, 2, 3, 1), means, "conv"), expected, rtol=1e-9)
+    depthwise = rng.normal(size=(8, 1, 3, 3))  # multiplier 2: output c reads input c // 2
+    expected = torch.nn.functional.conv2d(x, torch.tensor(depthwise), groups=4).mean((0, 2, 3)).numpy()
+    np.testing.assert_allclose(_mean_output(depthwise.transpose(1, 2, 3, 0), means, "depthwise"), expected,
+                               rtol=1e-9)
+    dense = rng.normal(size=(3, 4))
+    np.testing.assert_allclose(_mean_output(dense, means, "fully_connected"), dense @ means, rtol=1e-9)
+
+
+def _tflite_pair(folder):
+    """A float .tflite (3x3 conv, ReLU, 3x3 depthwise, no padding) and its INT8 file with the
+    depthwise conv's input range cut to a third: the clipped top tail is a real, systematic fall of
+    the depthwise output's mean, the shift bias correction is for."""
+    import torch
+
+    from edgeeff.backends import litert
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            torch.manual_seed(0)
+            self.conv = torch.nn.Conv2d(3, 6, 3)
+            self.dw = torch.nn.Conv2d(6, 6, 3, groups=6)
+            with torch.no_grad():  # positive weights: the clipped tail moves each channel's mean down
+                self.dw.weight.abs_().add_(0.1)
+
+        def forward(self, x):
+            return self.dw(torch.relu(self.conv(x)))
+
+    float_path = litert.convert_float(Net().eval(), 12, folder / "fp32.tflite")
+    inputs = np.random.default_rng(6).uniform(-1, 1, (48, 12, 12, 3)).astype(np.float32)
+    calibration = litert.calibrate_int8(float_path, inputs[:32], {"method": "minmax"}, quiet=True)
+    graph, _ = litert.tflite_graph(float_path)
+    depthwise = next(op for op in graph if op.name == "DEPTHWISE_CONV_2D")
+    cut = calibration.ranges[depthwise.inputs[0]]
+    calibration.ranges[depthwise.inputs[0]] = {**cut, "max": cut["max"] / 3}
+    int8_path = folder / "int8.tflite"
+    litert.write_int8(float_path, int8_path, calibration)
+    return float_path, int8_path, inputs
+
+
+def _tflite_outputs(path, inputs) -> np.ndarray:
+    from ai_edge_litert.interpreter import Interpreter
+
+    it = Interpreter(model_path=str(path))
+    it.allocate_tensors()
+    (inp,), (out,) = it.get_input_details(), it.get_output_details()
+    results = []
+    for x in inputs:
+        scale, zero = inp["quantization"]
+        it.set_tensor(inp["index"], (np.round(x / scale) + zero).astype(inp["dtype"])[None] if scale else x[None])
+        it.invoke()
+        y = it.get_tensor(out["index"]).astype(np.float64)
+        scale, zero = out["quantization"]
+        results.append((y - zero) * scale if scale else y)
+    return np.concatenate(results)
+
+
+def test_tflite_bias_correction_cancels_the_mean_shift_of_a_clipped_input(tmp_path):
+    from edgeeff.backends.tflite_bias_correction import BiasCorrection
+
+    float_path, int8_path, inputs = _tflite_pair(tmp_path)
+    # held-out images; the output is NCHW (convert_float leaves a plain module's layout as it is)
+    reference = _tflite_outputs(float_path, inputs[32:]).mean((0, 2, 3))
+    before = np.abs(_tflite_outputs(int8_path, inputs[32:]).mean((0, 2, 3)) - reference)
+
+    done = BiasCorrection(inputs[:32], threads=1).apply(int8_path, float_path)
+
+    after = np.abs(_tflite_outputs(int8_path, inputs[32:]).mean((0, 2, 3)) - reference)
+    assert done["layers"] == 2 and done["images"] == 32  # the conv and the depthwise conv
+    assert before.max() > 0.05, f"the test graph should have a visible shift to correct: {before}"
+    assert after.max() < 0.3 * before.max(), f"before {before}, after {after}"

@@ -51,6 +51,10 @@ def test_int8_tflite_meets_the_bar(lite0_rpi):
     assert int8["output"]["dtype"] == "float32" and int8["graph"]["float_logits"]
     assert int8["top_score"]["images"] == 650 and int8["top_score"]["saturated_or_tied_pct"] < 1.0
     assert report["calibration"]["images"] == 300 and report["calibration"]["method"] == "sample_percentile"
+    # ReLU6: every INT8 layer's bias corrected (the classifier is at a16w8 for the float logits);
+    # docs/quantization.md measured 98.46% agreement and a drop of -0.31 on these images (98.00 before)
+    assert int8["quantization"]["bias_correction"]["layers"] == 49
+    assert int8["top1_agreement"] >= 98.3, int8
 
 
 def test_eval_command_reproduces_the_report(lite0_rpi, sample, tmp_path):

@@ -30,6 +30,7 @@ import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -37,11 +38,15 @@ from ..choices import IO_DTYPES
 from ..data.preprocess import PreprocessSpec
 from ..device.device_preprocess import from_output_tensor, takes_raw_pixels, to_input_tensor
 from ..errors import MissingBackendError, UserError
+from ..profiles import quantization_for_model
 from ..progress import progress
 from ..quant.calibration import HARD_SWISH_FLOOR
 from .tflite_flatbuffer import load_inlined as _load_inlined
 from .tflite_flatbuffer import save as _save
 from .tflite_flatbuffer import schema as _schema
+
+if TYPE_CHECKING:
+    from .tflite_bias_correction import BiasCorrection
 
 EXTRA = "tflite"
 SUFFIXES = (".tflite",)
@@ -728,8 +733,15 @@ def build(job) -> list:
 
         metadata = {"labels": list(job.labels), "mean_01": list(spec.mean), "std_01": list(spec.std),
                     "name": f"EfficientNet {job.variant}", "version": f"edgeeff {__version__}"}
-    int8_build = Int8Build(source, calibration, io_dtype, float_logits, metadata)
+    bias_correction = None
+    if quantization_for_model(target, job.model).get("bias_correction", False):  # by activation: measured
+        from .tflite_bias_correction import BiasCorrection
+
+        bias_correction = BiasCorrection(calib, job.threads, job.quiet)
+    int8_build = Int8Build(source, calibration, io_dtype, float_logits, metadata, bias_correction=bias_correction)
     details = int8_details(calibration, int8_build.write(int8))
+    if int8_build.bias_correction_info is not None:
+        details["bias_correction"] = int8_build.bias_correction_info
     ends = "input" if float_logits else "input and output"
     details["io"] = f"uint8 (integer QUANTIZE int8<->uint8 at {ends})" if io_dtype == "uint8" else "int8"
     if float_logits:
@@ -919,6 +931,9 @@ class Int8Build:
     float_logits: bool = False
     metadata: dict | None = None  # tflite_metadata.add_classifier_metadata's arguments: written into every file
     metadata_info: dict | None = None  # what it wrote (the report's `metadata`)
+    # `bias_correction = true` in the target's [quantization]: every file's INT8 layers corrected
+    bias_correction: BiasCorrection | None = None
+    bias_correction_info: dict | None = None  # what the INT8 file's correction did (the report's)
 
     def write(self, out_path: Path, a16w8_ops=(), graph=()) -> int:
         """The INT8 file (with `a16w8_ops` at a16w8) at out_path; returns the bias channels repaired."""
@@ -931,6 +946,7 @@ class Int8Build:
 
     def _write(self, out_path: Path, a16w8_ops=(), graph=()) -> int:
         calibration = self.calibration
+        variant = bool(a16w8_ops)  # an a16w8 variant of --max-drop (the classifier below is not one)
         if self.float_logits:
             graph = graph or tflite_graph(self.float_path)[0]
             output = _graph_output_name(self.float_path)
@@ -941,10 +957,13 @@ class Int8Build:
             ranges = {**calibration.ranges, output: _with_range(calibration.ranges[output], -reach, reach)}
             calibration = Int8Calibration(ranges, calibration.extremes, calibration.info)
         if self.io != "uint8" and not self.float_logits:
-            return write_int8(self.float_path, out_path, calibration, a16w8_ops, graph)
+            repaired = write_int8(self.float_path, out_path, calibration, a16w8_ops, graph)
+            self._correct_biases(out_path, variant)
+            return repaired
         with tempfile.TemporaryDirectory(prefix="edgeeff-litert-") as tmp:
             native = Path(tmp) / "int8_io.tflite"
             repaired = write_int8(self.float_path, native, calibration, a16w8_ops, graph)
+            self._correct_biases(native, variant)
             if self.float_logits:
                 dequantize_output(native, native)
             if self.io == "uint8":
@@ -952,6 +971,15 @@ class Int8Build:
             else:
                 out_path.write_bytes(native.read_bytes())
         return repaired
+
+
+    def _correct_biases(self, path: Path, variant: bool) -> None:
+        """The quantizer's file, before its I/O is changed: the tensor names are still the float file's."""
+        if self.bias_correction is None:
+            return
+        info = self.bias_correction.apply(path, self.float_path)
+        if not variant:
+            self.bias_correction_info = info
 
 
 def _graph_output_name(path: Path) -> str:

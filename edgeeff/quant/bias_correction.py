@@ -45,11 +45,11 @@ def _dequantized(init, scale_init, zero_init, axis: int | None = 0) -> np.ndarra
     return (q - zero) * scale
 
 
-def _fake_quant(x: np.ndarray, scale: float, zero: float, qmin: int, qmax: int) -> np.ndarray:
+def fake_quant(x: np.ndarray, scale: float, zero: float, qmin: int, qmax: int) -> np.ndarray:
     return (np.clip(np.round(x / scale) + zero, qmin, qmax) - zero) * scale
 
 
-def _expected_output(weight: np.ndarray, channel_mean: np.ndarray, op: str, group: int) -> np.ndarray:
+def expected_output(weight: np.ndarray, channel_mean: np.ndarray, op: str, group: int) -> np.ndarray:
     """Mean output per channel of a linear layer fed inputs with these per-channel means (the
     bias left out; borders ignored: padding pulls a border pixel towards zero for both models)."""
     if op != "Conv":
@@ -124,12 +124,12 @@ def correct_biases(qdq: onnx.ModelProto, fp32: onnx.ModelProto, inputs: np.ndarr
                 axes = tuple(i for i in range(x.ndim) if i != 1)
                 for node, _x, _w, _wq, scale, zero, qmin, qmax, _g, offset in readers[x_name]:
                     mx, mq = means[node.name]
-                    seen = _fake_quant(x + offset, scale, zero, qmin, qmax) - offset
+                    seen = fake_quant(x + offset, scale, zero, qmin, qmax) - offset
                     means[node.name] = (mx + x.mean(axis=axes) * len(x), mq + seen.mean(axis=axes) * len(x))
     shifts = []
     for node, _x, w, w_q, _s, _z, _lo, _hi, group, _offset in plans:
         mx, mq = (m / len(inputs) for m in means[node.name])
-        delta = _expected_output(w, mx, node.op_type, group) - _expected_output(w_q, mq, node.op_type, group)
+        delta = expected_output(w, mx, node.op_type, group) - expected_output(w_q, mq, node.op_type, group)
         _shift_bias(node, delta, producers, inits)
         shifts.append(float(np.abs(delta).mean()))
     return {"method": "fast bias correction (per channel, FP32 inputs)", "layers": len(plans),
