@@ -240,7 +240,8 @@ def histogram_ranges(float_path: Path, calib_inputs: np.ndarray, ranges: dict, r
 
     from ..quant.calibration import NUM_BINS, ActivationStats, histogram_counts, tensor_ranges
 
-    with _captured_output():
+    with _captured_output(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # "experimental_preserve_all_tensors ... debugging"
         it = Interpreter(model_path=str(float_path), num_threads=threads, experimental_preserve_all_tensors=True)
     it.allocate_tensors()
     boundary = {d["name"] for d in it.get_input_details() + it.get_output_details()}
@@ -737,7 +738,7 @@ def build(job) -> list:
     if quantization_for_model(target, job.model).get("bias_correction", False):  # by activation: measured
         from .tflite_bias_correction import BiasCorrection
 
-        bias_correction = BiasCorrection(calib, job.threads, job.quiet)
+        bias_correction = BiasCorrection(calib, job.threads, job.quiet, reference=fp32)
     int8_build = Int8Build(source, calibration, io_dtype, float_logits, metadata, bias_correction=bias_correction)
     details = int8_details(calibration, int8_build.write(int8))
     if int8_build.bias_correction_info is not None:

@@ -17,6 +17,7 @@ input gains a `_quantized` suffix). Layers at a16w8 (int16 input, int64 bias) ar
 from __future__ import annotations
 
 import collections
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -42,14 +43,20 @@ class BiasCorrection:
     inputs: np.ndarray  # float NHWC, as the float file takes them
     threads: int = 2
     quiet: bool = True
+    # The FP32 file the correction aims at, when the INT8 file was quantized from another float file
+    # (--optimize rounding's baked weights, same graph and tensor names): as on the ONNX backends,
+    # the target is the original model, not the baked one. None: the file the INT8 file came from.
+    reference: Path | None = None
     means: dict = field(default_factory=dict)
     measured: bool = False
 
     def apply(self, int8_path: Path, float_path: Path) -> dict:
-        """Shift the biases of `int8_path` in place; returns the report's `bias_correction`."""
+        """Shift the biases of `int8_path` (quantized from `float_path`) in place; returns the
+        report's `bias_correction`."""
         s = schema()
         ops = {s.BuiltinOperator.CONV_2D: "conv", s.BuiltinOperator.DEPTHWISE_CONV_2D: "depthwise",
                s.BuiltinOperator.FULLY_CONNECTED: "fully_connected"}
+        float_path = self.reference or float_path
         model, ref = load_inlined(int8_path), load_inlined(float_path)
         graph, ref_graph = model.subgraphs[0], ref.subgraphs[0]
         counts = collections.Counter(t.name for t in ref_graph.tensors)
@@ -100,7 +107,8 @@ class BiasCorrection:
         FULLY_CONNECTED)."""
         from ai_edge_litert.interpreter import Interpreter
 
-        with _captured_output():
+        with _captured_output(), warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # "experimental_preserve_all_tensors ... debugging"
             it = Interpreter(model_path=str(float_path), num_threads=self.threads,
                              experimental_preserve_all_tensors=True)
         it.allocate_tensors()

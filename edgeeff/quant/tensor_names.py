@@ -10,6 +10,7 @@ the exporter's naming. A tensor no point matches keeps the recipe's range.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -126,7 +127,9 @@ def tflite_tensors_for_points(model: nn.Module, path, x_nhwc: np.ndarray,
     `file_input`: that image as the file takes it, where the file normalises inside its graph."""
     from ai_edge_litert.interpreter import Interpreter
 
-    it = Interpreter(model_path=str(path), experimental_preserve_all_tensors=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # "experimental_preserve_all_tensors ... debugging"
+        it = Interpreter(model_path=str(path), experimental_preserve_all_tensors=True)
     it.allocate_tensors()
     fed = x_nhwc if file_input is None else file_input
     it.set_tensor(it.get_input_details()[0]["index"], fed[:1].astype(np.float32))
