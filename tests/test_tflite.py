@@ -351,3 +351,32 @@ def test_bias_correction_is_on_for_relu6_models_only(name):
     assert quantization_for_model(profile, build_model("lite0"))["bias_correction"] is True
     assert quantization_for_model(profile, build_model("b0"))["bias_correction"] is False
     assert quantization_for_model(profile, build_model("b0", act="hswish"))["bias_correction"] is False
+
+
+def test_image_statistics_are_the_calibrators_to_the_bit(tmp_path):
+    """litert.image_statistics reads each tensor's min and max in place instead of through
+    ai-edge-quantizer's calibrator (6x faster): the same tensors, shapes, dtypes and values as the
+    calibrator fed every image with edgeeff's per-image update, on a swish + SE model."""
+    from ai_edge_quantizer import calibrator
+
+    from .test_variants import RES, _crops, _model, _spec
+
+    float_path = litert.convert_float(_model(se=True), RES, tmp_path / "fp32.tflite")
+    inputs = _spec().with_layout("NHWC", "float32").to_model_input(_crops(7, seed=4))
+    quantizer = litert._int8_quantizer(float_path)
+    signatures = litert.interpreter(float_path, 1).get_signature_list()
+    key = next(iter(signatures))
+    input_name = signatures[key]["inputs"][0]
+    cal = calibrator.Calibrator(quantizer._float_model_buffer, num_threads=1, qsv_update_func=litert._keep_every_sample)
+    for x in inputs:
+        cal.calibrate({key: [{input_name: x[None].astype(np.float32)}]}, quantizer._recipe_manager)
+    expected = cal.get_model_qsvs()
+
+    got = litert.image_statistics(float_path, inputs, threads=1, quiet=True)
+
+    assert got.keys() == expected.keys() and len(got) > 10
+    for name, qsv in expected.items():
+        assert len(got[name]["all_min"]) == len(inputs)
+        for field in ("min", "max", "all_min", "all_max"):
+            a, b = np.asarray(qsv[field]), np.asarray(got[name][field])
+            assert a.dtype == b.dtype and np.array_equal(a, b), (name, field)
