@@ -22,10 +22,8 @@ device does: normalised float -> round(x / scale) + zero_point, clipped to the t
 from __future__ import annotations
 
 import collections
-import contextlib
 import os
 import re
-import sys
 import tempfile
 import warnings
 from dataclasses import dataclass
@@ -41,6 +39,8 @@ from ..errors import MissingBackendError, UserError
 from ..profiles import quantization_for_model
 from ..progress import progress
 from ..quant.calibration import HARD_SWISH_FLOOR
+from ..util import captured_output as _captured_output
+from .tflite_flatbuffer import builtin_code as _builtin
 from .tflite_flatbuffer import load_inlined as _load_inlined
 from .tflite_flatbuffer import save as _save
 from .tflite_flatbuffer import schema as _schema
@@ -81,39 +81,6 @@ def version() -> str:
     from importlib import metadata
 
     return f"ai-edge-litert {metadata.version('ai-edge-litert')}"
-
-
-@contextlib.contextmanager
-def _captured_output(quiet: bool = True):
-    """Silence the converters' C++ and Python chatter (written straight to fds 1 and 2).
-
-    On failure the captured text is replayed on stderr, so nothing useful is lost.
-    """
-    if not quiet:
-        yield
-        return
-    sys.stdout.flush()
-    sys.stderr.flush()
-    with tempfile.TemporaryFile(mode="w+b") as sink:
-        saved = [os.dup(1), os.dup(2)]
-        os.dup2(sink.fileno(), 1)
-        os.dup2(sink.fileno(), 2)
-        failed = False
-        try:
-            yield
-        except BaseException:
-            failed = True
-            raise
-        finally:
-            sys.stdout.flush()
-            sys.stderr.flush()
-            os.dup2(saved[0], 1)
-            os.dup2(saved[1], 2)
-            for fd in saved:
-                os.close(fd)
-            if failed:
-                sink.seek(0)
-                sys.stderr.write(sink.read().decode(errors="replace")[-4000:])
 
 
 # ---------------------------------------------------------------- conversion
@@ -457,10 +424,6 @@ def quantize_fp16(float_path: Path, out_path: Path) -> dict:
 
 
 # ---------------------------------------------------------------- flatbuffer edits
-
-def _builtin(opcode) -> int:
-    return max(opcode.builtinCode, opcode.deprecatedBuiltinCode)
-
 
 def int8_io_to_uint8(src: Path, dst: Path) -> None:
     """Give an int8-IO model uint8 input and output: an integer QUANTIZE op on each end

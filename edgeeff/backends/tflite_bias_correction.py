@@ -25,8 +25,8 @@ import numpy as np
 
 from ..progress import progress
 from ..quant.bias_correction import expected_output, fake_quant
-from .litert import _builtin, _captured_output
-from .tflite_flatbuffer import load_inlined, save, schema
+from ..util import captured_output
+from .tflite_flatbuffer import builtin_code, load_inlined, save, schema
 
 MAX_IMAGES = 128  # as the ONNX backends: a mean per channel settles long before that
 INT8_MIN, INT8_MAX = -128, 127
@@ -63,7 +63,7 @@ class BiasCorrection:
         ref_tensors = {t.name.decode(): t for t in ref_graph.tensors if counts[t.name] == 1}
         plans = []
         for op in graph.operators:
-            kind = ops.get(_builtin(model.operatorCodes[op.opcodeIndex]))
+            kind = ops.get(builtin_code(model.operatorCodes[op.opcodeIndex]))
             if kind is None or len(op.inputs) < 3 or op.inputs[2] < 0:
                 continue
             x, w, b = (graph.tensors[i] for i in op.inputs[:3])
@@ -107,7 +107,7 @@ class BiasCorrection:
         FULLY_CONNECTED)."""
         from ai_edge_litert.interpreter import Interpreter
 
-        with _captured_output(), warnings.catch_warnings():
+        with captured_output(), warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # "experimental_preserve_all_tensors ... debugging"
             it = Interpreter(model_path=str(float_path), num_threads=self.threads,
                              experimental_preserve_all_tensors=True)

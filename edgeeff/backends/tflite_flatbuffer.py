@@ -15,6 +15,12 @@ def schema():
     return schema
 
 
+def builtin_code(opcode) -> int:
+    """An OperatorCode's builtin operator (newer files keep it in builtinCode, older ones in
+    deprecatedBuiltinCode)."""
+    return max(opcode.builtinCode, opcode.deprecatedBuiltinCode)
+
+
 def load_inlined(path: Path):
     """The model as mutable objects, with every weight buffer inside the flatbuffer.
 
