@@ -952,13 +952,10 @@ class Int8Build:
             ranges = {**calibration.ranges, output: _with_range(calibration.ranges[output], -reach, reach)}
             calibration = Int8Calibration(ranges, calibration.extremes, calibration.info)
         if self.io != "uint8" and not self.float_logits:
-            repaired = write_int8(self.float_path, out_path, calibration, a16w8_ops, graph)
-            self._correct_biases(out_path, variant)
-            return repaired
+            return self._quantize(out_path, calibration, a16w8_ops, graph, variant)
         with tempfile.TemporaryDirectory(prefix="edgeeff-litert-") as tmp:
             native = Path(tmp) / "int8_io.tflite"
-            repaired = write_int8(self.float_path, native, calibration, a16w8_ops, graph)
-            self._correct_biases(native, variant)
+            repaired = self._quantize(native, calibration, a16w8_ops, graph, variant)
             if self.float_logits:
                 dequantize_output(native, native)
             if self.io == "uint8":
@@ -967,14 +964,15 @@ class Int8Build:
                 out_path.write_bytes(native.read_bytes())
         return repaired
 
-
-    def _correct_biases(self, path: Path, variant: bool) -> None:
-        """The quantizer's file, before its I/O is changed: the tensor names are still the float file's."""
-        if self.bias_correction is None:
-            return
-        info = self.bias_correction.apply(path, self.float_path)
-        if not variant:
-            self.bias_correction_info = info
+    def _quantize(self, path: Path, calibration: Int8Calibration, a16w8_ops, graph, variant: bool) -> int:
+        """The quantizer's file with its biases corrected (before its I/O is changed: the tensor names
+        are still the float file's); returns the bias channels repaired."""
+        repaired = write_int8(self.float_path, path, calibration, a16w8_ops, graph)
+        if self.bias_correction is not None:
+            info = self.bias_correction.apply(path, self.float_path)
+            if not variant:
+                self.bias_correction_info = info
+        return repaired
 
 
 def _graph_output_name(path: Path) -> str:
