@@ -90,6 +90,37 @@ def test_onnx_backend_takes_bias_correction_from_the_target_whatever_the_recipe(
     assert "bias_correction" not in off
 
 
+def test_onnx_backend_skips_bias_correction_after_the_range_optimisation(tmp_path):
+    """`bias_correction_after_optimise = false` (jetson-orin's setting, here on the ONNX Runtime
+    writer): when --optimize set the ranges, the file keeps the quantizer's biases and the report
+    says why; without the optimisation they are corrected."""
+    from edgeeff.backends.onnxruntime import quantize
+    from edgeeff.profiles import get_recipe, get_target
+
+    onnx.save(_depthwise(), tmp_path / "fp32.onnx")
+    inputs = np.random.default_rng(4).uniform(0, 4, (16, 6, 12, 12)).astype(np.float32)
+    quant = {**get_target("onnx").raw["quantization"], "bias_correction_after_optimise": False}
+    searched = lambda graph: ({"x": (0.0, 3.0)}, {"points": 1, "matched": 1, "tensors": 1})  # noqa: E731
+    optimised = quantize(tmp_path / "fp32.onnx", tmp_path / "opt.onnx", inputs, get_recipe("minmax"), quant,
+                         quiet=True, range_overrides=searched)
+    plain = quantize(tmp_path / "fp32.onnx", tmp_path / "plain.onnx", inputs, get_recipe("minmax"), quant, quiet=True)
+    assert "bias_correction" not in optimised and "optimised" in optimised["bias_correction_skipped"]
+    assert optimised["searched_ranges"]["tensors"] == 1  # the override did reach the quantizer
+    assert plain["bias_correction"]["layers"] == 1 and "bias_correction_skipped" not in plain
+
+
+def test_bias_correction_after_the_optimisation_is_the_targets_choice():
+    from edgeeff.profiles import get_target
+    from edgeeff.quant.bias_correction import wanted
+
+    orin = get_target("jetson-orin").quantization  # measured: docs/quantization.md
+    assert wanted(orin, ranges_optimised=False) and not wanted(orin, ranges_optimised=True)
+    onnx_target = get_target("onnx").quantization  # measured too, and kept: mixed on val
+    assert wanted(onnx_target, ranges_optimised=False) and wanted(onnx_target, ranges_optimised=True)
+    assert wanted({"bias_correction": True}, ranges_optimised=True)  # the key's default: as without
+    assert not wanted({"bias_correction": False}, ranges_optimised=False)
+
+
 # ---------------------------------------------------------------- .tflite (the LiteRT targets)
 
 def test_tflite_layers_mean_output_follows_each_layouts_weights():

@@ -195,12 +195,14 @@ def quantize_for_tensorrt(fp32_path: Path, out_path: Path, calib_inputs: np.ndar
         own = tensor_ranges(stats, recipe, symmetric=False, readers=elementwise_readers(fp32))
         shifted = {t: searched.get(t, own[t]) for t in shiftable_tensors(fp32, plan)}
     qdq = build_qdq(fp32, plan, ranges, shifted=shifted)
-    corrected = None
-    if quant.get("bias_correction"):
-        from ..quant.bias_correction import correct_biases
+    from ..quant import bias_correction
 
+    corrected, skipped = None, None
+    if bias_correction.wanted(quant, range_overrides is not None):
         # TensorRT keeps biases in float, so the correction is exact (no INT32 grid).
-        corrected = correct_biases(qdq, fp32, calib_inputs, quiet=quiet)
+        corrected = bias_correction.correct_biases(qdq, fp32, calib_inputs, quiet=quiet)
+    elif quant.get("bias_correction"):
+        skipped = bias_correction.SKIPPED_AFTER_OPTIMISE
     check_tensorrt_rules(qdq, f"{out_path.name} (before writing)", max_opset=max_opset)
     onnx.save(qdq, str(out_path))
     # The rules are checked again on the bytes as written: that file is what ships.
@@ -211,6 +213,7 @@ def quantize_for_tensorrt(fp32_path: Path, out_path: Path, calib_inputs: np.ndar
             "placement": plan.name, "qdq_pairs": plan.counts(), "tensorrt_rules_check": summary,
             **({"centred_inputs": len(shifted)} if shifted else {}),
             **({"bias_correction": corrected} if corrected else {}),
+            **({"bias_correction_skipped": skipped} if skipped else {}),
             **({"searched_ranges": searched_info} if searched_info else {})}
 
 
