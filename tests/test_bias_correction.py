@@ -119,6 +119,11 @@ def test_bias_correction_after_the_optimisation_is_the_targets_choice():
     assert wanted(onnx_target, ranges_optimised=False) and wanted(onnx_target, ranges_optimised=True)
     assert wanted({"bias_correction": True}, ranges_optimised=True)  # the key's default: as without
     assert not wanted({"bias_correction": False}, ranges_optimised=False)
+    from edgeeff.quant.bias_correction import skipped_reason
+
+    assert skipped_reason(orin, ranges_optimised=True) and not skipped_reason(orin, ranges_optimised=False)
+    assert skipped_reason(onnx_target, ranges_optimised=True) is None
+    assert skipped_reason({"bias_correction": False}, ranges_optimised=True) is None  # never corrects: no reason
 
 
 # ---------------------------------------------------------------- .tflite (the LiteRT targets)

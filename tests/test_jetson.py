@@ -549,7 +549,8 @@ def test_b0_swish_se_qdq_passes_the_check_and_is_measured(b0_jetson):
     assert "bias_correction" not in qdq["quantization"]
     assert "optimised against the FP32 model" in qdq["quantization"]["bias_correction_skipped"]
     # docs/jetson.md: the measured figures are 95.23% and a drop of -0.46 (64 steps, no bias
-    # correction after them; with it 94.31%; 48 steps: 94.00%; 93.08% and 0.77 before the refinement; ORT's own per-channel min/max keeps 64.6%). The file is deterministic: the
+    # correction after them; with it 94.31%; 48 steps: 94.00%; 93.08% and 0.77 before the
+    # refinement; ORT's own per-channel min/max keeps 64.6%). The file is deterministic: the
     # margin is for another CPU's kernels rounding a borderline image differently.
     assert qdq["top1_agreement"] >= 93.0, qdq
     assert qdq["top1_drop"] <= 0.5, qdq

@@ -225,13 +225,14 @@ def quantize(fp32_path: Path, out_path: Path, calib_inputs: np.ndarray, recipe: 
             )
         from ..quant import bias_correction
 
-        if bias_correction.wanted(quant, range_overrides is not None):
+        optimised = range_overrides is not None
+        if bias_correction.wanted(quant, optimised):
             qdq = onnx.load(str(out_path))
             details["bias_correction"] = bias_correction.correct_biases(qdq, onnx.load(str(reference)), calib_inputs,
                                                                         quiet=quiet)
             onnx.save(qdq, str(out_path))
-        elif quant.get("bias_correction"):
-            details["bias_correction_skipped"] = bias_correction.SKIPPED_AFTER_OPTIMISE
+        if skipped := bias_correction.skipped_reason(quant, optimised):
+            details["bias_correction_skipped"] = skipped
     if quant.get("float_output", True):
         details["float_output"] = dequantize_outputs(out_path)
     details["extra_options"] = {k: v for k, v in extra.items() if k != "CalibStridedMinMax"}

@@ -197,12 +197,12 @@ def quantize_for_tensorrt(fp32_path: Path, out_path: Path, calib_inputs: np.ndar
     qdq = build_qdq(fp32, plan, ranges, shifted=shifted)
     from ..quant import bias_correction
 
-    corrected, skipped = None, None
-    if bias_correction.wanted(quant, range_overrides is not None):
+    optimised = range_overrides is not None
+    corrected = None
+    if bias_correction.wanted(quant, optimised):
         # TensorRT keeps biases in float, so the correction is exact (no INT32 grid).
         corrected = bias_correction.correct_biases(qdq, fp32, calib_inputs, quiet=quiet)
-    elif quant.get("bias_correction"):
-        skipped = bias_correction.SKIPPED_AFTER_OPTIMISE
+    skipped = bias_correction.skipped_reason(quant, optimised)
     check_tensorrt_rules(qdq, f"{out_path.name} (before writing)", max_opset=max_opset)
     onnx.save(qdq, str(out_path))
     # The rules are checked again on the bytes as written: that file is what ships.

@@ -42,6 +42,14 @@ def wanted(quant: dict, ranges_optimised: bool) -> bool:
     return not ranges_optimised or bool(quant.get(AFTER_OPTIMISE_KEY, True))
 
 
+def skipped_reason(quant: dict, ranges_optimised: bool) -> str | None:
+    """The report's `bias_correction_skipped`: why a target that corrects its biases did not in
+    this build (None when it did, or never does)."""
+    if quant.get("bias_correction", False) and not wanted(quant, ranges_optimised):
+        return SKIPPED_AFTER_OPTIMISE
+    return None
+
+
 def _augmented(model: onnx.ModelProto, outputs: list[str]) -> bytes:
     copy = onnx.ModelProto()
     copy.CopyFrom(model)
