@@ -260,9 +260,11 @@ def check_threads(threads: int | None) -> None:
         raise UserError(f"--threads {threads}: must be at least 1; leave it out for the target's own count")
 
 
-def split_scales(opts: CompileOptions, target: TargetProfile, model, spec, calibration, watch):
+def split_scales(opts: CompileOptions, target: TargetProfile, model, spec, calibration, watch,
+                 shared: dict | None = None):
     """The model to export: `model` itself, or its copy with wide-ranged channels split into
-    scale groups (scale_groups.py; exact in float). --scale-groups, else the target's setting."""
+    scale groups (scale_groups.py; exact in float). --scale-groups, else the target's setting.
+    `shared`: the targets of one command split the same (variant) model once."""
     setting = opts.scale_groups or target.quantization.get("scale_groups", "off")
     info = {"setting": setting, "sites": []}
     if setting == "off":
@@ -270,8 +272,38 @@ def split_scales(opts: CompileOptions, target: TargetProfile, model, spec, calib
     from .quant.scale_groups import split_for_int8
 
     with watch.stage("scale_groups", "splitting wide-ranged channels into INT8 scale groups"):
-        deploy, info["sites"] = split_for_int8(model, list(torch_batches(calibration.crops, spec, 32)))
+        # torch's thread count is in the key: the widths are measured by a forward pass
+        deploy, sites = _once(shared, f"scale groups {torch.get_num_threads()}", lambda: split_for_int8(
+            model, list(torch_batches(calibration.crops, spec, 32))))
+    info["sites"] = copy.deepcopy(sites)  # each report its own list
     return deploy, info
+
+
+def start_background_work(opts: CompileOptions, shared: dict, model, spec, calibration) -> None:
+    """At the first target of a command for several: begin, in background processes, the work of the
+    later targets that needs nothing from this one (a backend's `start_background_work`: LiteRT's
+    float conversion, single-threaded, about 11-18 s each for Lite0), so that it overlaps this
+    target's stages instead of adding to the wall time (edgeeff/background.py)."""
+    names = shared.get("targets", [])
+    later = names[names.index(opts.target) + 1:] if opts.target in names else []
+    for name in later:
+        try:
+            target = get_target(name)
+            backend = load_backend(target.backend)
+            if not hasattr(backend, "start_background_work"):
+                continue
+            backend.available()
+        except UserError:  # a missing backend or unknown target is reported when its turn comes
+            continue
+        # that target's model to export (its scale groups, shared with it: its own compile takes them
+        # from `shared`); the time is the first target's `start_background_work` stage
+        deploy, _ = split_scales(dataclasses.replace(opts, target=name), target, model, spec, calibration,
+                                 Stopwatch(), shared)
+        try:
+            say(f"started in the background for {name}: {backend.start_background_work(target, deploy, spec)}")
+        except Exception as err:  # noqa: BLE001 (optional work: the target does it itself in its turn)
+            say(f"note: nothing started in the background for {name} ({type(err).__name__}: {err}); "
+                f"it does all its work in its turn")
 
 
 def optimise_int8(opts: CompileOptions, target: TargetProfile, backend, deploy, spec, calibration, recipe: dict,
@@ -584,6 +616,9 @@ def time_in_turns(rows: list[dict], artifacts: list, runners: dict, crop: np.nda
     if not runners:
         return
     fp32 = next((a.file for a in artifacts if a.precision == "fp32" and a.file in runners), None)
+    from . import background
+
+    background.settle()  # nothing of a later target's runs while these files are timed
     with watch.stage("latency", f"timing {len(runners)} files in turns ({threads} threads, batch 1)"):
         measured = latency_in_turns(runners, crop, threads, runs=runs, reference=fp32)
     proxies = {a.file for a in artifacts if a.verified_by}
@@ -654,18 +689,23 @@ def compile_targets(base: CompileOptions, targets: list[str]) -> tuple[list[tupl
     atomically, as a single compile writes them), the target-independent work done once. A target
     that fails is reported in one line and the others still run. Returns the compiled (folder,
     report) pairs and one message per failed target."""
-    shared: dict = {}
+    from . import background
+
+    shared: dict = {"targets": list(targets)}
     done, failed = [], []
-    for name in targets:
-        say(f"== {name}")
-        try:
-            done.append(compile_model(dataclasses.replace(base, target=name), shared))
-        except AccuracyGateError as err:  # the report is written; the gate fails at the end
-            done.append((err.folder, err.report))
-            failed.append(f"{name}: {err}")
-        except UserError as err:
-            warn(f"{name}: {err}")
-            failed.append(f"{name}: {err}")
+    try:
+        for name in targets:
+            say(f"== {name}")
+            try:
+                done.append(compile_model(dataclasses.replace(base, target=name), shared))
+            except AccuracyGateError as err:  # the report is written; the gate fails at the end
+                done.append((err.folder, err.report))
+                failed.append(f"{name}: {err}")
+            except UserError as err:
+                warn(f"{name}: {err}")
+                failed.append(f"{name}: {err}")
+    finally:
+        background.stop_all()
     return done, failed
 
 
@@ -729,7 +769,10 @@ def _compile(opts: CompileOptions, shared: dict | None = None) -> tuple[Path, di
         opts, original, spec, calibration, watch))
     is_variant = model is not original
     # What is exported: the same function, possibly with scale groups (recovered.pth keeps `model`).
-    deploy, scale_group_info = split_scales(opts, target, model, spec, calibration, watch)
+    deploy, scale_group_info = split_scales(opts, target, model, spec, calibration, watch, shared)
+    if shared is not None and "background work" not in shared:
+        with watch.stage("start_background_work"):
+            _once(shared, "background work", lambda: start_background_work(opts, shared, model, spec, calibration))
 
     # what the folder will hold, about: the FP32 files and the INT8 ones (for the disk-full message)
     needed = 3 * 4 * count_parameters(deploy)

@@ -103,9 +103,51 @@ def input_normalisation(mean, std):
     return conv
 
 
-def convert_float(model, resolution: int, path: Path, normalise=None) -> Path:
+def float_conversion_key(model, resolution: int, normalise=None) -> str:
+    """What convert_float's bytes depend on: the module's architecture and weights, the input size,
+    the in-graph normalisation and the converter's version (it is deterministic: the same module
+    converts to the same bytes, in this process or another)."""
+    from importlib import metadata
+
+    from ..cache import content_key
+
+    return content_key("litert float", model.describe(), model.state_dict_digest(), resolution,
+                       normalise, metadata.version("litert-torch"))
+
+
+def start_float_conversion(model, resolution: int, normalise=None) -> None:
+    """Begin convert_float(model, ...) in a background process (edgeeff/background.py), for a
+    target of the same command that comes later: its convert_float then copies the file."""
+    import torch
+
+    from .. import background
+
+    key = float_conversion_key(model, resolution, normalise)
+    if background.started(key):
+        return
+    folder = background.workspace()
+    module_file = folder / f"{key}.pt"
+    torch.save(model, module_file)  # the whole module: the worker needs no builder settings
+    args = [str(module_file), str(folder / f"{key}.tflite"), str(resolution)]
+    if normalise is not None:
+        args += [",".join(map(repr, normalise[0])), ",".join(map(repr, normalise[1]))]
+    background.start(key, f"{__name__}:_background_conversion", args, folder / f"{key}.tflite")
+
+
+def convert_float(model, resolution: int, path: Path, normalise=None, from_background: bool = True) -> Path:
     """PyTorch module (NCHW) -> float32 .tflite with an NHWC input of (1, res, res, 3).
-    `normalise=(mean, std)`: the file takes pixel / 255 and normalises inside its graph."""
+    `normalise=(mean, std)`: the file takes pixel / 255 and normalises inside its graph.
+    A conversion of the same module begun earlier in the background (start_float_conversion) is
+    waited for and copied; if it failed, the conversion runs here. (The tensor names in the file
+    hold this function's qualified name: the worker calls it from this module, not as __main__.)"""
+    import shutil
+
+    from .. import background
+
+    done = background.result(float_conversion_key(model, resolution, normalise)) if from_background else None
+    if done is not None:
+        shutil.copyfile(done, path)
+        return path
     import litert_torch
     import torch
 
@@ -690,6 +732,18 @@ def _searched_ranges(job, calib_nhwc: np.ndarray):
         job.optimised_model, float_path, model_input, file_input=calib_nhwc))
 
 
+def in_graph_normalisation(target, spec: PreprocessSpec):
+    """(mean, std) for the targets whose files take pixel / 255 (`pixel_input`), else None."""
+    return (tuple(spec.mean), tuple(spec.std)) if target.raw.get("pixel_input", False) else None
+
+
+def start_background_work(target, model, spec: PreprocessSpec) -> str:
+    """For a later target of a multi-target compile (pipeline.start_background_work): its float
+    conversion, which build() then copies. Returns what was started, for the progress line."""
+    start_float_conversion(model, spec.resolution, in_graph_normalisation(target, spec))
+    return "the float .tflite conversion"
+
+
 def build(job) -> list:
     """`--target rpi|android|ios`: float32 reference, full-integer INT8, and FP16 when the profile
     asks for it (GPU delegates)."""
@@ -701,7 +755,7 @@ def build(job) -> list:
     # MediaPipe's and the Task Library's classifiers need one mean/std (0, 255 in pixel units) for
     # every variant (they refuse the B models' per-channel ImageNet mean/std), and the uint8 input of
     # the INT8 file is the pixel byte itself, which is what those classifiers feed it.
-    normalise = (tuple(job.spec.mean), tuple(job.spec.std)) if target.raw.get("pixel_input", False) else None
+    normalise = in_graph_normalisation(target, job.spec)
     spec = job.spec.pixels_only() if normalise else job.spec
     spec = spec.with_layout("NHWC", "float32")  # the runner quantizes from this float input
     fp32 = job.workdir / "model_fp32.tflite"
@@ -1085,3 +1139,18 @@ class A16w8Variants:
 def float_variants(workdir: Path, artifacts: list, threads: int) -> A16w8Variants:
     int8 = next(a for a in artifacts if a.precision == "int8")
     return A16w8Variants(workdir / int8.file, int8.state, int8.spec, threads)
+
+
+def _background_conversion(argv: list[str]) -> None:
+    """start_float_conversion's worker, in its own process: MODULE.pt OUT.tflite RES [MEAN STD]. One thread: it runs beside a compile that uses the others."""
+    import torch
+
+    torch.set_num_threads(1)
+    module_file, out, resolution = argv[0], Path(argv[1]), int(argv[2])
+    normalise = None
+    if len(argv) > 3:
+        normalise = (tuple(float(v) for v in argv[3].split(",")), tuple(float(v) for v in argv[4].split(",")))
+    model = torch.load(module_file, weights_only=False)  # written by start_float_conversion, this command
+    partial = out.with_name(out.stem + ".partial.tflite")
+    convert_float(model, resolution, partial, normalise, from_background=False)  # its chatter goes to the log
+    partial.replace(out)  # whole or absent: result() never copies half a file
