@@ -190,3 +190,41 @@ def test_evaluation_calls_shrink_with_the_image_size():
     logits = predict_all(runner, big, quiet=True)
     assert max(runner.calls) == images_per_call(big, 64) < 20 and sum(runner.calls) == 20
     assert np.array_equal(logits, big.reshape(20, -1)[:, :2].astype(np.float32))
+
+
+def test_jetson_takes_the_onnx_targets_statistics_only_when_they_are_its_own(tmp_path, monkeypatch):
+    """--target onnx,jetson collects the calibration statistics once: the jetson graph (TensorRT's
+    opset and pools) takes those of ONNX Runtime's prepared graph of the same export when every
+    tensor is there with bit-identical values, and they then equal its own collection exactly; a
+    graph whose values differ (other weights) gets None and collects its own."""
+    from onnx import numpy_helper
+
+    from edgeeff.backends.onnxruntime import prepare_for_quantizer
+    from edgeeff.quant.calibration import collect_stats, stats_from_equivalent_graph
+    from edgeeff.quant.qdq import prepare_for_tensorrt
+
+    from .graphs import tiny_efficientnet
+
+    monkeypatch.setenv("EDGEEFF_CACHE", "off")
+    export = tmp_path / "export.onnx"
+    onnx.save(tiny_efficientnet(), export)
+    jetson = tmp_path / "jetson.onnx"
+    onnx.save(prepare_for_tensorrt(onnx.load(export), 17), jetson)
+    ort_prepared = tmp_path / "prepared.onnx"
+    prepare_for_quantizer(export, ort_prepared)
+    inputs = np.random.default_rng(3).normal(size=(12, 3, 16, 16)).astype(np.float32)
+
+    shared = stats_from_equivalent_graph(jetson, ort_prepared, inputs, batch=4)
+    assert shared is not None
+    taken, _hit = shared
+    own = collect_stats(jetson, inputs, batch=4)
+    assert taken.names == own.names
+    np.testing.assert_array_equal(taken.minimum, own.minimum)
+    np.testing.assert_array_equal(taken.maximum, own.maximum)
+    np.testing.assert_array_equal(taken.hist, own.hist)
+
+    other = onnx.load(ort_prepared)
+    weight = other.graph.initializer[0]
+    weight.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(weight) * 1.01, weight.name))
+    onnx.save(other, tmp_path / "other.onnx")
+    assert stats_from_equivalent_graph(jetson, tmp_path / "other.onnx", inputs, batch=4) is None

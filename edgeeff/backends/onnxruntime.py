@@ -147,7 +147,6 @@ def quantize(fp32_path: Path, out_path: Path, calib_inputs: np.ndarray, recipe: 
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.calibrate import TensorsData, save_tensors_data
-    from onnxruntime.quantization.shape_inference import quant_pre_process
 
     from ..quant.calibration import (
         HISTOGRAM_METHODS,
@@ -176,15 +175,11 @@ def quantize(fp32_path: Path, out_path: Path, calib_inputs: np.ndarray, recipe: 
 
     with tempfile.TemporaryDirectory(prefix="edgeeff-ort-") as tmp:
         prepared = Path(tmp) / "prepared.onnx"
-        # Shape inference + ORT's graph optimisations (BN folding, constant folding) first, as
-        # ORT recommends: quantization then sees the graph the runtime will actually run.
-        quant_pre_process(str(weights_path or fp32_path), str(prepared), skip_symbolic_shape=True)
-        details["global_average_pools"] = _rewrite(prepared, spatial_means_as_global_pools)
+        details["global_average_pools"] = prepare_for_quantizer(weights_path or fp32_path, prepared)
         reference = prepared  # the float graph bias correction aims at: the FP32 model's own
         if weights_path is not None:
             reference = Path(tmp) / "reference.onnx"
-            quant_pre_process(str(fp32_path), str(reference), skip_symbolic_shape=True)
-            _rewrite(reference, spatial_means_as_global_pools)
+            prepare_for_quantizer(fp32_path, reference)
         reader, cache_file, calibrate_method = None, None, CALIBRATION_METHODS.get(method, "MinMax")
         if method in OWN_METHODS:
             stats, hit = cached_stats(prepared, calib_inputs, int(recipe.get("batch", 10)), quiet=quiet,
@@ -406,17 +401,26 @@ class QdqFloatVariants:
         onnx.save(model, str(self.int8_path))
 
 
-def prepared_fp32(fp32_path: Path):
-    """The float graph ONNX Runtime's quantizer worked on (quant_pre_process is deterministic)."""
-    import onnx
+def prepare_for_quantizer(fp32_path: Path, out_path: Path) -> int:
+    """Write the float graph ONNX Runtime's quantizer works on: shape inference + ORT's graph
+    optimisations (BN folding, constant folding) first, as ORT recommends, so that quantization
+    sees the graph the runtime will actually run; then the spatial means as GlobalAveragePool.
+    Deterministic: the same file gives the same bytes (the calibration statistics are cached by
+    them, and the jetson targets find the onnx target's there). Returns the pools rewritten."""
     from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    quant_pre_process(str(fp32_path), str(out_path), skip_symbolic_shape=True)
+    return _rewrite(out_path, spatial_means_as_global_pools)
+
+
+def prepared_fp32(fp32_path: Path):
+    """The float graph ONNX Runtime's quantizer worked on (prepare_for_quantizer), in memory."""
+    import onnx
 
     with tempfile.TemporaryDirectory(prefix="edgeeff-ort-") as tmp:
         prepared = Path(tmp) / "prepared.onnx"
-        quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=True)
-        model = onnx.load(str(prepared))
-        spatial_means_as_global_pools(model)  # as quantize() did
-        return model
+        prepare_for_quantizer(fp32_path, prepared)
+        return onnx.load(str(prepared))
 
 
 def float_variants(workdir: Path, artifacts: list, threads: int) -> QdqFloatVariants:

@@ -14,6 +14,7 @@ arithmetic; TensorRT's fused kernels round differently); the report says so.
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -168,19 +169,30 @@ def simulation(target, model) -> dict:
 
 def quantize_for_tensorrt(fp32_path: Path, out_path: Path, calib_inputs: np.ndarray, recipe: dict,
                           quant: dict, max_opset: int | None = None, quiet: bool = False,
-                          range_overrides=None) -> dict:
-    """Write the QDQ model for TensorRT from a prepared FP32 ONNX, check it, return what was done."""
+                          range_overrides=None, stats_source: Path | None = None) -> dict:
+    """Write the QDQ model for TensorRT from a prepared FP32 ONNX, check it, return what was done.
+    `stats_source`: another graph of the same model whose calibration statistics serve if they are
+    this one's (calibration.stats_from_equivalent_graph): ONNX Runtime's prepared graph of the export."""
     import onnx
 
-    from ..quant.calibration import HISTOGRAM_METHODS, OWN_METHODS, cached_stats, elementwise_readers, tensor_ranges
+    from ..quant.calibration import (
+        HISTOGRAM_METHODS,
+        OWN_METHODS,
+        cached_stats,
+        elementwise_readers,
+        stats_from_equivalent_graph,
+        tensor_ranges,
+    )
     from ..quant.qdq import build_qdq, check_tensorrt_rules, plan_placement, shiftable_tensors
 
     method = recipe["method"]
     if method not in OWN_METHODS:
         raise UserError(f"--calib-method {recipe['name']}: the jetson targets take edgeeff's own ranges "
                         f"({', '.join(OWN_METHODS)}); {method} is ONNX Runtime's calibrator")
-    stats, hit = cached_stats(fp32_path, calib_inputs, int(recipe.get("batch", 10)), quiet=quiet,
-                              histograms=method in HISTOGRAM_METHODS)
+    batch, histograms = int(recipe.get("batch", 10)), method in HISTOGRAM_METHODS
+    shared = None if stats_source is None else stats_from_equivalent_graph(
+        fp32_path, stats_source, calib_inputs, batch, quiet=quiet, histograms=histograms)
+    stats, hit = shared or cached_stats(fp32_path, calib_inputs, batch, quiet=quiet, histograms=histograms)
     fp32 = onnx.load(str(fp32_path))
     ranges = tensor_ranges(stats, recipe, symmetric=True, readers=elementwise_readers(fp32))
     searched, searched_info = {}, None
@@ -210,6 +222,7 @@ def quantize_for_tensorrt(fp32_path: Path, out_path: Path, calib_inputs: np.ndar
     return {"quantizer": "edgeeff QDQ for TensorRT", "format": "QDQ", "mode": "explicit",
             "activations": "int8 symmetric per-tensor", "weights": "int8 symmetric per-channel (axis 0)",
             "bias": "float", "calibration": method, "calibration_stats_cached": hit,
+            "calibration_stats_from": "onnx runtime's prepared graph of the export" if shared else "this graph",
             "placement": plan.name, "qdq_pairs": plan.counts(), "tensorrt_rules_check": summary,
             **({"centred_inputs": len(shifted)} if shifted else {}),
             **({"bias_correction": corrected} if corrected else {}),
@@ -230,9 +243,16 @@ def build(job) -> list:
     onnx.save(prepare_for_tensorrt(onnx.load(str(job.fp32_onnx)), int(cfg.get("opset", 17))), str(fp32))
     qdq = job.workdir / "model_qdq.onnx"
     calib_inputs = spec.to_model_input(job.calibration.crops)
-    details = quantize_for_tensorrt(fp32, qdq, calib_inputs, job.recipe, quantization_for_model(job.target, job.model),
-                                    max_opset=cfg.get("max_opset"), quiet=job.quiet,
-                                    range_overrides=ort_backend.searched_ranges(job, calib_inputs))
+    with tempfile.TemporaryDirectory(prefix="edgeeff-trt-") as tmp:
+        # The graph the onnx target calibrates, from the same export: its statistics (cached by its
+        # bytes) are this graph's when the tensors match, so `--target onnx,jetson` collects them once.
+        ort_prepared = Path(tmp) / "prepared.onnx"
+        ort_backend.prepare_for_quantizer(job.fp32_onnx, ort_prepared)
+        details = quantize_for_tensorrt(fp32, qdq, calib_inputs, job.recipe,
+                                        quantization_for_model(job.target, job.model),
+                                        max_opset=cfg.get("max_opset"), quiet=job.quiet,
+                                        range_overrides=ort_backend.searched_ranges(job, calib_inputs),
+                                        stats_source=ort_prepared)
     if job.optimisation is not None:
         details["optimisation"] = job.optimisation
     ship_device_scripts(job.workdir, BUILD_SCRIPT, EVAL_SCRIPT)  # + device_preprocess.py

@@ -225,6 +225,38 @@ def cached_stats(model_path: Path, inputs: np.ndarray, batch: int = 10, threads:
     return stats, False
 
 
+def stats_from_equivalent_graph(model_path: Path, source_path: Path, inputs: np.ndarray, batch: int = 10,
+                                quiet: bool = False, histograms: bool = True,
+                                check_images: int = 2) -> tuple[ActivationStats, bool] | None:
+    """`model_path`'s statistics taken from cached_stats(`source_path`), another graph of the same
+    model whose tensors carry the same names, or None (then collect its own). Why: the jetson
+    targets write their own FP32 graph (TensorRT's opset, pools), while the onnx target calibrates
+    ONNX Runtime's prepared graph of the same export; both collected the same statistics, 13 s each
+    for Lite0 (docs/benchmarks.md). Taken only when every tensor of `model_path` is in `source_path`
+    with bit-identical values on `check_images` calibration inputs (a name could coincide by
+    accident), so they are the statistics its own collection would give."""
+    model = onnx.load(str(model_path), load_external_data=False)
+    source = onnx.load(str(source_path), load_external_data=False)
+    names, source_names = activation_names(model), activation_names(source)
+    if not set(names) <= set(source_names):
+        return None
+    sample = inputs[:check_images]
+    values = []
+    for path, graph in ((model_path, model), (source_path, source)):
+        session, input_name = _augmented_session(path, names, 1)
+        found = {}
+        for _, group, arrays in bounded_runs(session, input_name, names, activation_bytes(graph, names), sample):
+            for name, value in zip(group, arrays):
+                found.setdefault(name, []).append(value)
+        values.append({name: np.concatenate(parts) for name, parts in found.items()})
+    if any(not np.array_equal(values[0][name], values[1][name]) for name in names):
+        return None
+    stats, hit = cached_stats(source_path, inputs, batch, quiet=quiet, histograms=histograms)
+    rows = [stats.names.index(name) for name in names]
+    return ActivationStats(names, stats.minimum[rows], stats.maximum[rows],
+                           stats.hist[rows] if stats.hist is not None else None), hit
+
+
 def _bin_centres(lo: float, hi: float) -> np.ndarray:
     edges = np.linspace(lo, hi, NUM_BINS + 1)
     return (edges[:-1] + edges[1:]) / 2
