@@ -275,7 +275,12 @@ def one_command(args) -> int:
                             "int8_agreement": int8.get("top1_agreement")})
     result = {"command": "edgeeff compile --variant lite0 --target " + targets + " --calib CALIB --val VAL (cold cache)",
               "calib": str(args.calib), "val": str(args.val), "exit_code": code, "wall_s": round(wall, 1),
-              "peak_rss_mb": round(usage.ru_maxrss / 1024, 1), "folders": folders,
+              "peak_rss_mb": round(usage.ru_maxrss / 1024, 1),
+              # the command's CPU time, its background processes' included (it waits for them): how
+              # much of the two cores' capacity the wall time used
+              "cpu_s": round(usage.ru_utime + usage.ru_stime, 1),
+              "cpu_pct": round(100 * (usage.ru_utime + usage.ru_stime) / wall),
+              "folders": folders,
               "machine": {**machine_info(), "load_average_at_start": machine_start["load_average"]},
               "finished": time.strftime("%Y-%m-%d")}
     rows = [["target", "complete", "stages s", "INT8 agreement %"]] + [
@@ -290,7 +295,8 @@ def one_command(args) -> int:
         m = result["machine"]
         start = "/".join(f"{x:.1f}" for x in m["load_average_at_start"])
         text = "\n".join([
-            f"`{result['command']}` ({result['finished']}): exit {code}, **{wall:.0f} s** wall, peak RSS "
+            f"`{result['command']}` ({result['finished']}): exit {code}, **{wall:.0f} s** wall, "
+            f"{result['cpu_s']:.0f} s CPU ({result['cpu_pct']}%), peak RSS (the largest process) "
             f"{result['peak_rss_mb']:.0f} MB, {sum(f['complete'] for f in folders)} of {len(targets.split(','))} "
             f"folders complete. Machine: {machine_line(m)} at the end ({start} at the start). The weights, "
             "images and FP32 reference are computed once for all targets; the stages per folder overlap "
