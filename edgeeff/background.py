@@ -68,6 +68,10 @@ def started(key: str) -> bool:
     return key in _jobs
 
 
+def any_started() -> bool:
+    return bool(_jobs)
+
+
 def result(key: str) -> Path | None:
     """The finished output of the job `key` (waiting for it), or None when there was no such job or
     it failed (the caller then does the work itself)."""

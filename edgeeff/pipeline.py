@@ -263,9 +263,10 @@ def check_threads(threads: int | None) -> None:
 def split_scales(opts: CompileOptions, target: TargetProfile, model, spec, calibration, watch,
                  shared: dict | None = None):
     """The model to export: `model` itself, or its copy with wide-ranged channels split into
-    scale groups (scale_groups.py; exact in float). --scale-groups, else the target's setting.
+    scale groups (scale_groups.py; exact in float). --scale-groups, else the target's setting for
+    the model's activation (`scale_groups_by_activation`, chosen by measurement).
     `shared`: the targets of one command split the same (variant) model once."""
-    setting = opts.scale_groups or target.quantization.get("scale_groups", "off")
+    setting = opts.scale_groups or quantization_for_model(target, model).get("scale_groups", "off")
     info = {"setting": setting, "sites": []}
     if setting == "off":
         return model, info

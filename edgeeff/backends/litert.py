@@ -144,7 +144,9 @@ def convert_float(model, resolution: int, path: Path, normalise=None, from_backg
 
     from .. import background
 
-    done = background.result(float_conversion_key(model, resolution, normalise)) if from_background else None
+    done = None
+    if from_background and background.any_started() and hasattr(model, "state_dict_digest"):
+        done = background.result(float_conversion_key(model, resolution, normalise))
     if done is not None:
         shutil.copyfile(done, path)
         return path
