@@ -266,16 +266,21 @@ def split_scales(opts: CompileOptions, target: TargetProfile, model, spec, calib
     scale groups (scale_groups.py; exact in float). --scale-groups, else the target's setting for
     the model's activation (`scale_groups_by_activation`, chosen by measurement).
     `shared`: the targets of one command split the same (variant) model once."""
-    setting = opts.scale_groups or quantization_for_model(target, model).get("scale_groups", "off")
+    quant = quantization_for_model(target, model)
+    setting = opts.scale_groups or quant.get("scale_groups", "off")
     info = {"setting": setting, "sites": []}
     if setting == "off":
         return model, info
     from .quant.scale_groups import split_for_int8
 
+    # Where splitting costs the target's runtime too much time: only sites at this stride or coarser.
+    min_stride = int(quant.get("scale_groups_min_stride", 1))
+    if min_stride > 1:
+        info["min_stride"] = min_stride
     with watch.stage("scale_groups", "splitting wide-ranged channels into INT8 scale groups"):
         # torch's thread count is in the key: the widths are measured by a forward pass
-        deploy, sites = _once(shared, f"scale groups {torch.get_num_threads()}", lambda: split_for_int8(
-            model, list(torch_batches(calibration.crops, spec, 32))))
+        deploy, sites = _once(shared, f"scale groups {torch.get_num_threads()} {min_stride}", lambda: split_for_int8(
+            model, list(torch_batches(calibration.crops, spec, 32)), min_stride=min_stride))
     info["sites"] = copy.deepcopy(sites)  # each report its own list
     return deploy, info
 

@@ -139,3 +139,28 @@ def test_scale_groups_setting_is_checked_for_options_built_in_python(tmp_path):
     with pytest.raises(UserError, match="--scale-groups always: choose auto or off"):
         check_inputs(opts)
     assert not (tmp_path / "o").exists()
+
+
+def test_min_stride_keeps_the_splits_to_coarse_sites():
+    """`scale_groups_min_stride` (the onnx target: 32): a split costs ONNX Runtime in proportion to
+    the tensor it splits, so only sites whose tensor is at least that coarse are split."""
+    model = _model(act="swish")
+    strides = scale_groups.site_strides(model, _batches()[0][:1])
+    assert strides["stem"] == 2 and strides["blocks.1.expand"] == 2  # before block 1's stride-2 depthwise
+    assert strides["blocks.15.expand"] == 32
+    everywhere, _ = split_for_int8(model, _batches(), min_gain=1.0)
+    coarse, record = split_for_int8(model, _batches(), min_gain=1.0, min_stride=16)
+    assert record and all(strides[r["site"]] >= 16 for r in record)
+    assert isinstance(everywhere.stem, GroupedPath) and not isinstance(coarse.stem, GroupedPath)
+
+
+def test_onnx_splits_swish_models_at_coarse_sites_only():
+    """Measured on the B0 test model (docs/quantization.md): swish models get scale groups on onnx
+    at stride 32 and coarser; hard-swish variants and ReLU6 models do not."""
+    from edgeeff.profiles import get_target, quantization_for_model
+
+    onnx_target = get_target("onnx")
+    swish = quantization_for_model(onnx_target, build_model("b0"))
+    assert swish["scale_groups"] == "auto" and swish["scale_groups_min_stride"] == 32
+    assert quantization_for_model(onnx_target, _model(act="hswish"))["scale_groups"] == "off"
+    assert quantization_for_model(onnx_target, build_model("lite0"))["scale_groups"] == "off"

@@ -193,19 +193,40 @@ def split_site(model: EfficientNet, site: Site, groups: list[list[int]]) -> None
     block.dw = nn.Identity()
 
 
+@torch.no_grad()
+def site_strides(model: EfficientNet, image: torch.Tensor) -> dict[str, int]:
+    """Per site, how many input pixels one pixel of its tensor spans (2 for the stem, 32 for the
+    last stage's expand convs), from one forward pass of `image` (1, 3, H, W)."""
+    found = sites(model)
+    widths: dict[str, int] = {}
+
+    def observe(name, out):  # returns None: a forward hook's return value would replace the output
+        widths[name] = out.shape[-1]
+
+    hooks = [_producer(model, site).bn.register_forward_hook(
+        lambda _m, _i, out, n=site.name: observe(n, out)) for site in found]
+    forward_with_hooks(model, hooks, [image])
+    return {name: max(1, round(image.shape[-1] / width)) for name, width in widths.items()}
+
+
 def split_for_int8(model: EfficientNet, batches: list[torch.Tensor], min_gain: float | None = None,
-                   max_sites: int | None = None) -> tuple[EfficientNet, list[dict]]:
+                   max_sites: int | None = None, min_stride: int = 1) -> tuple[EfficientNet, list[dict]]:
     """A copy of `model` with every site whose best two-group split gains at least `min_gain`
     split (the `max_sites` best if given); and, per split site, what was done for the report.
-    The original model is untouched. `min_gain` defaults to MIN_GAIN."""
+    The original model is untouched. `min_gain` defaults to MIN_GAIN. `min_stride`: only sites
+    whose tensor is at least this many input pixels per pixel (site_strides). Why: a split costs
+    in proportion to the tensor it splits and to how badly narrow groups fill a runtime's vector
+    kernels; on ONNX Runtime the B0 test model's two stride-2 sites (112 x 112, groups of 10 and 17
+    channels) made the INT8 file 25% slower, its stride-32 site cost nothing (docs/quantization.md)."""
     min_gain = MIN_GAIN if min_gain is None else min_gain
     if not sites(model):
         return model, []
     widths = channel_widths(model, batches)
+    strides = site_strides(model, batches[0][:1]) if min_stride > 1 else {}
     plans = []
     for site in sites(model):
         groups, gain = best_split(widths[site.name])
-        if gain >= min_gain:
+        if gain >= min_gain and strides.get(site.name, min_stride) >= min_stride:
             plans.append((gain, site, [g.tolist() for g in groups]))
     plans.sort(key=lambda p: (-p[0], p[1].block))
     if max_sites is not None:
