@@ -164,3 +164,35 @@ def test_onnx_splits_swish_models_at_coarse_sites_only():
     assert swish["scale_groups"] == "auto" and swish["scale_groups_min_stride"] == 32
     assert quantization_for_model(onnx_target, _model(act="hswish"))["scale_groups"] == "off"
     assert quantization_for_model(onnx_target, build_model("lite0"))["scale_groups"] == "off"
+
+
+def test_targets_of_one_command_measure_the_channel_widths_once(monkeypatch):
+    """`--target onnx,rpi` on a swish model: two splits (onnx keeps to stride 32, rpi splits every
+    site that pays), one forward pass over the calibration images for the channel widths."""
+    from pathlib import Path
+
+    from edgeeff import pipeline
+    from edgeeff.data.images import ImageSet
+    from edgeeff.data.preprocess import PreprocessSpec
+    from edgeeff.profiles import get_target
+
+    calls = []
+    real = scale_groups.channel_widths
+    monkeypatch.setattr(scale_groups, "channel_widths", lambda *a, **k: calls.append(1) or real(*a, **k))
+    model = _model(act="swish")
+    spec = PreprocessSpec(resolution=RES, crop_pct=0.875, interpolation="bicubic", mean=(0.485, 0.456, 0.406),
+                          std=(0.229, 0.224, 0.225))
+    crops = np.random.default_rng(1).integers(0, 256, (8, RES, RES, 3), dtype=np.uint8)
+    calibration = ImageSet(paths=[Path(f"{i}.jpg") for i in range(8)], crops=crops)
+
+    class Options:
+        scale_groups = None
+
+    shared = {}
+    results = {name: pipeline.split_scales(Options(), get_target(name), model, spec, calibration,
+                                           pipeline.Stopwatch(), shared) for name in ("onnx", "rpi")}
+    assert len(calls) == 1
+    onnx_info, rpi_info = results["onnx"][1], results["rpi"][1]
+    assert onnx_info["min_stride"] == 32 and "min_stride" not in rpi_info
+    assert {s["site"] for s in onnx_info["sites"]} <= {s["site"] for s in rpi_info["sites"]}
+    assert "stem" in {s["site"] for s in rpi_info["sites"]} and "stem" not in {s["site"] for s in onnx_info["sites"]}

@@ -129,6 +129,8 @@ def channel_widths(model: EfficientNet, batches: list[torch.Tensor]) -> dict[str
     outlier. Zero is always in the range (as in every INT8 range), and a hard-swish input needs
     nothing below HARD_SWISH_FLOOR (calibration.py), where hard-swish is 0 whatever the value."""
     found = sites(model)
+    if not found:  # a ReLU6 model: no forward pass for nothing
+        return {}
     highs: dict[str, list] = {s.name: [] for s in found}
     lows: dict[str, list] = {s.name: [] for s in found}
 
@@ -210,18 +212,21 @@ def site_strides(model: EfficientNet, image: torch.Tensor) -> dict[str, int]:
 
 
 def split_for_int8(model: EfficientNet, batches: list[torch.Tensor], min_gain: float | None = None,
-                   max_sites: int | None = None, min_stride: int = 1) -> tuple[EfficientNet, list[dict]]:
+                   max_sites: int | None = None, min_stride: int = 1,
+                   widths: dict[str, np.ndarray] | None = None) -> tuple[EfficientNet, list[dict]]:
     """A copy of `model` with every site whose best two-group split gains at least `min_gain`
     split (the `max_sites` best if given); and, per split site, what was done for the report.
     The original model is untouched. `min_gain` defaults to MIN_GAIN. `min_stride`: only sites
     whose tensor is at least this many input pixels per pixel (site_strides). Why: a split costs
     in proportion to the tensor it splits and to how badly narrow groups fill a runtime's vector
     kernels; on ONNX Runtime the B0 test model's two stride-2 sites (112 x 112, groups of 10 and 17
-    channels) made the INT8 file 25% slower, its stride-32 site cost nothing (docs/quantization.md)."""
+    channels) made the INT8 file 25% slower, its stride-32 site cost nothing (docs/quantization.md).
+    `widths`: channel_widths(model, batches), if already measured (the targets of one command share
+    them: their settings may differ, the widths do not)."""
     min_gain = MIN_GAIN if min_gain is None else min_gain
     if not sites(model):
         return model, []
-    widths = channel_widths(model, batches)
+    widths = widths if widths is not None else channel_widths(model, batches)
     strides = site_strides(model, batches[0][:1]) if min_stride > 1 else {}
     plans = []
     for site in sites(model):
