@@ -1144,7 +1144,8 @@ def float_variants(workdir: Path, artifacts: list, threads: int) -> A16w8Variant
 
 
 def _background_conversion(argv: list[str]) -> None:
-    """start_float_conversion's worker, in its own process: MODULE.pt OUT.tflite RES [MEAN STD]. One thread: it runs beside a compile that uses the others."""
+    """start_float_conversion's worker, in its own process: MODULE.pt OUT.tflite RES [MEAN STD].
+    One thread: it runs beside a compile that uses the others."""
     import torch
 
     torch.set_num_threads(1)
