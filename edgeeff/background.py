@@ -32,7 +32,6 @@ from pathlib import Path
 class Job:
     process: subprocess.Popen
     output: Path
-    log: Path
 
 
 _jobs: dict[str, Job] = {}
@@ -54,14 +53,13 @@ _RUN = "import importlib, sys; m, f = sys.argv[1].split(':'); getattr(importlib.
 
 def start(key: str, function: str, args: list[str], output: Path) -> None:
     """Run `function(args)` ("package.module:name") in a background process; it must write
-    `output`. Once per key; its output and errors go to a log beside it."""
+    `output`. Once per key; its output and errors go to workspace() / KEY.log."""
     if key in _jobs:
         return
-    log = workspace() / f"{key}.log"
-    with open(log, "wb") as sink:
+    with open(workspace() / f"{key}.log", "wb") as sink:
         process = subprocess.Popen([sys.executable, "-c", _RUN, function, *args], stdout=sink,
                                    stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-    _jobs[key] = Job(process, output, log)
+    _jobs[key] = Job(process, output)
 
 
 def started(key: str) -> bool:

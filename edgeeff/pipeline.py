@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from . import background
 from .backends import backend as load_backend
 from .cache import cached_array, content_key
 from .choices import OPTIMIZE_SETTINGS, RECOVER_METHODS, SCALE_GROUP_SETTINGS, SE_CHOICES
@@ -626,8 +627,6 @@ def time_in_turns(rows: list[dict], artifacts: list, runners: dict, crop: np.nda
     if not runners:
         return
     fp32 = next((a.file for a in artifacts if a.precision == "fp32" and a.file in runners), None)
-    from . import background
-
     background.settle()  # nothing of a later target's runs while these files are timed
     with watch.stage("latency", f"timing {len(runners)} files in turns ({threads} threads, batch 1)"):
         measured = latency_in_turns(runners, crop, threads, runs=runs, reference=fp32)
@@ -699,8 +698,6 @@ def compile_targets(base: CompileOptions, targets: list[str]) -> tuple[list[tupl
     atomically, as a single compile writes them), the target-independent work done once. A target
     that fails is reported in one line and the others still run. Returns the compiled (folder,
     report) pairs and one message per failed target."""
-    from . import background
-
     shared: dict = {"targets": list(targets)}
     done, failed = [], []
     try:
@@ -780,9 +777,10 @@ def _compile(opts: CompileOptions, shared: dict | None = None) -> tuple[Path, di
     is_variant = model is not original
     # What is exported: the same function, possibly with scale groups (recovered.pth keeps `model`).
     deploy, scale_group_info = split_scales(opts, target, model, spec, calibration, watch, shared)
-    if shared is not None and "background work" not in shared:
+    if shared is not None and not shared.get("background work started"):
+        shared["background work started"] = True
         with watch.stage("start_background_work"):
-            _once(shared, "background work", lambda: start_background_work(opts, shared, model, spec, calibration))
+            start_background_work(opts, shared, model, spec, calibration)
 
     # what the folder will hold, about: the FP32 files and the INT8 ones (for the disk-full message)
     needed = 3 * 4 * count_parameters(deploy)

@@ -134,18 +134,19 @@ def start_float_conversion(model, resolution: int, normalise=None) -> None:
     background.start(key, f"{__name__}:_background_conversion", args, folder / f"{key}.tflite")
 
 
-def convert_float(model, resolution: int, path: Path, normalise=None, from_background: bool = True) -> Path:
+def convert_float(model, resolution: int, path: Path, normalise=None) -> Path:
     """PyTorch module (NCHW) -> float32 .tflite with an NHWC input of (1, res, res, 3).
     `normalise=(mean, std)`: the file takes pixel / 255 and normalises inside its graph.
     A conversion of the same module begun earlier in the background (start_float_conversion) is
-    waited for and copied; if it failed, the conversion runs here. (The tensor names in the file
-    hold this function's qualified name: the worker calls it from this module, not as __main__.)"""
+    waited for and copied; if it failed, the conversion runs here (as it does in the worker, whose
+    process started no job). The tensor names in the file hold this function's qualified name: the
+    worker calls it from this module, not as __main__."""
     import shutil
 
     from .. import background
 
     done = None
-    if from_background and background.any_started() and hasattr(model, "state_dict_digest"):
+    if background.any_started() and hasattr(model, "state_dict_digest"):
         done = background.result(float_conversion_key(model, resolution, normalise))
     if done is not None:
         shutil.copyfile(done, path)
@@ -1155,5 +1156,5 @@ def _background_conversion(argv: list[str]) -> None:
         normalise = (tuple(float(v) for v in argv[3].split(",")), tuple(float(v) for v in argv[4].split(",")))
     model = torch.load(module_file, weights_only=False)  # written by start_float_conversion, this command
     partial = out.with_name(out.stem + ".partial.tflite")
-    convert_float(model, resolution, partial, normalise, from_background=False)  # its chatter goes to the log
+    convert_float(model, resolution, partial, normalise)  # its chatter goes to the log
     partial.replace(out)  # whole or absent: result() never copies half a file

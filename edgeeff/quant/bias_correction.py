@@ -71,26 +71,18 @@ def _dequantized(init, scale_init, zero_init, axis: int | None = 0) -> np.ndarra
     return (q - zero) * scale
 
 
-def fake_quant(x: np.ndarray, scale: float, zero: float, qmin: int, qmax: int) -> np.ndarray:
-    return (np.clip(np.round(x / scale) + zero, qmin, qmax) - zero) * scale
-
-
-def _fake_quant_float64(value: np.ndarray, offset: float, scale: float, zero: float, qmin: int,
-                        qmax: int) -> np.ndarray:
-    """fake_quant(x + offset, ...) - offset of a float32 tensor, in float64: the same operations in
-    the same order, in place on one copy (fake_quant's temporaries made bias correction 4x slower:
-    about 4 s of a Lite0 `onnx` compile; the results are bit-identical, tests/test_bias_correction.py)."""
-    q = value.astype(np.float64)
-    if offset:
-        q += offset
+def fake_quant(x: np.ndarray, scale: float, zero: float, qmin: int, qmax: int, in_place: bool = False) -> np.ndarray:
+    """(clip(round(x / scale) + zero, qmin, qmax) - zero) * scale, in x's dtype, step by step on one
+    array: a copy of x, or x itself with `in_place` (a scratch array the caller owns). The
+    expression's temporaries made bias correction 4x slower (about 4 s of a Lite0 `onnx` compile);
+    the results are bit-identical (tests/test_bias_correction.py)."""
+    q = x if in_place else x.copy()
     q /= scale
     np.round(q, out=q)
     q += zero
     np.clip(q, qmin, qmax, out=q)
     q -= zero
     q *= scale
-    if offset:
-        q -= offset
     return q
 
 
@@ -169,7 +161,12 @@ def correct_biases(qdq: onnx.ModelProto, fp32: onnx.ModelProto, inputs: np.ndarr
                 x_mean = value.mean(axis=axes, dtype=np.float64)
                 for node, _x, _w, _wq, scale, zero, qmin, qmax, _g, offset in readers[x_name]:
                     mx, mq = means[node.name]
-                    seen = _fake_quant_float64(value, offset, scale, zero, qmin, qmax)
+                    seen = value.astype(np.float64)  # fake_quant(x + offset) - offset, in float64
+                    if offset:
+                        seen += offset
+                    fake_quant(seen, scale, zero, qmin, qmax, in_place=True)
+                    if offset:
+                        seen -= offset
                     means[node.name] = (mx + x_mean * len(value), mq + seen.mean(axis=axes) * len(value))
     shifts = []
     for node, _x, w, w_q, _s, _z, _lo, _hi, group, _offset in plans:
