@@ -129,13 +129,30 @@ class ImageSet:
 
 
 def crop_all(paths: list[Path], spec: PreprocessSpec, what: str, quiet: bool = False):
-    kept, crops, skipped = [], [], []
-    for path in progress(paths, desc=f"reading {what}", unit="img", quiet=quiet):
+    """Decode and centre-crop every image, in order: (the paths read, their crops, why the others
+    were skipped). Several images at a time, one per usable core: Pillow lets go of the GIL while
+    it decodes and resizes, which is nearly all of the work (650 ImageNet photos: 2.9 s on one core
+    of this 2-core host); each image's crop is computed exactly as one at a time would."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from ..util import usable_cpus
+
+    def read(path: Path):
         try:
-            crops.append(crop_image(load_rgb(path), spec))
-            kept.append(path)
+            return crop_image(load_rgb(path), spec), None
         except UnreadableImage as err:
-            skipped.append(str(err))
+            return None, str(err)
+
+    kept, crops, skipped = [], [], []
+    with ThreadPoolExecutor(max_workers=usable_cpus()) as pool:
+        done = pool.map(read, paths)  # in the paths' order
+        for path in progress(paths, desc=f"reading {what}", unit="img", quiet=quiet):
+            crop, error = next(done)
+            if error is None:
+                crops.append(crop)
+                kept.append(path)
+            else:
+                skipped.append(error)
     shape = (0, spec.resolution, spec.resolution, 3)
     return kept, (np.stack(crops) if crops else np.zeros(shape, np.uint8)), skipped
 
