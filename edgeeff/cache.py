@@ -73,12 +73,6 @@ def store_entry(path: Path, write: Callable[[Path], None]) -> bool:
         return False
 
 
-def has_array(kind: str, key: str) -> bool:
-    """Whether cached_array(kind, key, ...) would load rather than compute."""
-    root = cache_dir()
-    return root is not None and (root / kind / f"{key}.npy").is_file()
-
-
 def cached_array(kind: str, key: str, compute: Callable[[], np.ndarray]) -> tuple[np.ndarray, bool]:
     """(array, hit): load `kind/key.npy` or compute and store it (atomically)."""
     root = cache_dir()

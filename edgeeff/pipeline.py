@@ -20,7 +20,7 @@ import torch
 
 from . import background
 from .backends import backend as load_backend
-from .cache import cached_array, content_key, has_array
+from .cache import cached_array, content_key
 from .choices import OPTIMIZE_SETTINGS, RECOVER_METHODS, SCALE_GROUP_SETTINGS, SE_CHOICES
 from .data.images import ImageSet, load_calibration, load_validation, resolve_labels, spread_choice
 from .data.preprocess import PreprocessSpec
@@ -49,9 +49,7 @@ from .scoring import (
     measure_latency,
     per_class_top1,
     predict_all,
-    reference_from_background,
     score,
-    start_reference_in_background,
     top_score_check,
     torch_batches,
 )
@@ -290,13 +288,6 @@ def split_scales(opts: CompileOptions, target: TargetProfile, model, spec, calib
             model, batches, min_stride=min_stride, widths=widths))
     info["sites"] = copy.deepcopy(sites)  # each report its own list
     return deploy, info
-
-
-# Below this much work (multiply-accumulates over all validation images) the reference is computed in
-# its turn: a worker process spends about 2 s importing torch before it starts, and PyTorch does
-# about 20 GMAC/s on this 2-core host (Lite0, 650 images: 260 GMAC, 12 s). Small models and the
-# tests' few images stay in-process.
-BACKGROUND_REFERENCE_MIN_MACS = 50e9
 
 
 def start_background_work(opts: CompileOptions, shared: dict, model, spec, calibration) -> None:
@@ -678,8 +669,6 @@ def compile_model(opts: CompileOptions, shared: dict | None = None) -> tuple[Pat
         return _compile(opts, shared)
     finally:
         progress_state.QUIET = before
-        if shared is None:  # a command of several targets ends its background work itself
-            background.stop_all()
 
 
 def _once(shared: dict | None, key: str, compute):
@@ -781,19 +770,6 @@ def _compile(opts: CompileOptions, shared: dict | None = None) -> tuple[Path, di
     if num_classes != len(labels.synsets):
         raise UserError(f"the model has {num_classes} classes but the label list has {len(labels.synsets)}: "
                         f"pass --synsets FILE with one line per model class")
-    reference = TorchRunner(original, spec, threads)
-    reference_key = None
-    if validation is not None:
-        # The reference logits are cached by content: a second target (or compile) for the same model
-        # and images reuses them. When they must be computed, that starts now in the background, beside
-        # the single-core export or conversion ahead (scoring.start_reference_in_background).
-        reference_key = content_key(weights_info.sha256 or weights_info.source, original.describe(),
-                                    original.state_dict_digest(), validation.crops, reference.runtime,
-                                    reference.layout)
-        if "reference_logits" not in (shared or {}) and not has_array("reference_logits", reference_key) and \
-                count_macs(original, spec.resolution) * len(validation.crops) >= BACKGROUND_REFERENCE_MIN_MACS:
-            start_reference_in_background(reference_key, original, spec, validation.crops, threads)
-            say("started in the background: the FP32 reference's logits (PyTorch)")
     # The variant is what gets exported and quantized; the original stays the reference.
     # (surgery and recovery depend on the model and the images only: once for every target)
     model, unrecovered, variant_info = _once(shared, "variant", lambda: make_variant_model(
@@ -838,19 +814,19 @@ def _compile(opts: CompileOptions, shared: dict | None = None) -> tuple[Path, di
             from .models.distill import save_recovered
 
             save_recovered(model, workdir / "recovered.pth", {"recovered_from": weights_info.sha256})
+        reference = TorchRunner(original, spec, threads)
         ref_scores = None
         reference_cached = False
         if validation is not None:
             with watch.stage("evaluate_reference", "evaluating FP32 reference (PyTorch)"):
-                def reference_logits() -> np.ndarray:
-                    done = reference_from_background(reference_key, reference, validation.crops)
-                    if done is not None:
-                        return done
-                    return predict_all(reference, validation.crops, "FP32 reference", opts.quiet)
-
+                # Cached by content: a second target for the same model and images reuses it.
+                key = content_key(weights_info.sha256 or weights_info.source, original.describe(),
+                                  original.state_dict_digest(), validation.crops, reference.runtime,
+                                  reference.layout)
                 earlier = shared is not None and "reference_logits" in shared  # an earlier target's
                 ref_logits, hit = _once(shared, "reference_logits", lambda: cached_array(
-                    "reference_logits", reference_key, reference_logits))
+                    "reference_logits", key, lambda: predict_all(reference, validation.crops, "FP32 reference",
+                                                                 opts.quiet)))
                 ref_scores = score(ref_logits, validation.labels)
                 reference_cached = hit or earlier
         chain = []

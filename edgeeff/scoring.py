@@ -66,62 +66,6 @@ class TorchRunner:
             return self.model(x).contiguous().numpy()
 
 
-def start_reference_in_background(key: str, model: torch.nn.Module, spec: PreprocessSpec, crops: np.ndarray,
-                                  threads: int) -> None:
-    """Begin the FP32 reference's logits over `crops` (predict_all with a TorchRunner of `threads`)
-    in a background process (edgeeff/background.py). Why: a compile's first stages (the ONNX
-    export, the LiteRT float conversion) run on one core, and the reference, 12 s of PyTorch for
-    Lite0 on 650 images, needs nothing from them; computed beside them it is ready when the
-    artifacts are evaluated. reference_from_background takes it. The worker runs as many threads
-    as the compile would: PyTorch's CPU convolutions give other bits with another thread count
-    (measured: 1 and 2 threads agree on batches of 32, not on batches of 1-10, Lite0 and B0)."""
-    from . import background
-
-    if background.started(key):
-        return
-    folder = background.workspace()
-    payload, images, out = folder / f"{key}.reference.pt", folder / f"{key}.crops.npy", folder / f"{key}.logits.npy"
-    torch.save({"model": model, "spec": spec}, payload)  # the whole module: no builder settings needed
-    np.save(images, crops)
-    background.start(key, f"{__name__}:_background_reference",
-                     [str(payload), str(images), str(out), str(threads)], out)
-
-
-def reference_from_background(key: str, runner: TorchRunner, crops: np.ndarray) -> np.ndarray | None:
-    """The logits start_reference_in_background computed (waiting for them), or None when no such
-    job ran or it failed, or when its last call's logits are not bit-identical to `runner`'s own
-    (the last call is the one whose batch size can differ; checked rather than assumed): the
-    caller then computes them itself, so the report never depends on where they were computed."""
-    from . import background
-
-    path = background.result(key)
-    if path is None:
-        return None
-    logits = np.load(path)
-    if logits.shape[0] != len(crops) or not len(crops):
-        return None
-    step = images_per_call(crops, runner.max_batch)
-    last = (len(crops) - 1) // step * step
-    mine = np.asarray(runner.predict(runner.spec.to_model_input(crops[last:])), dtype=np.float32)
-    return logits if np.array_equal(mine, logits[last:]) else None
-
-
-def _background_reference(argv: list[str]) -> None:
-    """start_reference_in_background's worker, in its own process: PAYLOAD.pt CROPS.npy OUT.npy THREADS."""
-    from pathlib import Path
-
-    threads = int(argv[3])
-    torch.set_num_threads(threads)
-    payload = torch.load(argv[0], weights_only=False)  # written by this command's own process
-    crops = np.load(argv[1], mmap_mode="r")
-    logits = predict_all(TorchRunner(payload["model"], payload["spec"], threads), crops, quiet=True)
-    out = Path(argv[2])
-    partial = out.with_name(out.stem + ".partial.npy")
-    with open(partial, "wb") as sink:
-        np.save(sink, logits)
-    partial.replace(out)  # whole or absent
-
-
 def torch_batches(crops: np.ndarray, spec: PreprocessSpec, batch: int):
     """uint8 crops (N, H, W, 3) -> the PyTorch model's inputs (NCHW float32), one tensor per
     `batch` images, each made when it is consumed."""
