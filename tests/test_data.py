@@ -89,3 +89,24 @@ def test_default_calibration_photos_are_real_colour_images():
 def test_shared_validation_set_maps_456_classes(sample):
     val = load_validation(sample / "val", imagenet_labels(), SPEC)
     assert len(val) == 650 and len(np.unique(val.labels)) == 456
+
+
+def test_images_read_side_by_side_keep_their_order_and_pixels(tmp_path):
+    """crop_all decodes several images at once: the crops come back in the paths' order, each the
+    one a single read gives, and an unreadable file in between is skipped in its place."""
+    from edgeeff.data.images import crop_all
+    from edgeeff.data.preprocess import crop_image, load_rgb
+
+    rng = np.random.default_rng(3)
+    paths = []
+    for i in range(12):
+        path = tmp_path / f"{i:02d}.png"
+        Image.fromarray(rng.integers(0, 255, (40 + 3 * i, 50 + 5 * i, 3), dtype=np.uint8)).save(path)
+        paths.append(path)
+    broken = tmp_path / "05b.jpg"
+    broken.write_bytes(b"\xff\xd8\xff garbage")
+    paths.insert(6, broken)
+    kept, crops, skipped = crop_all(paths, SPEC, "test", quiet=True)
+    assert kept == [p for p in paths if p != broken] and len(skipped) == 1 and "05b.jpg" in skipped[0]
+    for path, crop in zip(kept, crops):
+        assert np.array_equal(crop, crop_image(load_rgb(path), SPEC))

@@ -144,7 +144,8 @@ def crop_all(paths: list[Path], spec: PreprocessSpec, what: str, quiet: bool = F
             return None, str(err)
 
     kept, crops, skipped = [], [], []
-    with ThreadPoolExecutor(max_workers=usable_cpus()) as pool:
+    pool = ThreadPoolExecutor(max_workers=usable_cpus())
+    try:
         done = pool.map(read, paths)  # in the paths' order
         for path in progress(paths, desc=f"reading {what}", unit="img", quiet=quiet):
             crop, error = next(done)
@@ -153,6 +154,8 @@ def crop_all(paths: list[Path], spec: PreprocessSpec, what: str, quiet: bool = F
                 kept.append(path)
             else:
                 skipped.append(error)
+    finally:  # Ctrl-C or an error: the images not begun yet are dropped, not decoded first
+        pool.shutdown(wait=True, cancel_futures=True)
     shape = (0, spec.resolution, spec.resolution, 3)
     return kept, (np.stack(crops) if crops else np.zeros(shape, np.uint8)), skipped
 
