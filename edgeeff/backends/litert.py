@@ -237,18 +237,6 @@ def floor_hard_swish_inputs(ranges: dict, hard_swish: set[str]) -> dict:
     return ranges
 
 
-def interpreter_keeping_every_tensor(model_path: Path, threads: int):
-    """A LiteRT interpreter of `model_path`, allocated, whose intermediate tensors stay readable
-    after invoke() (for statistics and bias correction), and {tensor name: tensor index}."""
-    from ai_edge_litert.interpreter import Interpreter
-
-    with _captured_output(), warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)  # "experimental_preserve_all_tensors ... debugging"
-        it = Interpreter(model_path=str(model_path), num_threads=threads, experimental_preserve_all_tensors=True)
-    it.allocate_tensors()
-    return it, {d["name"]: d["index"] for d in it.get_tensor_details()}
-
-
 def histogram_ranges(float_path: Path, calib_inputs: np.ndarray, ranges: dict, recipe: dict,
                      hard_swish: set[str], threads: int = 2, quiet: bool = False) -> dict:
     """edgeeff's own range methods (calibration.py: percentile, mse) for the .tflite's activations.
@@ -260,10 +248,16 @@ def histogram_ranges(float_path: Path, calib_inputs: np.ndarray, ranges: dict, r
     top tail would tie the very classes top-1 is about. `hard_swish`: hard_swish_inputs(), floored
     at -3 in the range rules.
     """
+    from ai_edge_litert.interpreter import Interpreter
+
     from ..quant.calibration import NUM_BINS, ActivationStats, histogram_counts, tensor_ranges
 
-    it, index = interpreter_keeping_every_tensor(float_path, threads)
+    with _captured_output(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # "experimental_preserve_all_tensors ... debugging"
+        it = Interpreter(model_path=str(float_path), num_threads=threads, experimental_preserve_all_tensors=True)
+    it.allocate_tensors()
     boundary = {d["name"] for d in it.get_input_details() + it.get_output_details()}
+    index = {d["name"]: d["index"] for d in it.get_tensor_details()}
     names = [n for n in ranges if n in index and n not in boundary
              and np.size(ranges[n]["min"]) == 1 and float(np.max(ranges[n]["max"])) > float(np.min(ranges[n]["min"]))]
     lo = np.array([min(float(np.min(ranges[n]["min"])), 0.0) for n in names])

@@ -17,6 +17,7 @@ input gains a `_quantized` suffix). Layers at a16w8 (int16 input, int64 bias) ar
 from __future__ import annotations
 
 import collections
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,6 +25,7 @@ import numpy as np
 
 from ..progress import progress
 from ..quant.bias_correction import expected_output, fake_quant
+from ..util import captured_output
 from .tflite_flatbuffer import builtin_code, load_inlined, save, schema
 
 MAX_IMAGES = 128  # as the ONNX backends: a mean per channel settles long before that
@@ -103,9 +105,14 @@ class BiasCorrection:
         """Each key's FP32 mean per channel and the mean of its INT8 fake-quantization, over the
         chosen calibration images (the last axis is the channel: NHWC, or (1, C) before a
         FULLY_CONNECTED)."""
-        from .litert import interpreter_keeping_every_tensor
+        from ai_edge_litert.interpreter import Interpreter
 
-        it, index = interpreter_keeping_every_tensor(float_path, self.threads)
+        with captured_output(), warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # "experimental_preserve_all_tensors ... debugging"
+            it = Interpreter(model_path=str(float_path), num_threads=self.threads,
+                             experimental_preserve_all_tensors=True)
+        it.allocate_tensors()
+        index = {d["name"]: d["index"] for d in it.get_tensor_details()}
         keys = sorted(k for k in keys if k[0] in index)
         sums = {k: [0.0, 0.0] for k in keys}
         feed = it.get_input_details()[0]["index"]
