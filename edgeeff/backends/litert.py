@@ -248,16 +248,11 @@ def histogram_ranges(float_path: Path, calib_inputs: np.ndarray, ranges: dict, r
     top tail would tie the very classes top-1 is about. `hard_swish`: hard_swish_inputs(), floored
     at -3 in the range rules.
     """
-    from ai_edge_litert.interpreter import Interpreter
-
     from ..quant.calibration import NUM_BINS, ActivationStats, histogram_counts, tensor_ranges
+    from .tflite_bias_correction import interpreter_keeping_every_tensor
 
-    with _captured_output(), warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)  # "experimental_preserve_all_tensors ... debugging"
-        it = Interpreter(model_path=str(float_path), num_threads=threads, experimental_preserve_all_tensors=True)
-    it.allocate_tensors()
+    it, index = interpreter_keeping_every_tensor(float_path, threads)
     boundary = {d["name"] for d in it.get_input_details() + it.get_output_details()}
-    index = {d["name"]: d["index"] for d in it.get_tensor_details()}
     names = [n for n in ranges if n in index and n not in boundary
              and np.size(ranges[n]["min"]) == 1 and float(np.max(ranges[n]["max"])) > float(np.min(ranges[n]["min"]))]
     lo = np.array([min(float(np.min(ranges[n]["min"])), 0.0) for n in names])

@@ -33,6 +33,19 @@ INT8_MIN, INT8_MAX = -128, 127
 INPUT_SUFFIX = "_quantized"  # ai-edge-quantizer's name for the graph input of an int8-input file
 
 
+def interpreter_keeping_every_tensor(model_path: Path, threads: int):
+    """A LiteRT interpreter of `model_path`, allocated, whose intermediate tensors stay readable
+    after invoke(), and {tensor name: tensor index}. Here and in the LiteRT backend's histogram
+    ranges (litert.py imports it from this module, which sits below it)."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    with captured_output(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # "experimental_preserve_all_tensors ... debugging"
+        it = Interpreter(model_path=str(model_path), num_threads=threads, experimental_preserve_all_tensors=True)
+    it.allocate_tensors()
+    return it, {d["name"]: d["index"] for d in it.get_tensor_details()}
+
+
 @dataclass
 class BiasCorrection:
     """The calibration images and, once measured, each corrected layer input's mean per channel
@@ -105,14 +118,7 @@ class BiasCorrection:
         """Each key's FP32 mean per channel and the mean of its INT8 fake-quantization, over the
         chosen calibration images (the last axis is the channel: NHWC, or (1, C) before a
         FULLY_CONNECTED)."""
-        from ai_edge_litert.interpreter import Interpreter
-
-        with captured_output(), warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)  # "experimental_preserve_all_tensors ... debugging"
-            it = Interpreter(model_path=str(float_path), num_threads=self.threads,
-                             experimental_preserve_all_tensors=True)
-        it.allocate_tensors()
-        index = {d["name"]: d["index"] for d in it.get_tensor_details()}
+        it, index = interpreter_keeping_every_tensor(float_path, self.threads)
         keys = sorted(k for k in keys if k[0] in index)
         sums = {k: [0.0, 0.0] for k in keys}
         feed = it.get_input_details()[0]["index"]
