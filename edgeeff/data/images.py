@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import re
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -22,6 +23,7 @@ import numpy as np
 
 from ..errors import UserError
 from ..progress import progress
+from ..util import usable_cpus
 from .preprocess import PreprocessSpec, UnreadableImage, crop_image, load_rgb
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif", ".ppm"}
@@ -134,10 +136,6 @@ def crop_all(paths: list[Path], spec: PreprocessSpec, what: str, quiet: bool = F
     it decodes and resizes, which is nearly all of the work (650 ImageNet val photos on this idle
     2-core host: 1.3-1.6 s one at a time, 0.7-0.8 s two at a time); each crop is the one a single
     read gives."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    from ..util import usable_cpus
-
     def read(path: Path):
         try:
             return crop_image(load_rgb(path), spec), None
