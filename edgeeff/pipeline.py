@@ -43,6 +43,7 @@ from .report.contract import RANDOM_WEIGHTS_NOTE, artifact_row, library_versions
 from .report.html_page import render as render_html
 from .scoring import (
     PER_CLASS_LIMIT,
+    TORCH_IMAGES_PER_CALL,
     TorchRunner,
     align_classes,
     latency_in_turns,
@@ -279,8 +280,8 @@ def split_scales(opts: CompileOptions, target: TargetProfile, model, spec, calib
     if min_stride > 1:
         info["min_stride"] = min_stride
     with watch.stage("scale_groups", "splitting wide-ranged channels into INT8 scale groups"):
-        batches = list(torch_batches(calibration.crops, spec, 32))
-        # torch's thread count is in the keys: the widths are measured by a forward pass (14 s for
+        batches = list(torch_batches(calibration.crops, spec, TORCH_IMAGES_PER_CALL))
+        # torch's thread count is in the keys: the widths are measured by a forward pass (5 s for
         # the B0 test model on 300 images), once per command whatever each target's min_stride
         threads = torch.get_num_threads()
         widths = _once(shared, f"channel widths {threads}", lambda: channel_widths(model, batches))
