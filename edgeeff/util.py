@@ -8,6 +8,7 @@ import json
 import os
 import sys
 import tempfile
+import warnings
 from pathlib import Path
 
 
@@ -72,3 +73,17 @@ def captured_output(quiet: bool = True):
             if failed:
                 sink.seek(0)
                 sys.stderr.write(sink.read().decode(errors="replace")[-4000:])
+
+
+def interpreter_keeping_every_tensor(model_path: Path, threads: int):
+    """A LiteRT interpreter of the .tflite at `model_path`, allocated, whose intermediate tensors
+    stay readable after invoke(), and {tensor name: tensor index}. One helper for the three readers
+    of a float file's activations: the tensor match of quant/tensor_names.py, the LiteRT backend's
+    histogram ranges and its bias correction (here, below both quant/ and backends/)."""
+    from ai_edge_litert.interpreter import Interpreter  # the LiteRT targets' runtime: optional
+
+    with captured_output(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # "experimental_preserve_all_tensors ... debugging"
+        it = Interpreter(model_path=str(model_path), num_threads=threads, experimental_preserve_all_tensors=True)
+    it.allocate_tensors()
+    return it, {d["name"]: d["index"] for d in it.get_tensor_details()}

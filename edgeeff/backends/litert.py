@@ -40,6 +40,7 @@ from ..profiles import quantization_for_model
 from ..progress import progress
 from ..quant.calibration import HARD_SWISH_FLOOR
 from ..util import captured_output as _captured_output
+from ..util import interpreter_keeping_every_tensor
 from .tflite_flatbuffer import builtin_code as _builtin
 from .tflite_flatbuffer import load_inlined as _load_inlined
 from .tflite_flatbuffer import save as _save
@@ -249,7 +250,6 @@ def histogram_ranges(float_path: Path, calib_inputs: np.ndarray, ranges: dict, r
     at -3 in the range rules.
     """
     from ..quant.calibration import NUM_BINS, ActivationStats, histogram_counts, tensor_ranges
-    from .tflite_bias_correction import interpreter_keeping_every_tensor
 
     it, index = interpreter_keeping_every_tensor(float_path, threads)
     boundary = {d["name"] for d in it.get_input_details() + it.get_output_details()}

@@ -17,7 +17,6 @@ input gains a `_quantized` suffix). Layers at a16w8 (int16 input, int64 bias) ar
 from __future__ import annotations
 
 import collections
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,25 +24,12 @@ import numpy as np
 
 from ..progress import progress
 from ..quant.bias_correction import expected_output, fake_quant
-from ..util import captured_output
+from ..util import interpreter_keeping_every_tensor
 from .tflite_flatbuffer import builtin_code, load_inlined, save, schema
 
 MAX_IMAGES = 128  # as the ONNX backends: a mean per channel settles long before that
 INT8_MIN, INT8_MAX = -128, 127
 INPUT_SUFFIX = "_quantized"  # ai-edge-quantizer's name for the graph input of an int8-input file
-
-
-def interpreter_keeping_every_tensor(model_path: Path, threads: int):
-    """A LiteRT interpreter of `model_path`, allocated, whose intermediate tensors stay readable
-    after invoke(), and {tensor name: tensor index}. Here and in the LiteRT backend's histogram
-    ranges (litert.py imports it from this module, which sits below it)."""
-    from ai_edge_litert.interpreter import Interpreter
-
-    with captured_output(), warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)  # "experimental_preserve_all_tensors ... debugging"
-        it = Interpreter(model_path=str(model_path), num_threads=threads, experimental_preserve_all_tensors=True)
-    it.allocate_tensors()
-    return it, {d["name"]: d["index"] for d in it.get_tensor_details()}
 
 
 @dataclass

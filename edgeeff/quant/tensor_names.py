@@ -10,13 +10,13 @@ the exporter's naming. A tensor no point matches keeps the recipe's range.
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import nn
 
+from ..util import interpreter_keeping_every_tensor
 from .simulation import _hook, quant_points
 
 MATCH_TOLERANCE = 1e-3  # of the tensor's largest magnitude: float export noise is ~1e-6
@@ -125,12 +125,7 @@ def tflite_tensors_for_points(model: nn.Module, path, x_nhwc: np.ndarray,
                               file_input: np.ndarray | None = None) -> dict[str, list[str]]:
     """The same for a float .tflite (NHWC), run on one image in the LiteRT interpreter.
     `file_input`: that image as the file takes it, where the file normalises inside its graph."""
-    from ai_edge_litert.interpreter import Interpreter
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)  # "experimental_preserve_all_tensors ... debugging"
-        it = Interpreter(model_path=str(path), experimental_preserve_all_tensors=True)
-    it.allocate_tensors()
+    it, _ = interpreter_keeping_every_tensor(path, threads=1)  # one image: one thread is plenty
     fed = x_nhwc if file_input is None else file_input
     it.set_tensor(it.get_input_details()[0]["index"], fed[:1].astype(np.float32))
     it.invoke()
