@@ -120,6 +120,15 @@ def best_split(widths: np.ndarray) -> tuple[list[np.ndarray], float]:
 
 
 @torch.no_grad()
+def _observe_sites(model: EfficientNet, found: list, batches, observe) -> None:
+    """Run `batches` through `model`, calling observe(site name, tensor) with each site's tensor
+    (its producer's output after BN). `observe` returns None: a forward hook's return value would
+    replace the output."""
+    hooks = [_producer(model, site).bn.register_forward_hook(
+        lambda _m, _i, out, n=site.name: observe(n, out)) for site in found]
+    forward_with_hooks(model, hooks, batches)
+
+
 def channel_widths(model: EfficientNet, batches: list[torch.Tensor]) -> dict[str, np.ndarray]:
     """Per site, each channel's range width in the tensor the runtimes store after the producer:
     its conv output after BN (`sites` has only producers whose activation is not fused).
@@ -138,11 +147,7 @@ def channel_widths(model: EfficientNet, batches: list[torch.Tensor]) -> dict[str
         highs[name].append(out.amax((2, 3)))
         lows[name].append(out.amin((2, 3)))
 
-    hooks = []
-    for site in found:
-        hooks.append(_producer(model, site).bn.register_forward_hook(
-            lambda _m, _i, out, n=site.name: observe(n, out)))
-    forward_with_hooks(model, hooks, batches)
+    _observe_sites(model, found, batches, observe)
     widths = {}
     for site in found:
         high = torch.quantile(torch.cat(highs[site.name]).double(), TYPICAL_IMAGE, dim=0).clamp_min(0)
@@ -202,12 +207,10 @@ def site_strides(model: EfficientNet, image: torch.Tensor) -> dict[str, int]:
     found = sites(model)
     widths: dict[str, int] = {}
 
-    def observe(name, out):  # returns None: a forward hook's return value would replace the output
+    def observe(name, out):
         widths[name] = out.shape[-1]
 
-    hooks = [_producer(model, site).bn.register_forward_hook(
-        lambda _m, _i, out, n=site.name: observe(n, out)) for site in found]
-    forward_with_hooks(model, hooks, [image])
+    _observe_sites(model, found, [image], observe)
     return {name: max(1, round(image.shape[-1] / width)) for name, width in widths.items()}
 
 
