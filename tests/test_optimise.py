@@ -3,7 +3,8 @@
 Learned rounding never loses to nearest and mostly beats it, its weights lie on the per-channel
 INT8 grid with each channel's scale unchanged, the result is deterministic, ONNX Runtime's
 quantizer, fed the baked float weights, holds exactly the learned integers; the range search
-lowers most units' error; every PyTorch point finds its ONNX and TFLite tensor.
+lowers most units' error; every PyTorch point finds its ONNX and TFLite tensor; the search's own
+fake quantizer gives torch's values bit for bit.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import torch
 from torch import nn
 
 from edgeeff.profiles import get_recipe
-from edgeeff.quant.optimise import OptimiseSettings, optimise_int8_model
+from edgeeff.quant.optimise import OptimiseSettings, fake_quantize_without_grad, optimise_int8_model
 from edgeeff.quant.simulation import WEIGHT_QMAX, activation_ranges
 
 from .test_variants import RES, _crops, _input, _model
@@ -498,3 +499,18 @@ def test_optimize_refine_too_short_for_its_floor_falls_back_to_the_recipe(tmp_pa
                                          get_recipe("percentile"), tmp_path, Stopwatch())
     assert path is None and info is None and deployed is model
     assert "too short for 40 refinement steps" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("qmin,qmax,zero", [(0, 255, 0), (0, 255, 37), (0, 255, 255), (-128, 127, 0), (-128, 127, -5)])
+@pytest.mark.parametrize("scale", [1 / 256, 0.0371, 0.5, 12.0, 3e-6])
+def test_the_searchs_fake_quantizer_is_torchs_bit_for_bit(scale, zero, qmin, qmax):
+    """The range search quantizes with fake_quantize_without_grad (twice as fast): the searched
+    ranges, and so every artifact, must be those torch's own fake quantizer gives. Exact half
+    steps (where rounding modes differ) and values beyond both ends included."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(4, 8, 9, 11, generator=g) * scale * 100
+    x.view(-1)[:200] = (torch.arange(200) - 100 + 0.5) * scale  # half steps
+    x.view(-1)[200:210] = torch.tensor([1e9, -1e9, 0.0, -0.0, scale * (qmax + 3), scale * (qmin - 3),
+                                        scale / 2, -scale / 2, 2.5 * scale, -2.5 * scale])
+    expected = torch.fake_quantize_per_tensor_affine(x, scale, zero, qmin, qmax)
+    assert torch.equal(fake_quantize_without_grad(x, scale, zero, qmin, qmax), expected)

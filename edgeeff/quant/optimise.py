@@ -164,6 +164,17 @@ class SoftRoundedWeight(nn.Module):
         return (1 - (2 * self.h() - 1).abs().pow(beta)).mean()
 
 
+def fake_quantize_without_grad(t: torch.Tensor, scale: float, zero: int, qmin: int, qmax: int) -> torch.Tensor:
+    """torch.fake_quantize_per_tensor_affine's arithmetic, bit for bit (float32 1/scale, round half
+    to even, the zero point added in float32, clamped, shifted back, times the float32 scale), for
+    tensors that need no gradient, in half its time. Its CPU kernel was half the time of a whole
+    `--optimize ranges` search (B0 test model, cProfile: 50 of 95 s), and four vectorised passes
+    over a fresh tensor take half as long as it does (it also writes the gradient's mask)."""
+    step = torch.tensor(scale, dtype=torch.float32)
+    q = torch.round(t * (1 / step)).add_(zero).clamp_(qmin, qmax)
+    return q.sub_(zero).mul_(step)
+
+
 class ActivationQuantizers:
     """Per-tensor INT8 fake quantization at every point of quant_points (the logits excepted when
     the artifact's output stays float), each with a range that can be changed (the range search);
@@ -233,10 +244,11 @@ class ActivationQuantizers:
         return torch._fake_quantize_learnable_per_tensor_affine(t, step, zero_point, ACT_QMIN, ACT_QMAX, 1.0)
 
     def _quantize(self, t: torch.Tensor, scale: float, zero: int, offset: float) -> torch.Tensor:
+        quantize = torch.fake_quantize_per_tensor_affine if t.requires_grad else fake_quantize_without_grad
         if offset:  # a centred tensor: its grid is offset by m (set_range)
-            q = torch.fake_quantize_per_tensor_affine(t - offset, scale, zero, ACT_QMIN, ACT_QMAX) + offset
+            q = quantize(t - offset, scale, zero, ACT_QMIN, ACT_QMAX) + offset
         else:
-            q = torch.fake_quantize_per_tensor_affine(t, scale, zero, ACT_QMIN, ACT_QMAX)
+            q = quantize(t, scale, zero, ACT_QMIN, ACT_QMAX)
         if self.keep >= 1.0:
             return q
         mask = torch.rand(t.shape, generator=self.generator) < self.keep
