@@ -61,7 +61,7 @@ class TorchRunner:
 
     max_batch = TORCH_IMAGES_PER_CALL
     # Part of the reference cache's key: the layout and the images per call move logits by ~1e-6.
-    layout = "batch norm folded, channels-last, 4 images per call"
+    layout = f"batch norm folded, channels-last, {TORCH_IMAGES_PER_CALL} images per call"
 
     def __init__(self, model: torch.nn.Module, spec: PreprocessSpec, threads: int = 2):
         self.model = inference_copy(model)
